@@ -1,0 +1,160 @@
+//! One typed configuration, read from environment variables, passed explicitly everywhere.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::runtime::WorkerSettings;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IrisConfig {
+    /// `IRIS_DATA_DIR` (default `./.iris`): objects, the SQLite file, the gateway address.
+    pub data_dir: PathBuf,
+    /// `IRIS_BUCKET` (default `iris-local`).
+    pub bucket: String,
+    /// `IRIS_QUEUE_PREFIX` (default `iris-`): queues are `<prefix>ingest`, … and `<prefix>ingest-dlq`, ….
+    pub queue_prefix: String,
+    /// `IRIS_LOG_FORMAT`: `text` (default) or `json` (containers).
+    pub log_format: LogFormat,
+    /// `IRIS_VISIBILITY_TIMEOUT_SECS` (default 30); heartbeats every third of it.
+    pub visibility_timeout: Duration,
+    /// `IRIS_MAX_ATTEMPTS` (default 4): deliveries before a message is dead-lettered.
+    pub max_attempts: u32,
+    /// `IRIS_RETRY_BACKOFF_MS` (default 500): first retry delay, doubling up to 30 s.
+    pub retry_backoff_base: Duration,
+    /// `IRIS_CONCURRENCY` (default 1): messages each service works on at once.
+    pub concurrency: usize,
+    /// `IRIS_WS_BIND` (default `127.0.0.1:8765`): the local WebSocket gateway of `iris run`.
+    pub websocket_bind: SocketAddr,
+    /// `IRIS_MAX_UPLOAD_BYTES` (default 2 GiB).
+    pub max_upload_bytes: u64,
+    /// `IRIS_MAX_VOXELS` (default 512×512×2000).
+    pub max_voxels: u64,
+    /// `IRIS_FAULT_PAUSE_BEFORE_FINISH_MS` (unset by default): fault injection for crash tests; each
+    /// stage pauses this long after writing its outputs and before recording itself finished.
+    pub fault_pause_before_finish: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("environment variable {name}={value:?} is invalid: {reason}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+impl IrisConfig {
+    pub fn from_env() -> Result<IrisConfig, ConfigError> {
+        IrisConfig::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<IrisConfig, ConfigError> {
+        fn parse<T: std::str::FromStr>(
+            lookup: &impl Fn(&str) -> Option<String>,
+            name: &'static str,
+            default: T,
+        ) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            match lookup(name) {
+                None => Ok(default),
+                Some(value) if value.trim().is_empty() => Ok(default),
+                Some(value) => value.trim().parse().map_err(|e: T::Err| ConfigError { name, value, reason: e.to_string() }),
+            }
+        }
+        let log_format = match lookup("IRIS_LOG_FORMAT").as_deref().map(str::trim) {
+            None | Some("") | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError {
+                    name: "IRIS_LOG_FORMAT",
+                    value: other.into(),
+                    reason: "expected text or json".into(),
+                });
+            }
+        };
+        let visibility_seconds: u64 = parse(&lookup, "IRIS_VISIBILITY_TIMEOUT_SECS", 30)?;
+        if visibility_seconds == 0 {
+            return Err(ConfigError {
+                name: "IRIS_VISIBILITY_TIMEOUT_SECS",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let fault_pause: u64 = parse(&lookup, "IRIS_FAULT_PAUSE_BEFORE_FINISH_MS", 0)?;
+        Ok(IrisConfig {
+            data_dir: PathBuf::from(lookup("IRIS_DATA_DIR").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| ".iris".into())),
+            bucket: lookup("IRIS_BUCKET").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| "iris-local".into()),
+            queue_prefix: lookup("IRIS_QUEUE_PREFIX").unwrap_or_else(|| "iris-".into()),
+            log_format,
+            visibility_timeout: Duration::from_secs(visibility_seconds),
+            max_attempts: parse(&lookup, "IRIS_MAX_ATTEMPTS", 4u32)?.max(1),
+            retry_backoff_base: Duration::from_millis(parse(&lookup, "IRIS_RETRY_BACKOFF_MS", 500)?),
+            concurrency: parse(&lookup, "IRIS_CONCURRENCY", 1usize)?.max(1),
+            websocket_bind: parse(&lookup, "IRIS_WS_BIND", SocketAddr::from(([127, 0, 0, 1], 8765)))?,
+            max_upload_bytes: parse(&lookup, "IRIS_MAX_UPLOAD_BYTES", 2u64 << 30)?,
+            max_voxels: parse(&lookup, "IRIS_MAX_VOXELS", 512u64 * 512 * 2000)?,
+            fault_pause_before_finish: (fault_pause > 0).then(|| Duration::from_millis(fault_pause)),
+        })
+    }
+
+    pub fn queue_name(&self, role: crate::keys::QueueRole) -> String {
+        format!("{}{}", self.queue_prefix, role.as_str())
+    }
+
+    pub fn worker_settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            concurrency: self.concurrency,
+            visibility_timeout: self.visibility_timeout,
+            heartbeat_interval: (self.visibility_timeout / 3).max(Duration::from_millis(200)),
+            receive_wait: Duration::from_secs(1),
+            max_attempts: self.max_attempts,
+            retry_backoff_base: self.retry_backoff_base,
+            retry_backoff_max: Duration::from_secs(30),
+        }
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.data_dir.join("iris.sqlite3")
+    }
+
+    pub fn objects_dir(&self) -> PathBuf {
+        self.data_dir.join("objects")
+    }
+
+    /// Where a running gateway writes its address for `iris watch`.
+    pub fn gateway_file(&self) -> PathBuf {
+        self.data_dir.join("gateway.json")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let config = IrisConfig::from_lookup(|_| None).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from(".iris"));
+        assert_eq!(config.max_attempts, 4);
+        let config = IrisConfig::from_lookup(|name| match name {
+            "IRIS_DATA_DIR" => Some("/tmp/x".into()),
+            "IRIS_VISIBILITY_TIMEOUT_SECS" => Some("3".into()),
+            "IRIS_LOG_FORMAT" => Some("json".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.worker_settings().heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(config.log_format, LogFormat::Json);
+        let error = IrisConfig::from_lookup(|name| (name == "IRIS_MAX_ATTEMPTS").then(|| "many".into())).unwrap_err();
+        assert_eq!(error.name, "IRIS_MAX_ATTEMPTS");
+    }
+}

@@ -1,0 +1,407 @@
+//! Jobs: identity, the forward-only status ladder, the job record and its transitions.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::keys::UserId;
+use crate::time::Timestamp;
+
+/// Deterministic job identity: 32 lowercase hex characters derived from the upload
+/// (bucket, key, and version id or ETag), so a duplicated object-created event maps to the same job.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobId(String);
+
+/// The status ladder. A job only moves up it; COMPLETED and FAILED are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobStatus {
+    Received,
+    Ingesting,
+    Ingested,
+    Segmenting,
+    Segmented,
+    Meshing,
+    Completed,
+    Failed,
+}
+
+/// The pipeline stages that work on a job (notify only reports on jobs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Ingest,
+    Segment,
+    Mesh,
+}
+
+/// The job item: everything known about one upload's trip through the pipeline.
+/// Holds no patient identifiers: ingest keeps only technical metadata.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub job_id: JobId,
+    pub user_id: UserId,
+    pub bucket: String,
+    pub source_key: String,
+    pub source_etag: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_version_id: Option<String>,
+    pub status: JobStatus,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// Epoch seconds after which the item may be deleted (DynamoDB TTL): 90 days after creation.
+    pub expires_at: i64,
+    /// Per-job options from the upload's object metadata.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    #[serde(default)]
+    pub stages: BTreeMap<Stage, StageRecord>,
+    /// Artifact name → object key.
+    #[serde(default)]
+    pub artifacts: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Timestamp>,
+    /// How many deliveries of the stage's message it took (1 unless a worker crashed or retried).
+    pub attempts: u32,
+}
+
+/// Why a job failed: a stable machine-readable code and a message a radiographer understands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<Stage>,
+    pub code: String,
+    pub message: String,
+}
+
+/// A request to move a job to `to`. It takes effect only if it moves the job forward.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub to: JobStatus,
+    pub at: Timestamp,
+    /// Deliveries of the stage's message so far (recorded on the stage).
+    pub attempts: u32,
+    pub artifacts: BTreeMap<String, String>,
+    pub error: Option<JobError>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("not a job id: {0:?} (expected 32 lowercase hex characters)")]
+pub struct InvalidJobId(pub String);
+
+/// Days after creation at which a job item expires.
+pub const JOB_TIME_TO_LIVE_DAYS: i64 = 90;
+
+impl JobId {
+    pub fn derive(bucket: &str, key: &str, version_or_etag: &str) -> JobId {
+        let mut hasher = Sha256::new();
+        for part in [bucket, key, version_or_etag] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part.as_bytes());
+        }
+        JobId(hex::encode(&hasher.finalize()[..16]))
+    }
+
+    pub fn parse(text: &str) -> Result<JobId, InvalidJobId> {
+        let valid = text.len() == 32 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if valid { Ok(JobId(text.to_owned())) } else { Err(InvalidJobId(text.to_owned())) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for JobId {
+    type Error = InvalidJobId;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        JobId::parse(&value)
+    }
+}
+
+impl From<JobId> for String {
+    fn from(value: JobId) -> String {
+        value.0
+    }
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 8] = [
+        JobStatus::Received,
+        JobStatus::Ingesting,
+        JobStatus::Ingested,
+        JobStatus::Segmenting,
+        JobStatus::Segmented,
+        JobStatus::Meshing,
+        JobStatus::Completed,
+        JobStatus::Failed,
+    ];
+
+    /// Position on the ladder; conditional writes compare these numbers.
+    pub fn rank(self) -> u8 {
+        match self {
+            JobStatus::Received => 1,
+            JobStatus::Ingesting => 2,
+            JobStatus::Ingested => 3,
+            JobStatus::Segmenting => 4,
+            JobStatus::Segmented => 5,
+            JobStatus::Meshing => 6,
+            JobStatus::Completed => 7,
+            JobStatus::Failed => 8,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Failed)
+    }
+
+    /// The rule every job store enforces: a job moves only forward, and never out of a terminal status.
+    pub fn can_advance_to(self, next: JobStatus) -> bool {
+        !self.is_terminal() && next.rank() > self.rank()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Received => "RECEIVED",
+            JobStatus::Ingesting => "INGESTING",
+            JobStatus::Ingested => "INGESTED",
+            JobStatus::Segmenting => "SEGMENTING",
+            JobStatus::Segmented => "SEGMENTED",
+            JobStatus::Meshing => "MESHING",
+            JobStatus::Completed => "COMPLETED",
+            JobStatus::Failed => "FAILED",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<JobStatus> {
+        JobStatus::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// The stage whose start or end this status marks.
+    pub fn stage(self) -> Option<Stage> {
+        match self {
+            JobStatus::Ingesting | JobStatus::Ingested => Some(Stage::Ingest),
+            JobStatus::Segmenting | JobStatus::Segmented => Some(Stage::Segment),
+            JobStatus::Meshing | JobStatus::Completed => Some(Stage::Mesh),
+            JobStatus::Received | JobStatus::Failed => None,
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Ingest, Stage::Segment, Stage::Mesh];
+
+    pub fn started_status(self) -> JobStatus {
+        match self {
+            Stage::Ingest => JobStatus::Ingesting,
+            Stage::Segment => JobStatus::Segmenting,
+            Stage::Mesh => JobStatus::Meshing,
+        }
+    }
+
+    pub fn finished_status(self) -> JobStatus {
+        match self {
+            Stage::Ingest => JobStatus::Ingested,
+            Stage::Segment => JobStatus::Segmented,
+            Stage::Mesh => JobStatus::Completed,
+        }
+    }
+
+    pub fn previous(self) -> Option<Stage> {
+        match self {
+            Stage::Ingest => None,
+            Stage::Segment => Some(Stage::Ingest),
+            Stage::Mesh => Some(Stage::Segment),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Ingest => "ingest",
+            Stage::Segment => "segment",
+            Stage::Mesh => "mesh",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl JobRecord {
+    /// A new job at RECEIVED.
+    pub fn received(
+        job_id: JobId,
+        user_id: UserId,
+        bucket: &str,
+        source_key: &str,
+        source_etag: &str,
+        source_version_id: Option<String>,
+        options: BTreeMap<String, String>,
+        at: Timestamp,
+    ) -> JobRecord {
+        JobRecord {
+            job_id,
+            user_id,
+            bucket: bucket.to_owned(),
+            source_key: source_key.to_owned(),
+            source_etag: source_etag.to_owned(),
+            source_version_id,
+            status: JobStatus::Received,
+            created_at: at,
+            updated_at: at,
+            expires_at: at.epoch_seconds() + JOB_TIME_TO_LIVE_DAYS * 24 * 3600,
+            options,
+            stages: BTreeMap::new(),
+            artifacts: BTreeMap::new(),
+            error: None,
+        }
+    }
+
+    /// The record after `transition`, or `None` when the transition would not move the job forward.
+    pub fn advanced(&self, transition: &Transition) -> Option<JobRecord> {
+        if !self.status.can_advance_to(transition.to) {
+            return None;
+        }
+        let mut next = self.clone();
+        next.status = transition.to;
+        next.updated_at = transition.at;
+        next.artifacts.extend(transition.artifacts.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let stage = transition.to.stage().or(transition.error.as_ref().and_then(|e| e.stage));
+        if let Some(stage) = stage {
+            let record = next.stages.entry(stage).or_default();
+            record.attempts = record.attempts.max(transition.attempts);
+            if transition.to == stage.started_status() {
+                record.started_at.get_or_insert(transition.at);
+            } else {
+                record.started_at.get_or_insert(transition.at);
+                record.ended_at = Some(transition.at);
+            }
+        }
+        if transition.to == JobStatus::Failed {
+            next.error = transition.error.clone();
+        }
+        Some(next)
+    }
+
+    /// Milliseconds each finished stage took.
+    pub fn stage_durations_ms(&self) -> BTreeMap<Stage, i64> {
+        self.stages
+            .iter()
+            .filter_map(|(stage, record)| match (record.started_at, record.ended_at) {
+                (Some(start), Some(end)) => Some((*stage, end.epoch_millis() - start.epoch_millis())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Transition {
+    pub fn to(status: JobStatus, at: Timestamp, attempts: u32) -> Transition {
+        Transition { to: status, at, attempts, artifacts: BTreeMap::new(), error: None }
+    }
+
+    pub fn with_artifacts(mut self, artifacts: BTreeMap<String, String>) -> Transition {
+        self.artifacts = artifacts;
+        self
+    }
+
+    pub fn failed(error: JobError, at: Timestamp, attempts: u32) -> Transition {
+        Transition { to: JobStatus::Failed, at, attempts, artifacts: BTreeMap::new(), error: Some(error) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> JobRecord {
+        let at = Timestamp::from_epoch_millis(1_700_000_000_000);
+        JobRecord::received(
+            JobId::derive("b", "uploads/u/a.nii.gz", "etag"),
+            UserId::parse("u").unwrap(),
+            "b",
+            "uploads/u/a.nii.gz",
+            "etag",
+            None,
+            BTreeMap::new(),
+            at,
+        )
+    }
+
+    #[test]
+    fn job_id_is_deterministic_and_separates_fields() {
+        let a = JobId::derive("bucket", "uploads/u/x", "e1");
+        assert_eq!(a, JobId::derive("bucket", "uploads/u/x", "e1"));
+        assert_ne!(a, JobId::derive("bucket", "uploads/u/x", "e2"));
+        assert_ne!(JobId::derive("ab", "c", "e"), JobId::derive("a", "bc", "e"));
+        assert_eq!(JobId::parse(a.as_str()).unwrap(), a);
+        assert!(JobId::parse("../etc").is_err());
+        assert!(JobId::parse(&"A".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn status_only_moves_forward_and_never_leaves_terminal() {
+        for from in JobStatus::ALL {
+            for to in JobStatus::ALL {
+                let expected = !from.is_terminal() && to.rank() > from.rank();
+                assert_eq!(from.can_advance_to(to), expected, "{from} -> {to}");
+            }
+        }
+        assert!(JobStatus::Meshing.can_advance_to(JobStatus::Failed));
+        assert!(!JobStatus::Completed.can_advance_to(JobStatus::Failed));
+    }
+
+    #[test]
+    fn advancing_records_stage_times_attempts_and_artifacts() {
+        let start = Timestamp::from_epoch_millis(1_700_000_001_000);
+        let end = Timestamp::from_epoch_millis(1_700_000_003_500);
+        let job = record();
+        let ingesting = job.advanced(&Transition::to(JobStatus::Ingesting, start, 1)).unwrap();
+        let artifacts = BTreeMap::from([("volume".to_owned(), "jobs/x/volume.nii.gz".to_owned())]);
+        let ingested =
+            ingesting.advanced(&Transition::to(JobStatus::Ingested, end, 2).with_artifacts(artifacts)).unwrap();
+        assert_eq!(ingested.status, JobStatus::Ingested);
+        assert_eq!(ingested.stages[&Stage::Ingest].attempts, 2);
+        assert_eq!(ingested.stage_durations_ms()[&Stage::Ingest], 2500);
+        assert_eq!(ingested.artifacts["volume"], "jobs/x/volume.nii.gz");
+        assert!(ingested.advanced(&Transition::to(JobStatus::Ingesting, end, 1)).is_none());
+        let error = JobError { stage: Some(Stage::Segment), code: "corrupt_file".into(), message: "m".into() };
+        let failed = ingested.advanced(&Transition::failed(error.clone(), end, 1)).unwrap();
+        assert_eq!(failed.error, Some(error));
+        assert!(failed.advanced(&Transition::to(JobStatus::Completed, end, 1)).is_none());
+    }
+
+    #[test]
+    fn record_round_trips_through_json() {
+        let job = record();
+        let text = serde_json::to_string(&job).unwrap();
+        assert!(text.contains("\"status\":\"RECEIVED\""));
+        assert_eq!(serde_json::from_str::<JobRecord>(&text).unwrap(), job);
+    }
+}

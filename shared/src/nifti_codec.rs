@@ -1,0 +1,359 @@
+//! Reading and writing NIfTI-1 (`.nii`, `.nii.gz`) with the `nifti` crate, with the checks that
+//! keep bad input from panicking or exhausting memory, and a record of the source header's
+//! geometry so outputs can be written back on exactly the upload's grid.
+
+use std::io::Read;
+
+use flate2::read::GzDecoder;
+use nifti::{IntoNdArray, NiftiHeader, NiftiObject};
+use serde::{Deserialize, Serialize};
+
+use crate::volume::{Affine, Volume, VolumeError};
+
+/// The geometry fields of a NIfTI header, kept verbatim so that a volume written with them has
+/// the same shape, qform, sform and therefore the same affine as the source file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NiftiGeometry {
+    pub dims: [usize; 3],
+    pub pixdim: [f32; 8],
+    pub xyzt_units: u8,
+    pub qform_code: i16,
+    pub sform_code: i16,
+    pub quatern_b: f32,
+    pub quatern_c: f32,
+    pub quatern_d: f32,
+    pub quatern_x: f32,
+    pub quatern_y: f32,
+    pub quatern_z: f32,
+    pub srow_x: [f32; 4],
+    pub srow_y: [f32; 4],
+    pub srow_z: [f32; 4],
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedNifti {
+    pub geometry: NiftiGeometry,
+    /// The affine the standard says to use: sform if set, else qform, else scaling only.
+    pub affine: Affine,
+    pub affine_source: AffineSource,
+    /// Data type name as in the header, e.g. "Int16".
+    pub datatype: String,
+    /// Intensities after `scl_slope`/`scl_inter`.
+    pub volume: Volume<f32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AffineSource {
+    Sform,
+    Qform,
+    PixdimOnly,
+}
+
+/// Caps applied before anything large is allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    pub max_voxels: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NiftiDecodeError {
+    #[error("the file is not a NIfTI-1 image ({0})")]
+    NotNifti(String),
+    #[error("the file is damaged or incomplete: {0}")]
+    Corrupt(String),
+    #[error("the image is not a 3-D volume: {0}")]
+    NotAVolume(String),
+    #[error("the image has {voxels} voxels, more than the limit of {limit}")]
+    TooLarge { voxels: u64, limit: u64 },
+    #[error("the image's voxel data type is not supported: {0}")]
+    UnsupportedDataType(String),
+    #[error("the image's geometry is unusable: {0}")]
+    BadGeometry(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NiftiEncodeError {
+    #[error("could not write NIfTI: {0}")]
+    Write(String),
+}
+
+impl NiftiDecodeError {
+    /// The job error code for this failure.
+    pub fn code(&self) -> &'static str {
+        match self {
+            NiftiDecodeError::NotNifti(_) | NiftiDecodeError::UnsupportedDataType(_) => "unsupported_format",
+            NiftiDecodeError::Corrupt(_) => "corrupt_file",
+            NiftiDecodeError::NotAVolume(_) | NiftiDecodeError::BadGeometry(_) => "not_a_volume",
+            NiftiDecodeError::TooLarge { .. } => "too_large",
+        }
+    }
+}
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const NIFTI1_HEADER_SIZE: usize = 348;
+
+fn source_reader(bytes: &[u8]) -> Box<dyn Read + '_> {
+    if bytes.starts_with(&GZIP_MAGIC) { Box::new(GzDecoder::new(bytes)) } else { Box::new(bytes) }
+}
+
+/// Reads the first bytes of the (possibly gzipped) file: enough for the header.
+fn read_header_bytes(bytes: &[u8]) -> Result<Vec<u8>, NiftiDecodeError> {
+    let mut header = Vec::with_capacity(NIFTI1_HEADER_SIZE);
+    source_reader(bytes)
+        .take(NIFTI1_HEADER_SIZE as u64)
+        .read_to_end(&mut header)
+        .map_err(|e| NiftiDecodeError::Corrupt(format!("cannot decompress: {e}")))?;
+    if header.len() < NIFTI1_HEADER_SIZE {
+        return Err(NiftiDecodeError::NotNifti(format!("only {} bytes, a NIfTI-1 header needs 348", header.len())));
+    }
+    Ok(header)
+}
+
+/// Decodes a `.nii` or `.nii.gz` held in memory into a 3-D volume of intensities.
+pub fn decode_nifti(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedNifti, NiftiDecodeError> {
+    let header_bytes = read_header_bytes(bytes)?;
+    let size_field_le = i32::from_le_bytes([header_bytes[0], header_bytes[1], header_bytes[2], header_bytes[3]]);
+    let size_field_be = i32::from_be_bytes([header_bytes[0], header_bytes[1], header_bytes[2], header_bytes[3]]);
+    if size_field_le == 540 || size_field_be == 540 {
+        return Err(NiftiDecodeError::NotNifti("it is NIfTI-2, which this version does not read yet".into()));
+    }
+    let header = NiftiHeader::from_reader(&header_bytes[..])
+        .map_err(|e| NiftiDecodeError::NotNifti(e.to_string()))?;
+    let dims = check_dimensions(&header, limits)?;
+    check_pixdim(&header)?;
+    let (affine, affine_source) = header_affine(&header)?;
+    if !affine.is_usable() {
+        return Err(NiftiDecodeError::BadGeometry("the voxel-to-world transform is singular or not finite".into()));
+    }
+    let datatype = header.data_type().map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
+    let datatype_name = format!("{datatype:?}");
+    if matches!(datatype, nifti::NiftiType::Rgb24 | nifti::NiftiType::Rgba32 | nifti::NiftiType::Complex64
+        | nifti::NiftiType::Complex128 | nifti::NiftiType::Complex256 | nifti::NiftiType::Float128)
+    {
+        return Err(NiftiDecodeError::UnsupportedDataType(datatype_name));
+    }
+    let object = nifti::InMemNiftiObject::from_reader(source_reader(bytes))
+        .map_err(|e| match e {
+            nifti::NiftiError::Io(io) => NiftiDecodeError::Corrupt(io.to_string()),
+            nifti::NiftiError::IncompatibleLength(got, expected) => {
+                NiftiDecodeError::Corrupt(format!("the file holds {got} bytes of voxel data, the header promises {expected}"))
+            }
+            other => NiftiDecodeError::NotNifti(other.to_string()),
+        })?;
+    let array = object
+        .into_volume()
+        .into_ndarray::<f32>()
+        .map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
+    let expected = dims[0] * dims[1] * dims[2];
+    let (mut voxels, _) = array.into_raw_vec_and_offset();
+    if voxels.len() != expected {
+        return Err(NiftiDecodeError::Corrupt(format!("{} voxels decoded, {expected} expected", voxels.len())));
+    }
+    for value in voxels.iter_mut().filter(|v| !v.is_finite()) {
+        *value = 0.0;
+    }
+    let volume = Volume::new(dims, affine, voxels).map_err(|e: VolumeError| NiftiDecodeError::NotAVolume(e.to_string()))?;
+    Ok(DecodedNifti { geometry: geometry_of(&header, dims), affine, affine_source, datatype: datatype_name, volume })
+}
+
+fn check_dimensions(header: &NiftiHeader, limits: &DecodeLimits) -> Result<[usize; 3], NiftiDecodeError> {
+    let rank = header.dim[0] as usize;
+    if !(1..=7).contains(&rank) {
+        return Err(NiftiDecodeError::NotAVolume(format!("dim[0] = {} is not a valid number of dimensions", header.dim[0])));
+    }
+    let extent: Vec<u64> = (1..=7).map(|i| if i <= rank { u64::from(header.dim[i]) } else { 1 }).collect();
+    if extent.contains(&0) {
+        return Err(NiftiDecodeError::NotAVolume("a dimension has size 0".into()));
+    }
+    if rank < 3 || extent[2] == 1 {
+        return Err(NiftiDecodeError::NotAVolume(format!("it has a single slice ({}x{}x{})", extent[0], extent[1], extent[2])));
+    }
+    if extent[3..].iter().any(|n| *n > 1) {
+        return Err(NiftiDecodeError::NotAVolume(format!(
+            "it is a {}-D series ({} volumes); only single 3-D volumes are accepted",
+            rank,
+            extent[3..].iter().product::<u64>()
+        )));
+    }
+    let voxels = extent[0] * extent[1] * extent[2];
+    if voxels > limits.max_voxels {
+        return Err(NiftiDecodeError::TooLarge { voxels, limit: limits.max_voxels });
+    }
+    Ok([extent[0] as usize, extent[1] as usize, extent[2] as usize])
+}
+
+fn check_pixdim(header: &NiftiHeader) -> Result<(), NiftiDecodeError> {
+    for (axis, spacing) in header.pixdim[1..4].iter().enumerate() {
+        if !spacing.is_finite() || (header.sform_code == 0 && *spacing <= 0.0) {
+            return Err(NiftiDecodeError::BadGeometry(format!("voxel size along axis {} is {spacing}", axis + 1)));
+        }
+    }
+    Ok(())
+}
+
+fn header_affine(header: &NiftiHeader) -> Result<(Affine, AffineSource), NiftiDecodeError> {
+    let to_affine = |m: nalgebra::Matrix4<f64>| {
+        let mut rows = [[0.0; 4]; 4];
+        for (r, row) in rows.iter_mut().enumerate() {
+            for (c, value) in row.iter_mut().enumerate() {
+                *value = m[(r, c)];
+            }
+        }
+        Affine(rows)
+    };
+    if header.sform_code > 0 {
+        return Ok((to_affine(header.sform_affine::<f64>()), AffineSource::Sform));
+    }
+    // The qform path of the nifti crate asserts on pixdim; give it a header whose pixdim it accepts.
+    let mut checked = header.clone();
+    checked.fix();
+    for spacing in &mut checked.pixdim[1..4] {
+        *spacing = spacing.abs();
+    }
+    if header.qform_code > 0 {
+        let quaternion = [header.quatern_b, header.quatern_c, header.quatern_d];
+        if quaternion.iter().any(|q| !q.is_finite()) || quaternion.iter().map(|q| q * q).sum::<f32>() > 1.0 + 1e-5 {
+            return Err(NiftiDecodeError::BadGeometry("the qform quaternion is not a rotation".into()));
+        }
+        return Ok((to_affine(checked.qform_affine::<f64>()), AffineSource::Qform));
+    }
+    let spacing = [checked.pixdim[1], checked.pixdim[2], checked.pixdim[3]].map(f64::from);
+    let affine = Affine([
+        [spacing[0], 0.0, 0.0, 0.0],
+        [0.0, spacing[1], 0.0, 0.0],
+        [0.0, 0.0, spacing[2], 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]);
+    Ok((affine, AffineSource::PixdimOnly))
+}
+
+fn geometry_of(header: &NiftiHeader, dims: [usize; 3]) -> NiftiGeometry {
+    NiftiGeometry {
+        dims,
+        pixdim: header.pixdim,
+        xyzt_units: header.xyzt_units,
+        qform_code: header.qform_code,
+        sform_code: header.sform_code,
+        quatern_b: header.quatern_b,
+        quatern_c: header.quatern_c,
+        quatern_d: header.quatern_d,
+        quatern_x: header.quatern_x,
+        quatern_y: header.quatern_y,
+        quatern_z: header.quatern_z,
+        srow_x: header.srow_x,
+        srow_y: header.srow_y,
+        srow_z: header.srow_z,
+    }
+}
+
+impl NiftiGeometry {
+    /// Geometry for a volume written by the pipeline: sform and qform both set to `affine`
+    /// (scanner-anatomical), millimetres.
+    pub fn from_affine(dims: [usize; 3], affine: &Affine) -> NiftiGeometry {
+        let mut header = NiftiHeader::default();
+        let matrix = nalgebra::Matrix4::<f64>::from_fn(|r, c| affine.0[r][c]);
+        header.set_sform(&matrix, nifti::XForm::ScannerAnat);
+        header.set_qform(&matrix, nifti::XForm::ScannerAnat);
+        let spacing = affine.spacing();
+        header.pixdim[1] = spacing[0] as f32;
+        header.pixdim[2] = spacing[1] as f32;
+        header.pixdim[3] = spacing[2] as f32;
+        header.xyzt_units = 2 | 8; // millimetres, seconds
+        geometry_of(&header, dims)
+    }
+
+    fn to_header(&self) -> NiftiHeader {
+        let mut header = NiftiHeader::default();
+        header.pixdim = self.pixdim;
+        header.xyzt_units = self.xyzt_units;
+        header.qform_code = self.qform_code;
+        header.sform_code = self.sform_code;
+        header.quatern_b = self.quatern_b;
+        header.quatern_c = self.quatern_c;
+        header.quatern_d = self.quatern_d;
+        header.quatern_x = self.quatern_x;
+        header.quatern_y = self.quatern_y;
+        header.quatern_z = self.quatern_z;
+        header.srow_x = self.srow_x;
+        header.srow_y = self.srow_y;
+        header.srow_z = self.srow_z;
+        header
+    }
+}
+
+/// Writes `volume` as gzip-compressed NIfTI-1 with `geometry`'s header fields. Deterministic: the
+/// same volume and geometry give the same bytes (no timestamps in the gzip header).
+pub fn encode_nifti_gz<T>(volume: &Volume<T>, geometry: &NiftiGeometry) -> Result<Vec<u8>, NiftiEncodeError>
+where
+    T: nifti::DataElement + bytemuck::Pod,
+{
+    let write_error = |e: &dyn std::fmt::Display| NiftiEncodeError::Write(e.to_string());
+    if geometry.dims != volume.dims() {
+        return Err(NiftiEncodeError::Write(format!("geometry {:?} does not match volume {:?}", geometry.dims, volume.dims())));
+    }
+    let header = geometry.to_header();
+    let dims = volume.dims();
+    let array = ndarray::ArrayView3::from_shape(ndarray::ShapeBuilder::f((dims[0], dims[1], dims[2])), volume.voxels())
+        .map_err(|e| write_error(&e))?;
+    // The nifti crate writes to a path only; a private temporary file stands in for a buffer.
+    let directory = tempfile::tempdir().map_err(|e| write_error(&e))?;
+    let path = directory.path().join("volume.nii.gz");
+    nifti::writer::WriterOptions::new(&path)
+        .reference_header(&header)
+        .compression_level(flate2::Compression::fast())
+        .write_nifti(&array)
+        .map_err(|e| write_error(&e))?;
+    std::fs::read(&path).map_err(|e| write_error(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lps_volume() -> Volume<i16> {
+        let affine =
+            Affine([[-1.5, 0.0, 0.0, 90.0], [0.0, -1.5, 0.0, 120.0], [0.0, 0.0, 2.5, -40.0], [0.0, 0.0, 0.0, 1.0]]);
+        Volume::new([4, 3, 2], affine, (0..24).map(|v| v * 10 - 100).collect()).unwrap()
+    }
+
+    #[test]
+    fn writes_and_reads_back_values_and_affine() {
+        let volume = lps_volume();
+        let geometry = NiftiGeometry::from_affine(volume.dims(), volume.affine());
+        let bytes = encode_nifti_gz(&volume, &geometry).unwrap();
+        assert_eq!(&bytes[..2], &GZIP_MAGIC);
+        assert_eq!(encode_nifti_gz(&volume, &geometry).unwrap(), bytes, "encoding is deterministic");
+        let decoded = decode_nifti(&bytes, &DecodeLimits { max_voxels: 1000 }).unwrap();
+        assert_eq!(decoded.volume.dims(), [4, 3, 2]);
+        assert_eq!(decoded.affine_source, AffineSource::Sform);
+        assert_eq!(decoded.volume.voxels(), &volume.voxels().iter().map(|v| f32::from(*v)).collect::<Vec<_>>()[..]);
+        for r in 0..3 {
+            for c in 0..4 {
+                assert!((decoded.affine.0[r][c] - volume.affine().0[r][c]).abs() < 1e-5);
+            }
+        }
+        assert_eq!(decoded.geometry, geometry);
+    }
+
+    #[test]
+    fn refuses_bad_input_with_codes() {
+        let limits = DecodeLimits { max_voxels: 1000 };
+        let volume = lps_volume();
+        let bytes = encode_nifti_gz(&volume, &NiftiGeometry::from_affine(volume.dims(), volume.affine())).unwrap();
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            ("empty", vec![], "unsupported_format"),
+            ("text", b"hello, this is not an image".repeat(20), "unsupported_format"),
+            ("truncated gzip", bytes[..bytes.len() / 2].to_vec(), "corrupt_file"),
+        ];
+        for (name, input, code) in cases {
+            let error = decode_nifti(&input, &limits).expect_err(name);
+            assert_eq!(error.code(), code, "{name}: {error}");
+        }
+        let error = decode_nifti(&bytes, &DecodeLimits { max_voxels: 10 }).unwrap_err();
+        assert_eq!(error.code(), "too_large");
+        let flat = Volume::new([4, 3, 1], *volume.affine(), vec![0i16; 12]).unwrap();
+        let flat_bytes = encode_nifti_gz(&flat, &NiftiGeometry::from_affine(flat.dims(), flat.affine())).unwrap();
+        assert_eq!(decode_nifti(&flat_bytes, &limits).unwrap_err().code(), "not_a_volume");
+    }
+}

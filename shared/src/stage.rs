@@ -1,0 +1,184 @@
+//! What every pipeline stage does around its own work: read the object-created notification,
+//! move the job into the stage (catching up a previous stage whose finish was not yet recorded),
+//! and record the stage finished with its artifacts.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::job::{JobId, JobRecord, Stage, Transition};
+use crate::keys::{self, ObjectKey, artifact};
+use crate::ports::{ObjectStore, PortError, TransitionOutcome};
+use crate::runtime::{JobLedger, Outcome, stage_is_settled};
+use crate::s3_event::S3Notification;
+use crate::time::Timestamp;
+
+/// What a stage handler needs besides its own logic.
+#[derive(Clone)]
+pub struct StageContext {
+    pub objects: Arc<dyn ObjectStore>,
+    pub ledger: JobLedger,
+    /// Fault injection for crash tests (see `IRIS_FAULT_PAUSE_BEFORE_FINISH_MS`).
+    pub pause_before_finish: Option<Duration>,
+}
+
+/// One object named by a notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedObject {
+    pub bucket: String,
+    pub key: ObjectKey,
+    pub etag: String,
+    pub version_id: Option<String>,
+    pub size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notification {
+    /// S3's `s3:TestEvent`: nothing to do.
+    Test,
+    Created(Vec<CreatedObject>),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NotificationError {
+    #[error("message body is not an S3 event notification: {0}")]
+    Malformed(String),
+    #[error("notification names an unusable object key: {0}")]
+    BadKey(String),
+}
+
+/// Where a stage stands for a job when its message arrives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageStart {
+    /// The job is now in this stage: do the work.
+    Proceed(JobRecord),
+    /// The stage already finished, or the job is terminal: nothing to do.
+    Settled(JobRecord),
+    /// No such job.
+    UnknownJob,
+}
+
+/// Parses a queue message from a bucket notification (S3's JSON, also the embedded store's).
+pub fn parse_notification(body: &str) -> Result<Notification, NotificationError> {
+    let notification: S3Notification =
+        serde_json::from_str(body).map_err(|e| NotificationError::Malformed(e.to_string()))?;
+    match notification {
+        S3Notification::TestEvent { .. } => Ok(Notification::Test),
+        S3Notification::Records { records } => {
+            let mut created = Vec::new();
+            for record in records.into_iter().filter(|r| r.is_object_created()) {
+                let decoded = record.s3.object.decoded_key().map_err(|e| NotificationError::BadKey(e.to_string()))?;
+                let key = ObjectKey::parse(&decoded).map_err(|e| NotificationError::BadKey(e.to_string()))?;
+                created.push(CreatedObject {
+                    bucket: record.s3.bucket.name,
+                    key,
+                    etag: record.s3.object.e_tag.unwrap_or_default().trim_matches('"').to_owned(),
+                    version_id: record.s3.object.version_id,
+                    size: record.s3.object.size,
+                });
+            }
+            Ok(Notification::Created(created))
+        }
+    }
+}
+
+/// The artifacts a finished stage has written, at their deterministic keys.
+pub fn stage_artifacts(stage: Stage, job: &JobId) -> BTreeMap<String, String> {
+    let pairs = match stage {
+        Stage::Ingest => vec![(artifact::VOLUME, keys::volume_key(job)), (artifact::INGEST_REPORT, keys::ingest_report_key(job))],
+        Stage::Segment => vec![(artifact::LABELS, keys::labels_key(job)), (artifact::STATS, keys::stats_key(job))],
+        Stage::Mesh => vec![
+            (artifact::MESH_OBJ, keys::mesh_obj_key(job)),
+            (artifact::MESH_MTL, keys::mesh_mtl_key(job)),
+            (artifact::MESH_MANIFEST, keys::mesh_manifest_key(job)),
+        ],
+    };
+    pairs.into_iter().map(|(name, key)| (name.to_owned(), key.to_string())).collect()
+}
+
+/// Moves the job into `stage`. A stage is triggered by its predecessor's output object, which is
+/// written before the predecessor records itself finished; if that record is not there yet, it is
+/// written here (same transition, same event id), so subscribers see every status in order.
+pub async fn begin_stage(
+    ledger: &JobLedger,
+    job_id: &JobId,
+    stage: Stage,
+    receive_count: u32,
+) -> Result<StageStart, PortError> {
+    let Some(job) = ledger.jobs.get(job_id).await? else { return Ok(StageStart::UnknownJob) };
+    if stage_is_settled(job.status, stage) {
+        // A repeat delivery of finished work: re-emit the stage's event (same id) in case the
+        // earlier attempt died between recording and publishing, then ack.
+        ledger.advance(job_id, Transition::to(stage.finished_status(), Timestamp::now(), receive_count), receive_count.max(2)).await?;
+        return Ok(StageStart::Settled(job));
+    }
+    if let Some(previous) = stage.previous() {
+        if job.status.rank() < previous.finished_status().rank() {
+            let catch_up = Transition::to(previous.finished_status(), Timestamp::now(), 0)
+                .with_artifacts(stage_artifacts(previous, job_id));
+            ledger.advance(job_id, catch_up, 1).await?;
+        }
+    }
+    match ledger.advance(job_id, Transition::to(stage.started_status(), Timestamp::now(), receive_count), receive_count).await? {
+        TransitionOutcome::Applied(job) => Ok(StageStart::Proceed(job)),
+        TransitionOutcome::Ignored(job) if job.status == stage.started_status() => Ok(StageStart::Proceed(job)),
+        TransitionOutcome::Ignored(job) => Ok(StageStart::Settled(job)),
+        TransitionOutcome::NotFound => Ok(StageStart::UnknownJob),
+    }
+}
+
+/// Records the stage finished (after its outputs are written) and publishes the event.
+pub async fn finish_stage(context: &StageContext, job_id: &JobId, stage: Stage, receive_count: u32) -> Result<(), PortError> {
+    if let Some(pause) = context.pause_before_finish {
+        tokio::time::sleep(pause).await;
+    }
+    let transition =
+        Transition::to(stage.finished_status(), Timestamp::now(), receive_count).with_artifacts(stage_artifacts(stage, job_id));
+    context.ledger.advance(job_id, transition, receive_count).await?;
+    Ok(())
+}
+
+/// The outcome for a port error: retry what may pass, fail the job for the rest.
+pub fn outcome_of_port_error(error: &PortError, job_id: &JobId, stage: Stage, what: &str) -> Outcome {
+    match error {
+        PortError::NotFound(key) => Outcome::Fail {
+            job_id: job_id.clone(),
+            stage: Some(stage),
+            code: "missing_input".into(),
+            message: format!("{what}: the object {key} does not exist"),
+        },
+        error if error.is_retryable() => Outcome::Retry { reason: format!("{what}: {error}") },
+        error => Outcome::Fail {
+            job_id: job_id.clone(),
+            stage: Some(stage),
+            code: "storage_error".into(),
+            message: format!("{what}: {error}"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_parse_to_created_objects() {
+        let body = serde_json::to_string(&crate::s3_event::object_created_notification(
+            "b",
+            "uploads/u/my scan.nii.gz",
+            5,
+            "e1",
+            "rule",
+            Timestamp::from_epoch_millis(0),
+            1,
+        ))
+        .unwrap();
+        let Notification::Created(objects) = parse_notification(&body).unwrap() else { panic!("not created") };
+        assert_eq!(objects[0].key.as_str(), "uploads/u/my scan.nii.gz");
+        assert_eq!(objects[0].etag, "e1");
+        assert_eq!(parse_notification(r#"{"Event":"s3:TestEvent"}"#).unwrap(), Notification::Test);
+        assert!(matches!(parse_notification("not json"), Err(NotificationError::Malformed(_))));
+        let escaping = body.replace("uploads/u/my+scan.nii.gz", "uploads/../../etc/passwd");
+        assert!(matches!(parse_notification(&escaping), Err(NotificationError::BadKey(_))));
+    }
+}
