@@ -1,1 +1,170 @@
-fn main() {}
+//! `iris`: the IRIS Oculus command. Parses arguments, loads configuration, starts logging and
+//! hands over to `iris::commands`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use iris::commands::{self, ProcessOptions};
+use iris_shared::config::IrisConfig;
+use iris_shared::keys::UserId;
+
+#[derive(Debug, Parser)]
+#[command(name = "iris", version, about = "CT scans to labelled segmentations and 3D surface meshes", long_about = None)]
+struct Cli {
+    /// Data directory of the embedded backends (objects, SQLite). Overrides IRIS_DATA_DIR.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole pipeline in this process on FILE (.nii/.nii.gz) and wait for the result.
+    Process {
+        file: PathBuf,
+        #[command(flatten)]
+        job: JobArguments,
+    },
+    /// Generate a synthetic CT phantom and run the whole pipeline on it.
+    Demo {
+        #[command(flatten)]
+        job: JobArguments,
+    },
+    /// Run every service and the WebSocket gateway until stopped (Ctrl-C / SIGTERM).
+    Run {
+        /// Upload files dropped into this directory (moved to DIR/submitted/ once uploaded).
+        #[arg(long, value_name = "DIR")]
+        inbox: Option<PathBuf>,
+        /// User that inbox files are uploaded as.
+        #[arg(long, default_value = "local")]
+        user: String,
+    },
+    /// Upload FILE for a running `iris run` to process; prints the job id.
+    Submit {
+        file: PathBuf,
+        #[arg(long, default_value = "local")]
+        user: String,
+        /// Per-job option as object metadata, e.g. --option reduction-percent=75 (repeatable).
+        #[arg(long = "option", value_name = "NAME=VALUE")]
+        options: Vec<String>,
+    },
+    /// Show a job, or list the user's recent jobs.
+    Status {
+        job: Option<String>,
+        #[arg(long, default_value = "local")]
+        user: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a job over the WebSocket gateway of a running `iris run`, printing each state change.
+    Watch {
+        job: String,
+        #[arg(long, default_value = "local")]
+        user: String,
+        /// Gateway URL (default: the one a running `iris run` wrote to the data directory).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Run ingest's logic on a local file (no queues).
+    Ingest {
+        input: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Run segment's logic on a local CT (no queues); labels are written on the input's grid.
+    Segment {
+        input: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Run mesh's logic on a local label map (no queues).
+    Mesh {
+        input: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// stats.json naming the labels (default: stats.json beside INPUT, if any).
+        #[arg(long, value_name = "FILE")]
+        stats: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct JobArguments {
+    /// Where to copy the job's outputs (default ./iris-out/<jobId>/).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print the final job record as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, default_value = "local")]
+    user: String,
+    /// Per-job option as object metadata (repeatable), e.g. --option fast=true.
+    #[arg(long = "option", value_name = "NAME=VALUE")]
+    options: Vec<String>,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout_secs: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut config = match IrisConfig::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(directory) = cli.data_dir.clone() {
+        config.data_dir = directory;
+    }
+    iris_shared::telemetry::init(config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, config)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn user(text: &str) -> anyhow::Result<UserId> {
+    Ok(UserId::parse(text)?)
+}
+
+fn job_options(job: &JobArguments) -> anyhow::Result<ProcessOptions> {
+    Ok(ProcessOptions {
+        user: user(&job.user)?,
+        out: job.out.clone(),
+        json: job.json,
+        metadata: iris::parse_options(&job.options).map_err(anyhow::Error::msg)?,
+        timeout: Duration::from_secs(job.timeout_secs),
+    })
+}
+
+async fn dispatch(command: Command, config: IrisConfig) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Process { file, job } => commands::process(&config, &file, &job_options(&job)?).await,
+        Command::Demo { job } => commands::demo(&config, &job_options(&job)?).await,
+        Command::Run { inbox, user: name } => commands::run(&config, inbox, user(&name)?).await,
+        Command::Submit { file, user: name, options } => {
+            let metadata = iris::parse_options(&options).map_err(anyhow::Error::msg)?;
+            commands::submit(&config, &file, &user(&name)?, &metadata).await
+        }
+        Command::Status { job, user: name, json } => commands::status(&config, job.as_deref(), &user(&name)?, json).await,
+        Command::Watch { job, user: name, url } => commands::watch(&config, &job, &user(&name)?, url).await,
+        Command::Ingest { input, out } => commands::ingest_file(&config, &input, &out),
+        Command::Segment { input, out } => commands::segment_file(&config, &input, &out),
+        Command::Mesh { input, out, stats } => commands::mesh_file(&config, &input, stats.as_deref(), &out),
+    }
+}

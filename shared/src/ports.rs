@@ -142,11 +142,21 @@ pub trait ConnectionStore: Send + Sync {
     async fn advance_delivery(&self, connection_id: &str, job_id: &JobId, rank: u8) -> Result<bool, PortError>;
 }
 
+/// Pushes a message to one WebSocket connection: API Gateway's Management API
+/// (`PostToConnection`) in AWS, the local gateway in embedded mode.
+#[async_trait]
+pub trait ConnectionGateway: Send + Sync {
+    /// `PortError::Gone` when the connection no longer exists (HTTP 410): the caller removes it.
+    async fn post_to_connection(&self, connection_id: &str, payload: &str) -> Result<(), PortError>;
+}
+
 /// Errors of every port.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
     #[error("no object at {0}")]
     NotFound(String),
+    #[error("connection {0} is gone")]
+    Gone(String),
     #[error("receipt handle is stale: the message was redelivered or deleted")]
     StaleReceipt,
     #[error("invalid request to {backend}: {message}")]

@@ -1,1 +1,184 @@
+//! The ingest service: validates and decodes an upload, writes the canonical RAS volume
+//! (`jobs/<id>/volume.nii.gz`) and the ingest report (`jobs/<id>/ingest.json`).
 
+pub mod convert;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use iris_shared::backends::Backends;
+use iris_shared::config::IrisConfig;
+use iris_shared::job::{JobId, JobRecord, JobStatus, Stage};
+use iris_shared::keys::{self, QueueRole};
+use iris_shared::ports::ReceivedMessage;
+use iris_shared::runtime::{MessageHandler, Outcome, run_worker};
+use iris_shared::stage::{
+    CreatedObject, Notification, StageContext, StageStart, begin_stage, finish_stage, outcome_of_port_error,
+    parse_notification,
+};
+use iris_shared::time::Timestamp;
+use tokio_util::sync::CancellationToken;
+use tracing::{Span, info, instrument};
+
+pub use convert::{IngestError, IngestLimits, encode_outputs, ingest_upload};
+
+pub struct IngestHandler {
+    context: StageContext,
+    limits: IngestLimits,
+}
+
+impl IngestHandler {
+    pub fn new(context: StageContext, limits: IngestLimits) -> IngestHandler {
+        IngestHandler { context, limits }
+    }
+
+    pub fn from_config(backends: &Backends, config: &IrisConfig) -> IngestHandler {
+        IngestHandler::new(
+            StageContext {
+                objects: Arc::clone(&backends.objects),
+                ledger: backends.ledger(),
+                pause_before_finish: config.fault_pause_before_finish,
+            },
+            IngestLimits { max_upload_bytes: config.max_upload_bytes, max_voxels: config.max_voxels },
+        )
+    }
+
+    #[instrument(skip_all, fields(job_id))]
+    async fn ingest_object(&self, object: &CreatedObject, receive_count: u32) -> Outcome {
+        let Some(job_id) = job_id_of(object) else {
+            return Outcome::Skipped { reason: format!("{} is not under uploads/", object.key) };
+        };
+        Span::current().record("job_id", job_id.as_str());
+        let user_id = match object.key.upload_user() {
+            Ok(user) => user,
+            Err(error) => return Outcome::Reject { reason: error.to_string() },
+        };
+        let ledger = &self.context.ledger;
+        let head = match self.context.objects.head(&object.key).await {
+            Ok(head) => head,
+            Err(error) => return Outcome::Retry { reason: format!("reading the upload's metadata: {error}") },
+        };
+        let options = head.as_ref().map(|h| h.metadata.clone()).unwrap_or_default();
+        let record = JobRecord::received(
+            job_id.clone(),
+            user_id,
+            &object.bucket,
+            object.key.as_str(),
+            &object.etag,
+            object.version_id.clone(),
+            options,
+            Timestamp::now(),
+        );
+        match ledger.jobs.create_if_absent(&record).await {
+            Ok(true) => {
+                info!(status = %JobStatus::Received, "job received");
+                if let Err(error) = ledger.publish(&record).await {
+                    return Outcome::Retry { reason: format!("publishing RECEIVED: {error}") };
+                }
+            }
+            Ok(false) => {}
+            Err(error) => return Outcome::Retry { reason: format!("creating the job: {error}") },
+        }
+        match begin_stage(ledger, &job_id, Stage::Ingest, receive_count).await {
+            Ok(StageStart::Proceed(_)) => {}
+            Ok(StageStart::Settled(job)) => {
+                return Outcome::Skipped { reason: format!("job already {}", job.status) };
+            }
+            Ok(StageStart::UnknownJob) => return Outcome::Retry { reason: "job vanished after creation".into() },
+            Err(error) => return Outcome::Retry { reason: format!("starting ingest: {error}") },
+        }
+        let Some(head) = head.filter(|h| object.etag.is_empty() || h.etag == object.etag) else {
+            return Outcome::Fail {
+                job_id,
+                stage: Some(Stage::Ingest),
+                code: "upload_replaced".into(),
+                message: "the uploaded file was deleted or replaced before it could be read; the newer upload is its own job"
+                    .into(),
+            };
+        };
+        if head.size > self.limits.max_upload_bytes {
+            let error = IngestError::UploadTooLarge { size: head.size, limit: self.limits.max_upload_bytes };
+            return fail(&job_id, &error);
+        }
+        let bytes = match self.context.objects.get(&object.key).await {
+            Ok(bytes) => bytes,
+            Err(error) => return outcome_of_port_error(&error, &job_id, Stage::Ingest, "reading the upload"),
+        };
+        let file_name = object.key.file_name().to_owned();
+        let limits = self.limits;
+        let converted =
+            tokio::task::spawn_blocking(move || ingest_upload(&bytes, &file_name, &limits).and_then(|v| encode_outputs(&v)))
+                .await;
+        let outputs = match converted {
+            Ok(Ok(outputs)) => outputs,
+            Ok(Err(error)) => return fail(&job_id, &error),
+            Err(panic) => return Outcome::Retry { reason: format!("ingest task failed: {panic}") },
+        };
+        let no_metadata = BTreeMap::new();
+        // The report first, the volume last: the volume's notification starts segmentation.
+        for (key, body) in [
+            (keys::ingest_report_key(&job_id), outputs.report_json),
+            (keys::volume_key(&job_id), outputs.volume_nii_gz),
+        ] {
+            if let Err(error) = self.context.objects.put(&key, body, &no_metadata).await {
+                return outcome_of_port_error(&error, &job_id, Stage::Ingest, "writing ingest outputs");
+            }
+        }
+        match finish_stage(&self.context, &job_id, Stage::Ingest, receive_count).await {
+            Ok(()) => Outcome::Done,
+            Err(error) => Outcome::Retry { reason: format!("recording ingest finished: {error}") },
+        }
+    }
+}
+
+fn fail(job_id: &JobId, error: &IngestError) -> Outcome {
+    Outcome::Fail { job_id: job_id.clone(), stage: Some(Stage::Ingest), code: error.code().into(), message: error.to_string() }
+}
+
+fn job_id_of(object: &CreatedObject) -> Option<JobId> {
+    object.key.as_str().starts_with(keys::UPLOADS_PREFIX).then(|| {
+        let version = object.version_id.as_deref().filter(|v| !v.is_empty() && *v != "null").unwrap_or(&object.etag);
+        JobId::derive(&object.bucket, object.key.as_str(), version)
+    })
+}
+
+#[async_trait]
+impl MessageHandler for IngestHandler {
+    fn name(&self) -> &'static str {
+        "ingest"
+    }
+
+    async fn process_one(&self, message: &ReceivedMessage) -> Outcome {
+        let objects = match parse_notification(&message.body) {
+            Ok(Notification::Test) => return Outcome::Skipped { reason: "s3:TestEvent".into() },
+            Ok(Notification::Created(objects)) => objects,
+            Err(error) => return Outcome::Reject { reason: error.to_string() },
+        };
+        if objects.is_empty() {
+            return Outcome::Skipped { reason: "no object-created records".into() };
+        }
+        for object in &objects {
+            let outcome = self.ingest_object(object, message.receive_count).await;
+            if !matches!(outcome, Outcome::Done | Outcome::Skipped { .. }) || objects.len() == 1 {
+                return outcome;
+            }
+        }
+        Outcome::Done
+    }
+
+    fn job_of(&self, message: &ReceivedMessage) -> Option<(JobId, Option<Stage>)> {
+        match parse_notification(&message.body) {
+            Ok(Notification::Created(objects)) => {
+                objects.first().and_then(job_id_of).map(|job| (job, Some(Stage::Ingest)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Runs the ingest worker until `shutdown`.
+pub async fn run_service(backends: &Backends, config: &IrisConfig, shutdown: CancellationToken) {
+    let handler = Arc::new(IngestHandler::from_config(backends, config));
+    run_worker(handler, backends.queue(QueueRole::Ingest), backends.ledger(), config.worker_settings(), shutdown).await;
+}

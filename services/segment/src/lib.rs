@@ -1,1 +1,191 @@
+//! The segment service: labels every voxel of the canonical volume, puts the label map back on the
+//! upload's exact grid (`jobs/<id>/labels.nii.gz`) and writes per-label statistics (`stats.json`).
+//!
+//! This version runs the built-in classical CT model; ONNX models arrive with the segment issue.
 
+pub mod classical;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use iris_shared::backends::Backends;
+use iris_shared::config::IrisConfig;
+use iris_shared::ingest_report::IngestReport;
+use iris_shared::job::{JobId, Stage};
+use iris_shared::keys::{self, QueueRole, VOLUME_FILE};
+use iris_shared::labels::SegmentationStats;
+use iris_shared::nifti_codec::{DecodeLimits, NiftiDecodeError, decode_nifti, encode_nifti_gz};
+use iris_shared::ports::ReceivedMessage;
+use iris_shared::runtime::{MessageHandler, Outcome, run_worker};
+use iris_shared::stage::{
+    Notification, StageContext, StageStart, begin_stage, finish_stage, outcome_of_port_error, parse_notification,
+};
+use iris_shared::volume::{Volume, VolumeError};
+use tokio_util::sync::CancellationToken;
+use tracing::{Span, info, instrument};
+
+pub use classical::{ClassicalModelError, classical_label_table, segment_classical};
+pub use stats::compute_statistics;
+
+/// A label map on the upload's grid and its statistics, encoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentOutputs {
+    pub labels_nii_gz: Vec<u8>,
+    pub stats: SegmentationStats,
+    pub stats_json: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    #[error("the canonical volume could not be read: {0}")]
+    Volume(#[from] NiftiDecodeError),
+    #[error("ingest.json is unreadable: {0}")]
+    Report(String),
+    #[error("{0}")]
+    Model(#[from] ClassicalModelError),
+    #[error("the volume's grid is inconsistent: {0}")]
+    Grid(#[from] VolumeError),
+    #[error("could not write the outputs: {0}")]
+    Encode(String),
+}
+
+impl SegmentError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SegmentError::Volume(error) => error.code(),
+            SegmentError::Report(_) => "corrupt_file",
+            SegmentError::Model(error) => error.code(),
+            SegmentError::Grid(_) => "not_a_volume",
+            SegmentError::Encode(_) => "internal_error",
+        }
+    }
+}
+
+/// Segments the canonical CT (`volume.nii.gz` bytes) and maps the labels back to the upload's grid
+/// described by `report`.
+pub fn segment_canonical(volume_nii_gz: &[u8], report: &IngestReport, max_voxels: u64) -> Result<SegmentOutputs, SegmentError> {
+    let decoded = decode_nifti(volume_nii_gz, &DecodeLimits { max_voxels })?;
+    let ct: Volume<i16> = decoded.volume.map(|v| v.round().clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16);
+    let canonical_labels = ct.with_voxels(segment_classical(&ct)?)?;
+    let table = classical_label_table();
+    // Statistics do not depend on voxel order, so the canonical grid gives the upload's figures.
+    let mut stats =
+        compute_statistics(&canonical_labels, &ct, &table).map_err(|e| SegmentError::Encode(e.to_string()))?;
+    stats.dims = report.original.dims;
+    let labels = report.reorientation.restore(&canonical_labels, report.original.affine)?;
+    let labels_nii_gz =
+        encode_nifti_gz(&labels, &report.original.geometry).map_err(|e| SegmentError::Encode(e.to_string()))?;
+    let mut stats_json = serde_json::to_vec_pretty(&stats).map_err(|e| SegmentError::Encode(e.to_string()))?;
+    stats_json.push(b'\n');
+    Ok(SegmentOutputs { labels_nii_gz, stats, stats_json })
+}
+
+pub struct SegmentHandler {
+    context: StageContext,
+    max_voxels: u64,
+}
+
+impl SegmentHandler {
+    pub fn from_config(backends: &Backends, config: &IrisConfig) -> SegmentHandler {
+        SegmentHandler {
+            context: StageContext {
+                objects: Arc::clone(&backends.objects),
+                ledger: backends.ledger(),
+                pause_before_finish: config.fault_pause_before_finish,
+            },
+            max_voxels: config.max_voxels,
+        }
+    }
+
+    #[instrument(skip_all, fields(job_id))]
+    async fn segment_job(&self, job_id: JobId, receive_count: u32) -> Outcome {
+        Span::current().record("job_id", job_id.as_str());
+        match begin_stage(&self.context.ledger, &job_id, Stage::Segment, receive_count).await {
+            Ok(StageStart::Proceed(_)) => {}
+            Ok(StageStart::Settled(job)) => return Outcome::Skipped { reason: format!("job already {}", job.status) },
+            Ok(StageStart::UnknownJob) => return Outcome::Reject { reason: format!("no job {job_id}") },
+            Err(error) => return Outcome::Retry { reason: format!("starting segment: {error}") },
+        }
+        let report = match self.context.objects.get(&keys::ingest_report_key(&job_id)).await {
+            Ok(bytes) => match serde_json::from_slice::<IngestReport>(&bytes) {
+                Ok(report) => report,
+                Err(error) => return fail(&job_id, &SegmentError::Report(error.to_string())),
+            },
+            Err(error) => return outcome_of_port_error(&error, &job_id, Stage::Segment, "reading ingest.json"),
+        };
+        let volume = match self.context.objects.get(&keys::volume_key(&job_id)).await {
+            Ok(bytes) => bytes,
+            Err(error) => return outcome_of_port_error(&error, &job_id, Stage::Segment, "reading volume.nii.gz"),
+        };
+        let max_voxels = self.max_voxels;
+        let outputs = match tokio::task::spawn_blocking(move || segment_canonical(&volume, &report, max_voxels)).await {
+            Ok(Ok(outputs)) => outputs,
+            Ok(Err(error)) => return fail(&job_id, &error),
+            Err(panic) => return Outcome::Retry { reason: format!("segment task failed: {panic}") },
+        };
+        info!(model = %outputs.stats.model, "segmented");
+        let no_metadata = BTreeMap::new();
+        // Statistics first, labels last: the label map's notification starts meshing.
+        for (key, body) in [(keys::stats_key(&job_id), outputs.stats_json), (keys::labels_key(&job_id), outputs.labels_nii_gz)] {
+            if let Err(error) = self.context.objects.put(&key, body, &no_metadata).await {
+                return outcome_of_port_error(&error, &job_id, Stage::Segment, "writing segment outputs");
+            }
+        }
+        match finish_stage(&self.context, &job_id, Stage::Segment, receive_count).await {
+            Ok(()) => Outcome::Done,
+            Err(error) => Outcome::Retry { reason: format!("recording segment finished: {error}") },
+        }
+    }
+}
+
+fn fail(job_id: &JobId, error: &SegmentError) -> Outcome {
+    Outcome::Fail { job_id: job_id.clone(), stage: Some(Stage::Segment), code: error.code().into(), message: error.to_string() }
+}
+
+fn jobs_of(body: &str) -> Result<Option<Vec<JobId>>, String> {
+    match parse_notification(body).map_err(|e| e.to_string())? {
+        Notification::Test => Ok(None),
+        Notification::Created(objects) => objects
+            .iter()
+            .map(|o| match o.key.job_id() {
+                Some(job) if o.key.file_name() == VOLUME_FILE => Ok(job),
+                _ => Err(format!("{} is not a job's {VOLUME_FILE}", o.key)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+    }
+}
+
+#[async_trait]
+impl MessageHandler for SegmentHandler {
+    fn name(&self) -> &'static str {
+        "segment"
+    }
+
+    async fn process_one(&self, message: &ReceivedMessage) -> Outcome {
+        let jobs = match jobs_of(&message.body) {
+            Ok(Some(jobs)) if !jobs.is_empty() => jobs,
+            Ok(_) => return Outcome::Skipped { reason: "no volume to segment in this notification".into() },
+            Err(reason) => return Outcome::Reject { reason },
+        };
+        for job_id in jobs {
+            let outcome = self.segment_job(job_id, message.receive_count).await;
+            if !matches!(outcome, Outcome::Done | Outcome::Skipped { .. }) {
+                return outcome;
+            }
+        }
+        Outcome::Done
+    }
+
+    fn job_of(&self, message: &ReceivedMessage) -> Option<(JobId, Option<Stage>)> {
+        jobs_of(&message.body).ok().flatten().and_then(|jobs| jobs.into_iter().next()).map(|job| (job, Some(Stage::Segment)))
+    }
+}
+
+/// Runs the segment worker until `shutdown`.
+pub async fn run_service(backends: &Backends, config: &IrisConfig, shutdown: CancellationToken) {
+    let handler = Arc::new(SegmentHandler::from_config(backends, config));
+    run_worker(handler, backends.queue(QueueRole::Segment), backends.ledger(), config.worker_settings(), shutdown).await;
+}

@@ -1,0 +1,159 @@
+//! Ingest's logic, free of I/O: an uploaded file's bytes become the canonical RAS volume (CT as
+//! int16 HU) and the ingest report.
+
+use iris_shared::ingest_report::{CanonicalGrid, INGEST_REPORT_VERSION, IngestReport, IntensitySummary, OriginalGrid};
+use iris_shared::nifti_codec::{DecodeLimits, NiftiDecodeError, NiftiGeometry, decode_nifti, encode_nifti_gz};
+use iris_shared::volume::{Reorientation, Volume, VolumeError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestLimits {
+    pub max_upload_bytes: u64,
+    pub max_voxels: u64,
+}
+
+/// The canonical volume and the report, before encoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestedVolume {
+    pub canonical: Volume<i16>,
+    pub report: IngestReport,
+}
+
+/// The encoded outputs: `volume.nii.gz` and `ingest.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestOutputs {
+    pub volume_nii_gz: Vec<u8>,
+    pub report_json: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{0}")]
+    UnsupportedFormat(String),
+    #[error("{0}")]
+    Nifti(#[from] NiftiDecodeError),
+    #[error("the upload is {size} bytes, more than the limit of {limit}")]
+    UploadTooLarge { size: u64, limit: u64 },
+    #[error("the volume's geometry is unusable: {0}")]
+    Geometry(#[from] VolumeError),
+    #[error("could not write the canonical volume: {0}")]
+    Encode(String),
+}
+
+impl IngestError {
+    /// Stable error code recorded on the failed job.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IngestError::UnsupportedFormat(_) => "unsupported_format",
+            IngestError::Nifti(error) => error.code(),
+            IngestError::UploadTooLarge { .. } => "too_large",
+            IngestError::Geometry(_) => "not_a_volume",
+            IngestError::Encode(_) => "internal_error",
+        }
+    }
+
+    /// Whether trying again could help (never, for input problems).
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// The input formats ingest recognises by file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    Nifti,
+    DicomZip,
+    Dicom,
+}
+
+impl SourceFormat {
+    pub fn from_file_name(name: &str) -> Option<SourceFormat> {
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with(".nii") || lower.ends_with(".nii.gz") {
+            Some(SourceFormat::Nifti)
+        } else if lower.ends_with(".zip") {
+            Some(SourceFormat::DicomZip)
+        } else if lower.ends_with(".dcm") {
+            Some(SourceFormat::Dicom)
+        } else {
+            None
+        }
+    }
+}
+
+/// Decodes an upload and brings it to canonical RAS orientation.
+pub fn ingest_upload(bytes: &[u8], file_name: &str, limits: &IngestLimits) -> Result<IngestedVolume, IngestError> {
+    if bytes.len() as u64 > limits.max_upload_bytes {
+        return Err(IngestError::UploadTooLarge { size: bytes.len() as u64, limit: limits.max_upload_bytes });
+    }
+    match SourceFormat::from_file_name(file_name) {
+        Some(SourceFormat::Nifti) => {}
+        Some(SourceFormat::DicomZip | SourceFormat::Dicom) => {
+            return Err(IngestError::UnsupportedFormat(format!(
+                "{file_name:?} is DICOM, which this version does not read yet; convert it to NIfTI (.nii.gz) first"
+            )));
+        }
+        None => {
+            return Err(IngestError::UnsupportedFormat(format!(
+                "{file_name:?} is not a NIfTI file (.nii or .nii.gz); upload a CT volume as NIfTI"
+            )));
+        }
+    }
+    let decoded = decode_nifti(bytes, &DecodeLimits { max_voxels: limits.max_voxels })?;
+    let original_affine = decoded.affine;
+    let dims = decoded.volume.dims();
+    let mut clipped = 0u64;
+    let hounsfield: Vec<i16> = decoded
+        .volume
+        .voxels()
+        .iter()
+        .map(|value| {
+            let rounded = value.round();
+            if rounded < f32::from(i16::MIN) || rounded > f32::from(i16::MAX) {
+                clipped += 1;
+            }
+            rounded.clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16
+        })
+        .collect();
+    let (min_hu, max_hu) = hounsfield.iter().fold((i16::MAX, i16::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let original = Volume::new(dims, original_affine, hounsfield)?;
+    let reorientation = Reorientation::to_canonical(dims, &original_affine)?;
+    let canonical = reorientation.apply(&original)?;
+    let mut warnings = Vec::new();
+    if clipped > 0 {
+        warnings.push(format!("{clipped} voxels were outside the int16 range and were clipped"));
+    }
+    if min_hu > -500 {
+        warnings.push(format!("the darkest voxel is {min_hu} HU; a CT with air in view has values near -1000 HU"));
+    }
+    let report = IngestReport {
+        format_version: INGEST_REPORT_VERSION,
+        source_format: "nifti".to_owned(),
+        source_datatype: decoded.datatype.clone(),
+        original: OriginalGrid {
+            dims,
+            affine: original_affine,
+            affine_source: decoded.affine_source,
+            orientation: original_affine.orientation_code()?,
+            spacing_mm: original_affine.spacing(),
+            geometry: decoded.geometry.clone(),
+        },
+        canonical: CanonicalGrid {
+            dims: canonical.dims(),
+            affine: *canonical.affine(),
+            spacing_mm: canonical.spacing(),
+        },
+        reorientation,
+        intensity: IntensitySummary { min_hu, max_hu, clipped_voxels: clipped },
+        warnings,
+    };
+    Ok(IngestedVolume { canonical, report })
+}
+
+/// Encodes the canonical volume as `.nii.gz` and the report as JSON. Deterministic.
+pub fn encode_outputs(ingested: &IngestedVolume) -> Result<IngestOutputs, IngestError> {
+    let geometry = NiftiGeometry::from_affine(ingested.canonical.dims(), ingested.canonical.affine());
+    let volume_nii_gz = encode_nifti_gz(&ingested.canonical, &geometry).map_err(|e| IngestError::Encode(e.to_string()))?;
+    let mut report_json = serde_json::to_vec_pretty(&ingested.report).map_err(|e| IngestError::Encode(e.to_string()))?;
+    report_json.push(b'\n');
+    Ok(IngestOutputs { volume_nii_gz, report_json })
+}

@@ -1,0 +1,117 @@
+//! The notification logic shared by the notify queue consumer, the local gateway and (in AWS)
+//! the WebSocket route Lambda: routing client actions, and delivering job states to subscribers
+//! in order, each once, only to the job's own user.
+
+use std::sync::Arc;
+
+use iris_shared::events::JobEventDetail;
+use iris_shared::job::JobId;
+use iris_shared::ports::{Connection, ConnectionGateway, ConnectionStore, JobStore, PortError};
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::protocol::{ClientMessage, JobSummary, ServerMessage};
+
+pub struct NotifyCore {
+    pub jobs: Arc<dyn JobStore>,
+    pub connections: Arc<dyn ConnectionStore>,
+    pub gateway: Arc<dyn ConnectionGateway>,
+    /// Serialises "record as delivered, then post" so two deliveries to one subscriber cannot
+    /// overtake each other within this process.
+    delivery_lock: Mutex<()>,
+}
+
+/// How many of a user's jobs `list` returns.
+pub const LIST_LIMIT: usize = 50;
+
+impl NotifyCore {
+    pub fn new(jobs: Arc<dyn JobStore>, connections: Arc<dyn ConnectionStore>, gateway: Arc<dyn ConnectionGateway>) -> NotifyCore {
+        NotifyCore { jobs, connections, gateway, delivery_lock: Mutex::new(()) }
+    }
+
+    /// Sends a job's new state to every subscriber of the job who belongs to the job's user.
+    /// Returns how many connections it was sent to.
+    pub async fn deliver(&self, event: &JobEventDetail) -> Result<usize, PortError> {
+        let subscribers = self.connections.subscribers(&event.job_id).await?;
+        let mut sent = 0;
+        for subscription in subscribers {
+            if subscription.user_id != event.user_id {
+                warn!(job_id = %event.job_id, connection_id = %subscription.connection_id, "subscriber of another user: not sent");
+                continue;
+            }
+            if self.send_state(&subscription.connection_id, event).await? {
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Sends `event` to one connection unless it already got this status or a later one.
+    async fn send_state(&self, connection_id: &str, event: &JobEventDetail) -> Result<bool, PortError> {
+        let _guard = self.delivery_lock.lock().await;
+        if !self.connections.advance_delivery(connection_id, &event.job_id, event.status.rank()).await? {
+            debug!(connection_id, status = %event.status, "already delivered");
+            return Ok(false);
+        }
+        let payload = ServerMessage::job_state(event.clone()).to_json();
+        match self.gateway.post_to_connection(connection_id, &payload).await {
+            Ok(()) => Ok(true),
+            Err(PortError::Gone(_)) => {
+                info!(connection_id, "connection gone: removed");
+                self.connections.remove_connection(connection_id).await?;
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Handles one client action; returns the replies for the caller (a subscribe's current
+    /// state is sent through the delivery path instead, so it is ordered with pushed states).
+    pub async fn handle_client_message(&self, connection: &Connection, message: ClientMessage) -> Vec<ServerMessage> {
+        match self.route(connection, message).await {
+            Ok(replies) => replies,
+            Err(error) => {
+                warn!(connection_id = %connection.connection_id, %error, "client request failed");
+                vec![ServerMessage::error("unavailable", "the request could not be served; try again")]
+            }
+        }
+    }
+
+    async fn route(&self, connection: &Connection, message: ClientMessage) -> Result<Vec<ServerMessage>, PortError> {
+        match message {
+            ClientMessage::Subscribe { job_id } => {
+                let Ok(job_id) = JobId::parse(&job_id) else {
+                    return Ok(vec![ServerMessage::error("bad_request", "jobId must be 32 lowercase hex characters")]);
+                };
+                let job = self.jobs.get(&job_id).await?;
+                if let Some(job) = &job {
+                    if job.user_id != connection.user_id {
+                        // The same answer as for a job that does not exist would leak less, but a
+                        // pending subscription to another user's job could never deliver anyway.
+                        return Ok(vec![ServerMessage::error("forbidden", "you may subscribe only to your own jobs")]);
+                    }
+                }
+                self.connections.subscribe(&connection.connection_id, &job_id).await?;
+                let reply = ServerMessage::Subscribed { job_id: job_id.clone() };
+                if let Some(job) = job {
+                    // Acknowledge first, then the current state through the ordered delivery path.
+                    self.gateway.post_to_connection(&connection.connection_id, &reply.to_json()).await?;
+                    self.send_state(&connection.connection_id, &JobEventDetail::from_job(&job)).await?;
+                    return Ok(Vec::new());
+                }
+                Ok(vec![reply])
+            }
+            ClientMessage::Unsubscribe { job_id } => {
+                let Ok(job_id) = JobId::parse(&job_id) else {
+                    return Ok(vec![ServerMessage::error("bad_request", "jobId must be 32 lowercase hex characters")]);
+                };
+                self.connections.unsubscribe(&connection.connection_id, &job_id).await?;
+                Ok(vec![ServerMessage::Unsubscribed { job_id }])
+            }
+            ClientMessage::List => {
+                let jobs = self.jobs.list_by_user(&connection.user_id, LIST_LIMIT).await?;
+                Ok(vec![ServerMessage::Jobs { jobs: jobs.iter().map(JobSummary::of).collect() }])
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The local WebSocket gateway: plays API Gateway's part in embedded mode. It accepts
+//! connections (`ws://HOST:PORT/?user=<userId>`), records them in the connection store, hands
+//! client frames to [`NotifyCore`], and implements `post_to_connection` (answering Gone for a
+//! connection it no longer has).
+//!
+//! Identity: the `user` query parameter (default `local`). Authenticated tokens arrive with the
+//! notify issue; until then the local gateway is meant for loopback use only.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use futures_util::{SinkExt, StreamExt};
+use iris_shared::keys::UserId;
+use iris_shared::ports::{Connection, ConnectionGateway, PortError};
+use iris_shared::time::Timestamp;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::core::NotifyCore;
+use crate::protocol::{ServerMessage, parse_client_message};
+
+pub const DEFAULT_USER: &str = "local";
+
+/// Open connections of this process: connection id → outgoing frames.
+#[derive(Default)]
+pub struct LocalGateway {
+    senders: Mutex<HashMap<String, mpsc::UnboundedSender<String>>>,
+}
+
+#[async_trait]
+impl ConnectionGateway for LocalGateway {
+    async fn post_to_connection(&self, connection_id: &str, payload: &str) -> Result<(), PortError> {
+        let senders = self.senders.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match senders.get(connection_id) {
+            Some(sender) if sender.send(payload.to_owned()).is_ok() => Ok(()),
+            _ => Err(PortError::Gone(connection_id.to_owned())),
+        }
+    }
+}
+
+impl LocalGateway {
+    fn register(&self, connection_id: &str) -> mpsc::UnboundedReceiver<String> {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.senders.lock().unwrap_or_else(|p| p.into_inner()).insert(connection_id.to_owned(), sender);
+        receiver
+    }
+
+    fn unregister(&self, connection_id: &str) {
+        self.senders.lock().unwrap_or_else(|p| p.into_inner()).remove(connection_id);
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.senders.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// Accepts WebSocket connections until `shutdown`.
+pub async fn serve(listener: TcpListener, gateway: Arc<LocalGateway>, core: Arc<NotifyCore>, shutdown: CancellationToken) {
+    let address = listener.local_addr().ok();
+    info!(?address, "WebSocket gateway listening");
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let (gateway, core, shutdown) = (Arc::clone(&gateway), Arc::clone(&core), shutdown.clone());
+                tokio::spawn(async move { handle_connection(stream, peer, gateway, core, shutdown).await });
+            }
+            Err(error) => warn!(%error, "accept failed"),
+        }
+    }
+}
+
+fn user_from_request(request: &Request) -> Result<UserId, String> {
+    let query = request.uri().query().unwrap_or("");
+    let user = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(name, _)| *name == "user")
+        .map(|(_, value)| value)
+        .unwrap_or(DEFAULT_USER);
+    UserId::parse(user).map_err(|e| e.to_string())
+}
+
+async fn handle_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    gateway: Arc<LocalGateway>,
+    core: Arc<NotifyCore>,
+    shutdown: CancellationToken,
+) {
+    let mut user = None;
+    let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+        match user_from_request(request) {
+            Ok(found) => {
+                user = Some(found);
+                Ok(response)
+            }
+            Err(reason) => {
+                let mut refusal = ErrorResponse::new(Some(reason));
+                *refusal.status_mut() = StatusCode::BAD_REQUEST;
+                Err(refusal)
+            }
+        }
+    };
+    let socket = match tokio_tungstenite::accept_hdr_async(stream, callback).await {
+        Ok(socket) => socket,
+        Err(error) => {
+            debug!(%peer, %error, "handshake refused");
+            return;
+        }
+    };
+    let Some(user_id) = user else { return };
+    let connection =
+        Connection { connection_id: uuid::Uuid::new_v4().to_string(), user_id, connected_at: Timestamp::now() };
+    if let Err(error) = core.connections.add_connection(&connection).await {
+        warn!(%error, "could not record connection");
+        return;
+    }
+    let mut outgoing = gateway.register(&connection.connection_id);
+    let (mut sink, mut source) = socket.split();
+    info!(connection_id = %connection.connection_id, user_id = %connection.user_id, "connected");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = sink.send(Message::Close(None)).await;
+                break;
+            }
+            frame = outgoing.recv() => match frame {
+                Some(text) => if sink.send(Message::text(text)).await.is_err() { break },
+                None => break,
+            },
+            incoming = source.next() => match incoming {
+                Some(Ok(Message::Text(text))) => {
+                    let replies = match parse_client_message(text.as_str()) {
+                        Ok(message) => core.handle_client_message(&connection, message).await,
+                        Err(reply) => vec![reply],
+                    };
+                    for reply in replies {
+                        // Through the same channel as pushed states, so ordering holds.
+                        let _ = gateway.post_to_connection(&connection.connection_id, &reply.to_json()).await;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let reply = ServerMessage::error("bad_request", "send JSON text frames");
+                    let _ = gateway.post_to_connection(&connection.connection_id, &reply.to_json()).await;
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    gateway.unregister(&connection.connection_id);
+    if let Err(error) = core.connections.remove_connection(&connection.connection_id).await {
+        warn!(%error, "could not remove connection");
+    }
+    info!(connection_id = %connection.connection_id, "disconnected");
+}

@@ -1,0 +1,112 @@
+//! The WebSocket protocol, identical on API Gateway and the local gateway. Clients send JSON with
+//! an `action` (API Gateway's route selection expression is `$request.body.action`).
+
+use serde::{Deserialize, Serialize};
+
+use iris_shared::events::{DetailType, JobEventDetail};
+use iris_shared::job::{JobId, JobRecord, JobStatus};
+use iris_shared::time::Timestamp;
+
+/// What a client may send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "camelCase")]
+pub enum ClientMessage {
+    /// Receive every state change of a job of the caller's user, starting with its current state.
+    Subscribe {
+        #[serde(rename = "jobId")]
+        job_id: String,
+    },
+    Unsubscribe {
+        #[serde(rename = "jobId")]
+        job_id: String,
+    },
+    /// The caller's recent jobs.
+    List,
+}
+
+/// What the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ServerMessage {
+    Subscribed {
+        #[serde(rename = "jobId")]
+        job_id: JobId,
+    },
+    Unsubscribed {
+        #[serde(rename = "jobId")]
+        job_id: JobId,
+    },
+    /// A job reached a status. `event` is the pipeline event's detail (stable `eventId`).
+    JobState {
+        #[serde(rename = "detailType")]
+        detail_type: DetailType,
+        event: JobEventDetail,
+    },
+    Jobs {
+        jobs: Vec<JobSummary>,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSummary {
+    pub job_id: JobId,
+    pub status: JobStatus,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl ServerMessage {
+    pub fn job_state(event: JobEventDetail) -> ServerMessage {
+        ServerMessage::JobState { detail_type: event.detail_type(), event }
+    }
+
+    pub fn error(code: &str, message: impl Into<String>) -> ServerMessage {
+        ServerMessage::Error { code: code.to_owned(), message: message.into() }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| r#"{"type":"error","code":"internal_error","message":""}"#.into())
+    }
+}
+
+impl JobSummary {
+    pub fn of(job: &JobRecord) -> JobSummary {
+        JobSummary { job_id: job.job_id.clone(), status: job.status, created_at: job.created_at, updated_at: job.updated_at }
+    }
+}
+
+/// Parses a client frame; the error is the message to send back.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, ServerMessage> {
+    if text.len() > 4096 {
+        return Err(ServerMessage::error("message_too_large", "messages are at most 4096 bytes"));
+    }
+    serde_json::from_str(text).map_err(|e| {
+        ServerMessage::error(
+            "bad_request",
+            format!("expected {{\"action\":\"subscribe\"|\"unsubscribe\",\"jobId\":\"…\"}} or {{\"action\":\"list\"}}: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_use_the_action_field() {
+        assert_eq!(
+            parse_client_message(r#"{"action":"subscribe","jobId":"abc"}"#).unwrap(),
+            ClientMessage::Subscribe { job_id: "abc".into() }
+        );
+        assert_eq!(parse_client_message(r#"{"action":"list"}"#).unwrap(), ClientMessage::List);
+        for bad in ["", "{}", r#"{"action":"drop"}"#, r#"{"action":"subscribe"}"#, "[1]"] {
+            assert!(matches!(parse_client_message(bad), Err(ServerMessage::Error { .. })), "{bad:?} accepted");
+        }
+        assert!(parse_client_message(&"x".repeat(5000)).is_err());
+    }
+}
