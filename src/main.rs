@@ -121,7 +121,8 @@ fn main() -> ExitCode {
     if let Some(directory) = cli.data_dir.clone() {
         config.data_dir = directory;
     }
-    iris_shared::telemetry::init(config.log_format);
+    let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
+    iris_shared::telemetry::init_with_default_level(config.log_format, default_level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {

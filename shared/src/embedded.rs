@@ -131,10 +131,23 @@ impl SqliteDatabase {
         }
         let connection = SqliteConnection::open(path).map_err(sqlite_error)?;
         connection.busy_timeout(Duration::from_secs(30)).map_err(sqlite_error)?;
-        connection
-            .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
-            .map_err(sqlite_error)?;
-        connection.execute_batch(SCHEMA).map_err(sqlite_error)?;
+        // Several services may open a new file at the same moment; switching it to WAL can answer
+        // SQLITE_BUSY without waiting on the busy handler, so that step is retried for a while.
+        let started = std::time::Instant::now();
+        loop {
+            let setup = connection
+                .execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
+                .and_then(|()| connection.execute_batch(SCHEMA));
+            match setup {
+                Ok(()) => break,
+                Err(rusqlite::Error::SqliteFailure(error, _))
+                    if error.code == rusqlite::ErrorCode::DatabaseBusy && started.elapsed() < Duration::from_secs(30) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(error) => return Err(sqlite_error(error)),
+            }
+        }
         Ok(Arc::new(SqliteDatabase {
             connection: Mutex::new(connection),
             path: path.to_owned(),
@@ -201,6 +214,11 @@ impl DirectoryObjectStore {
 
     pub fn path_of(&self, key: &ObjectKey) -> PathBuf {
         self.root.join(key.as_str())
+    }
+
+    /// The ETag `put` gives these bytes, so a client can know an upload's job id before it uploads.
+    pub fn etag_for(body: &[u8]) -> String {
+        etag_of(body)
     }
 }
 

@@ -1,0 +1,307 @@
+//! The port contract suites (iris_shared::contract) against the embedded adapters.
+
+use std::sync::Arc;
+
+use iris_shared::backends::EmbeddedBackends;
+use iris_shared::config::IrisConfig;
+use iris_shared::contract;
+use iris_shared::keys::QueueRole;
+
+fn open(max_attempts: u32) -> (tempfile::TempDir, EmbeddedBackends) {
+    let directory = tempfile::tempdir().expect("temp dir");
+    let path = directory.path().to_owned();
+    let config = IrisConfig::from_lookup(|name| match name {
+        "IRIS_DATA_DIR" => Some(path.display().to_string()),
+        "IRIS_MAX_ATTEMPTS" => Some(max_attempts.to_string()),
+        _ => None,
+    })
+    .expect("config");
+    let backends = EmbeddedBackends::open(&config).expect("open embedded backends");
+    (directory, backends)
+}
+
+#[tokio::test]
+async fn directory_object_store_keeps_the_object_store_contract() {
+    let (_dir, backends) = open(4);
+    contract::object_store_contract(backends.objects.as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_work_queue_keeps_the_work_queue_contract() {
+    // The embedded queue's redrive is max_attempts + 1 receives.
+    let (_dir, backends) = open(2);
+    contract::work_queue_contract(backends.queues[&QueueRole::Ingest].as_ref(), 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_job_store_keeps_the_job_store_contract() {
+    let (_dir, backends) = open(4);
+    contract::job_store_contract(backends.jobs.clone() as Arc<dyn iris_shared::ports::JobStore>).await;
+}
+
+#[tokio::test]
+async fn sqlite_event_bus_keeps_the_event_bus_contract() {
+    let (_dir, backends) = open(4);
+    contract::event_bus_contract(backends.events.as_ref(), backends.queues[&QueueRole::Notify].as_ref()).await;
+}
+
+#[tokio::test]
+async fn sqlite_connection_store_keeps_the_connection_store_contract() {
+    let (_dir, backends) = open(4);
+    contract::connection_store_contract(backends.connections.as_ref()).await;
+}
+
+#[tokio::test]
+async fn objects_and_queued_messages_survive_reopening_the_data_directory() {
+    let (directory, backends) = open(4);
+    let key = iris_shared::keys::ObjectKey::parse("uploads/u/durable.nii").unwrap();
+    iris_shared::ports::ObjectStore::put(backends.objects.as_ref(), &key, b"bytes".to_vec(), &Default::default())
+        .await
+        .unwrap();
+    drop(backends);
+    let config = IrisConfig::from_lookup(|name| (name == "IRIS_DATA_DIR").then(|| directory.path().display().to_string())).unwrap();
+    let reopened = EmbeddedBackends::open(&config).unwrap();
+    let queue = &reopened.queues[&QueueRole::Ingest];
+    let messages = iris_shared::ports::WorkQueue::receive(
+        queue.as_ref(),
+        1,
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(messages.len(), 1, "the object-created notification is durable");
+    assert!(messages[0].body.contains("uploads/u/durable.nii"));
+    assert_eq!(iris_shared::ports::ObjectStore::get(reopened.objects.as_ref(), &key).await.unwrap(), b"bytes");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker runtime, on the real embedded queue and job store. The handlers below are stand-in
+// stages whose behaviour is the point of each test (always failing, panicking, slow); the queue,
+// job table and event bus they run against are the real ones.
+
+mod runtime {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use iris_shared::backends::EmbeddedBackends;
+    use iris_shared::job::{JobId, JobRecord, JobStatus, Stage};
+    use iris_shared::keys::{QueueRole, UserId};
+    use iris_shared::ports::{JobStore, ReceivedMessage, WorkQueue};
+    use iris_shared::runtime::{MessageHandler, Outcome, WorkerSettings, run_worker};
+    use iris_shared::time::Timestamp;
+    use tokio_util::sync::CancellationToken;
+
+    enum Behaviour {
+        AlwaysRetry,
+        Panic,
+        Reject,
+        SlowThenDone(Duration),
+    }
+
+    struct StandInStage {
+        job_id: JobId,
+        behaviour: Behaviour,
+        calls: AtomicU32,
+    }
+
+    #[async_trait]
+    impl MessageHandler for StandInStage {
+        fn name(&self) -> &'static str {
+            "stand-in"
+        }
+
+        async fn process_one(&self, _message: &ReceivedMessage) -> Outcome {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            match &self.behaviour {
+                Behaviour::AlwaysRetry => Outcome::Retry { reason: "backend unavailable".into() },
+                Behaviour::Panic => panic!("stand-in stage bug"),
+                Behaviour::Reject => Outcome::Reject { reason: "malformed".into() },
+                Behaviour::SlowThenDone(pause) => {
+                    tokio::time::sleep(*pause).await;
+                    Outcome::Done
+                }
+            }
+        }
+
+        fn job_of(&self, _message: &ReceivedMessage) -> Option<(JobId, Option<Stage>)> {
+            Some((self.job_id.clone(), Some(Stage::Segment)))
+        }
+    }
+
+    fn settings() -> WorkerSettings {
+        WorkerSettings {
+            concurrency: 1,
+            visibility_timeout: Duration::from_millis(600),
+            heartbeat_interval: Duration::from_millis(200),
+            receive_wait: Duration::from_millis(200),
+            max_attempts: 3,
+            retry_backoff_base: Duration::from_millis(50),
+            retry_backoff_max: Duration::from_millis(200),
+        }
+    }
+
+    async fn job(backends: &EmbeddedBackends) -> JobId {
+        let record = JobRecord::received(
+            JobId::derive("b", "uploads/u/x.nii.gz", "e"),
+            UserId::parse("u").unwrap(),
+            "b",
+            "uploads/u/x.nii.gz",
+            "e",
+            None,
+            BTreeMap::new(),
+            Timestamp::now(),
+        );
+        backends.jobs.create_if_absent(&record).await.unwrap();
+        record.job_id
+    }
+
+    async fn run_until(
+        backends: &EmbeddedBackends,
+        handler: Arc<StandInStage>,
+        done: impl Fn() -> bool,
+    ) -> Arc<StandInStage> {
+        let shutdown = CancellationToken::new();
+        let ports = backends.ports();
+        let worker = tokio::spawn(run_worker(
+            handler.clone(),
+            ports.queue(QueueRole::Segment),
+            ports.ledger(),
+            settings(),
+            shutdown.clone(),
+        ));
+        for _ in 0..200 {
+            if done() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        shutdown.cancel();
+        worker.await.unwrap();
+        handler
+    }
+
+    fn open() -> (tempfile::TempDir, EmbeddedBackends) {
+        super::open(3)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_that_always_fails_is_dead_lettered_and_its_job_fails_with_retries_exhausted() {
+        let (_dir, backends) = open();
+        let job_id = job(&backends).await;
+        let queue = backends.queues[&QueueRole::Segment].clone();
+        queue.send("work").await.unwrap();
+        let handler = Arc::new(StandInStage { job_id: job_id.clone(), behaviour: Behaviour::AlwaysRetry, calls: AtomicU32::new(0) });
+        let probe = queue.clone();
+        let handler = run_until(&backends, handler, move || {
+            futures_lite_block(probe.depth()).map(|d| d.dead_lettered == 1).unwrap_or(false)
+        })
+        .await;
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 3, "tried max_attempts times");
+        let depth = queue.depth().await.unwrap();
+        assert_eq!((depth.visible, depth.in_flight, depth.dead_lettered), (0, 0, 1));
+        let record = backends.jobs.get(&job_id).await.unwrap().unwrap();
+        assert_eq!(record.status, JobStatus::Failed);
+        let error = record.error.unwrap();
+        assert_eq!(error.code, "retries_exhausted");
+        assert_eq!(error.stage, Some(Stage::Segment));
+        let events = backends.events.published(&job_id).await.unwrap();
+        assert_eq!(events.last().unwrap().detail_type, "JobFailed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_redelivered_past_its_attempts_after_crashes_is_given_up_without_running() {
+        let (_dir, backends) = open();
+        let job_id = job(&backends).await;
+        let queue = backends.queues[&QueueRole::Segment].clone();
+        queue.send("work that crashes its worker").await.unwrap();
+        // Three workers received it and died without acking (a crash loop).
+        for _ in 0..3 {
+            let got = queue.receive(1, Duration::from_millis(100), Duration::from_secs(2)).await.unwrap();
+            assert_eq!(got.len(), 1);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        let handler = Arc::new(StandInStage {
+            job_id: job_id.clone(),
+            behaviour: Behaviour::SlowThenDone(Duration::ZERO),
+            calls: AtomicU32::new(0),
+        });
+        let probe = queue.clone();
+        let handler = run_until(&backends, handler, move || {
+            futures_lite_block(probe.depth()).map(|d| d.dead_lettered == 1).unwrap_or(false)
+        })
+        .await;
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 0, "the fourth delivery is not processed");
+        let record = backends.jobs.get(&job_id).await.unwrap().unwrap();
+        assert_eq!(record.error.unwrap().code, "retries_exhausted");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_handler_fails_the_job_and_the_worker_keeps_serving() {
+        let (_dir, backends) = open();
+        let job_id = job(&backends).await;
+        let queue = backends.queues[&QueueRole::Segment].clone();
+        queue.send("one").await.unwrap();
+        queue.send("two").await.unwrap();
+        let handler = Arc::new(StandInStage { job_id: job_id.clone(), behaviour: Behaviour::Panic, calls: AtomicU32::new(0) });
+        let probe = queue.clone();
+        let handler = run_until(&backends, handler, move || {
+            futures_lite_block(probe.depth()).map(|d| d.visible + d.in_flight == 0).unwrap_or(false)
+        })
+        .await;
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 2, "the worker survived the first panic");
+        let record = backends.jobs.get(&job_id).await.unwrap().unwrap();
+        assert_eq!(record.error.unwrap().code, "internal_error");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rejected_message_goes_straight_to_the_dead_letter_queue() {
+        let (_dir, backends) = open();
+        let job_id = job(&backends).await;
+        let queue = backends.queues[&QueueRole::Segment].clone();
+        queue.send("{not json").await.unwrap();
+        let handler = Arc::new(StandInStage { job_id: job_id.clone(), behaviour: Behaviour::Reject, calls: AtomicU32::new(0) });
+        let probe = queue.clone();
+        run_until(&backends, handler, move || {
+            futures_lite_block(probe.depth()).map(|d| d.dead_lettered == 1).unwrap_or(false)
+        })
+        .await;
+        let letters = queue.dead_letters().await.unwrap();
+        assert_eq!(letters, vec![("{not json".to_owned(), "malformed".to_owned())]);
+        assert_eq!(backends.jobs.get(&job_id).await.unwrap().unwrap().status, JobStatus::Received, "job untouched");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_finishes_in_flight_work_and_heartbeats_keep_it_from_redelivery() {
+        let (_dir, backends) = open();
+        let job_id = job(&backends).await;
+        let queue = backends.queues[&QueueRole::Segment].clone();
+        queue.send("slow").await.unwrap();
+        // Work lasts three visibility timeouts; only heartbeats keep it from being redelivered.
+        let handler = Arc::new(StandInStage {
+            job_id,
+            behaviour: Behaviour::SlowThenDone(Duration::from_millis(1800)),
+            calls: AtomicU32::new(0),
+        });
+        let shutdown = CancellationToken::new();
+        let ports = backends.ports();
+        let worker =
+            tokio::spawn(run_worker(handler.clone(), ports.queue(QueueRole::Segment), ports.ledger(), settings(), shutdown.clone()));
+        while handler.calls.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        shutdown.cancel();
+        worker.await.unwrap();
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 1, "processed once, never redelivered meanwhile");
+        let depth = queue.depth().await.unwrap();
+        assert_eq!((depth.visible, depth.in_flight, depth.dead_lettered), (0, 0, 0), "acked after finishing");
+    }
+
+    /// Runs a future to completion from a synchronous predicate (the polling loop above).
+    fn futures_lite_block<F: std::future::Future>(future: F) -> F::Output {
+        tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
+    }
+}

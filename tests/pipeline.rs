@@ -1,0 +1,575 @@
+//! End-to-end tests of the whole pipeline on the embedded backends: in one process, as `iris run`
+//! killed mid-job, as one process per service, and over real WebSocket connections.
+//!
+//! Tests that read `../shared/data` skip with a message when it is absent.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use iris::{RunningPipeline, start_pipeline, submit_bytes, wait_for_job};
+use iris_shared::backends::{Backends, EmbeddedBackends};
+use iris_shared::config::IrisConfig;
+use iris_shared::embedded::DirectoryObjectStore;
+use iris_shared::job::{JobId, JobRecord, JobStatus, Stage};
+use iris_shared::keys::{ObjectKey, QueueRole, UserId};
+use iris_shared::nifti_codec::{DecodeLimits, DecodedNifti, NiftiGeometry, decode_nifti, encode_nifti_gz};
+use iris_shared::phantom::{PhantomSpec, synthetic_ct};
+use iris_shared::ports::{JobStore, ObjectStore, WorkQueue};
+use iris_shared::volume::{Affine, Volume};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+const LADDER: [&str; 7] = ["RECEIVED", "INGESTING", "INGESTED", "SEGMENTING", "SEGMENTED", "MESHING", "COMPLETED"];
+const LIMITS: DecodeLimits = DecodeLimits { max_voxels: 1 << 30 };
+
+fn shared_ct() -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/totalseg/example_ct_sm.nii.gz");
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!("SKIPPED: {} is absent (the kit ../shared is not beside the repository)", path.display());
+        None
+    }
+}
+
+fn config_for(directory: &Path, extra: &[(&str, &str)]) -> IrisConfig {
+    let mut variables: BTreeMap<String, String> =
+        extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    variables.insert("IRIS_DATA_DIR".into(), directory.display().to_string());
+    variables.entry("IRIS_VISIBILITY_TIMEOUT_SECS".into()).or_insert_with(|| "5".into());
+    variables.entry("IRIS_RETRY_BACKOFF_MS".into()).or_insert_with(|| "100".into());
+    IrisConfig::from_lookup(|name| variables.get(name).cloned()).expect("test configuration")
+}
+
+fn small_phantom() -> Vec<u8> {
+    let phantom = synthetic_ct(&PhantomSpec::small());
+    encode_nifti_gz(&phantom, &NiftiGeometry::from_affine(phantom.dims(), phantom.affine())).expect("encode phantom")
+}
+
+struct Harness {
+    _directory: tempfile::TempDir,
+    config: IrisConfig,
+    embedded: EmbeddedBackends,
+    backends: Backends,
+}
+
+impl Harness {
+    fn new(extra: &[(&str, &str)]) -> Harness {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let config = config_for(directory.path(), extra);
+        let embedded = EmbeddedBackends::open(&config).expect("open backends");
+        let backends = embedded.ports();
+        Harness { _directory: directory, config, embedded, backends }
+    }
+
+    async fn start(&self) -> RunningPipeline {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+        start_pipeline(&self.backends, &self.config, listener).expect("start pipeline")
+    }
+
+    async fn submit(&self, user: &str, name: &str, body: Vec<u8>) -> JobId {
+        let user = UserId::parse(user).expect("user");
+        submit_bytes(self.backends.objects.as_ref(), &user, name, body, &BTreeMap::new()).await.expect("submit").job_id
+    }
+
+    async fn wait(&self, job_id: &JobId) -> JobRecord {
+        wait_for_job(&self.backends, job_id, Duration::from_secs(120), |_| {}).await.expect("job ends")
+    }
+
+    async fn object(&self, key: ObjectKey) -> Vec<u8> {
+        self.backends.objects.get(&key).await.unwrap_or_else(|e| panic!("{key}: {e}"))
+    }
+
+    async fn outputs(&self, job_id: &JobId) -> BTreeMap<String, Vec<u8>> {
+        let mut outputs = BTreeMap::new();
+        for object in self.backends.objects.list(&format!("jobs/{job_id}/")).await.expect("list") {
+            outputs.insert(object.key.to_string(), self.object(object.key).await);
+        }
+        outputs
+    }
+}
+
+fn assert_same_grid(upload: &DecodedNifti, labels: &DecodedNifti) {
+    assert_eq!(labels.volume.dims(), upload.volume.dims(), "labels have the upload's shape");
+    assert_eq!(labels.affine, upload.affine, "labels have the upload's affine, bit for bit");
+    assert_eq!(labels.geometry, upload.geometry, "labels carry the upload's qform and sform");
+}
+
+fn obj_groups(obj: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(obj).lines().filter_map(|l| l.strip_prefix("g ")).map(str::to_owned).collect()
+}
+
+/// Checks a completed job's outputs against its upload; returns the label names meshed.
+async fn check_completed_job(harness: &Harness, job: &JobRecord, upload: &[u8]) -> Vec<String> {
+    assert_eq!(job.status, JobStatus::Completed, "job error: {:?}", job.error);
+    for stage in Stage::ALL {
+        let record = &job.stages[&stage];
+        assert!(record.started_at.is_some() && record.ended_at.is_some(), "{stage} timed");
+    }
+    let upload = decode_nifti(upload, &LIMITS).expect("upload decodes");
+    let labels = decode_nifti(&harness.object(iris_shared::keys::labels_key(&job.job_id)).await, &LIMITS).expect("labels");
+    assert_same_grid(&upload, &labels);
+    let canonical = decode_nifti(&harness.object(iris_shared::keys::volume_key(&job.job_id)).await, &LIMITS).expect("volume");
+    assert_eq!(canonical.affine.orientation_code().expect("orientation"), "RAS", "ingest writes canonical RAS");
+
+    let stats: iris_shared::labels::SegmentationStats =
+        serde_json::from_slice(&harness.object(iris_shared::keys::stats_key(&job.job_id)).await).expect("stats.json");
+    let label_voxels: u64 = labels.volume.voxels().iter().filter(|v| **v > 0.0).count() as u64;
+    assert_eq!(stats.labels.iter().map(|l| l.voxels).sum::<u64>(), label_voxels, "stats count every labelled voxel");
+    let present: Vec<String> =
+        stats.labels.iter().filter(|l| l.voxels >= iris_mesh::DEFAULT_MINIMUM_VOXELS).map(|l| l.name.clone()).collect();
+    let groups = obj_groups(&harness.object(iris_shared::keys::mesh_obj_key(&job.job_id)).await);
+    assert_eq!(groups, present, "model.obj has one named group per label found");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&harness.object(iris_shared::keys::mesh_manifest_key(&job.job_id)).await).expect("manifest");
+    assert_eq!(manifest["labels"].as_array().map(Vec::len), Some(present.len()));
+    present
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phantom_goes_through_every_stage_and_its_labels_land_on_the_upload_grid() {
+    let harness = Harness::new(&[]);
+    let pipeline = harness.start().await;
+    let upload = small_phantom();
+    let job_id = harness.submit("local", "phantom.nii.gz", upload.clone()).await;
+    let job = harness.wait(&job_id).await;
+    let names = check_completed_job(&harness, &job, &upload).await;
+    assert_eq!(names, vec!["body", "lungs", "bone"], "the phantom has body, lungs and bone");
+    let history: Vec<String> = harness.embedded.jobs.history(&job_id).await.unwrap().into_iter().map(|h| h.status).collect();
+    assert_eq!(history, LADDER, "every status, in order, once");
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_ct_completes_with_labels_on_the_upload_grid() {
+    let Some(path) = shared_ct() else { return };
+    let harness = Harness::new(&[]);
+    let pipeline = harness.start().await;
+    let upload = std::fs::read(&path).expect("read shared CT");
+    let job_id = harness.submit("local", "example_ct_sm.nii.gz", upload.clone()).await;
+    let job = harness.wait(&job_id).await;
+    let names = check_completed_job(&harness, &job, &upload).await;
+    assert!(names.contains(&"lungs".to_owned()) && names.contains(&"bone".to_owned()), "found {names:?}");
+    pipeline.stop().await;
+}
+
+/// LPS and LAS uploads: labels come back on each upload's own grid, and each label voxel sits at
+/// the same world position as in the RAS upload of the same anatomy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_are_identical_in_world_space_for_ras_lps_and_las_uploads() {
+    let harness = Harness::new(&[]);
+    let pipeline = harness.start().await;
+    let phantom = synthetic_ct(&PhantomSpec::small());
+    let reorientation = iris_shared::volume::Reorientation::to_canonical(phantom.dims(), phantom.affine()).unwrap();
+    let ras = reorientation.apply(&phantom).unwrap();
+    // LAS: flip the first axis of the RAS grid.
+    let [nx, ny, nz] = ras.dims();
+    let mut las_voxels = Vec::with_capacity(ras.voxel_count());
+    for k in 0..nz {
+        for j in 0..ny {
+            for i in 0..nx {
+                las_voxels.push(*ras.get(nx - 1 - i, j, k));
+            }
+        }
+    }
+    let mut las_affine = ras.affine().0;
+    for row in &mut las_affine[..3] {
+        row[3] += row[0] * (nx - 1) as f64;
+        row[0] = -row[0];
+    }
+    let las = Volume::new(ras.dims(), Affine(las_affine), las_voxels).unwrap();
+    let mut results = Vec::new();
+    for (name, volume) in [("ras.nii.gz", &ras), ("lps.nii.gz", &phantom), ("las.nii.gz", &las)] {
+        assert_eq!(&volume.affine().orientation_code().unwrap(), &name[..3].to_uppercase());
+        let upload = encode_nifti_gz(volume, &NiftiGeometry::from_affine(volume.dims(), volume.affine())).unwrap();
+        let job_id = harness.submit("local", name, upload.clone()).await;
+        let job = harness.wait(&job_id).await;
+        check_completed_job(&harness, &job, &upload).await;
+        let labels = decode_nifti(&harness.object(iris_shared::keys::labels_key(&job_id)).await, &LIMITS).unwrap();
+        results.push(labels);
+    }
+    // Sample voxels of the RAS result; the other two must hold the same label at the same world point.
+    let reference = &results[0];
+    let [nx, ny, nz] = reference.volume.dims();
+    let mut checked = 0;
+    for k in (0..nz).step_by(3) {
+        for j in (0..ny).step_by(3) {
+            for i in (0..nx).step_by(3) {
+                let world = reference.affine.apply([i as f64, j as f64, k as f64]);
+                let expected = *reference.volume.get(i, j, k);
+                for other in &results[1..] {
+                    let index = world_to_index(&other.affine, world);
+                    assert_eq!(*other.volume.get(index[0], index[1], index[2]), expected, "label at {world:?}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 1000);
+    pipeline.stop().await;
+}
+
+fn world_to_index(affine: &Affine, world: [f64; 3]) -> [usize; 3] {
+    // Axis-aligned grids only: each voxel axis maps to one world axis.
+    let mut index = [0usize; 3];
+    for voxel in 0..3 {
+        let world_axis = (0..3).max_by(|a, b| affine.0[*a][voxel].abs().total_cmp(&affine.0[*b][voxel].abs())).unwrap();
+        let value = (world[world_axis] - affine.0[world_axis][3]) / affine.0[world_axis][voxel];
+        index[voxel] = value.round() as usize;
+    }
+    index
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_fail_with_their_codes_and_the_pipeline_keeps_serving() {
+    let harness = Harness::new(&[]);
+    let pipeline = harness.start().await;
+    let good = small_phantom();
+    let flat = Volume::new([8, 8, 1], Affine::identity(), vec![0i16; 64]).unwrap();
+    let flat = encode_nifti_gz(&flat, &NiftiGeometry::from_affine(flat.dims(), flat.affine())).unwrap();
+    let uniform = Volume::new([16, 16, 8], Affine::identity(), vec![40i16; 2048]).unwrap();
+    let uniform = encode_nifti_gz(&uniform, &NiftiGeometry::from_affine(uniform.dims(), uniform.affine())).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("text.nii.gz", b"this is a radiology report, not an image".to_vec(), "unsupported_format"),
+        ("truncated.nii.gz", good[..good.len() / 3].to_vec(), "corrupt_file"),
+        ("empty.nii", Vec::new(), "unsupported_format"),
+        ("slice.nii.gz", flat, "not_a_volume"),
+        ("series.zip", b"PK\x03\x04".to_vec(), "unsupported_format"),
+        ("notes.txt", b"hello".to_vec(), "unsupported_format"),
+        ("phantom-water.nii.gz", uniform, "not_ct_like"),
+    ];
+    let mut jobs = Vec::new();
+    for (name, body, code) in cases {
+        jobs.push((harness.submit("local", name, body).await, name, code));
+    }
+    let good_job = harness.submit("local", "good.nii.gz", good.clone()).await;
+    for (job_id, name, code) in jobs {
+        let job = harness.wait(&job_id).await;
+        assert_eq!(job.status, JobStatus::Failed, "{name}");
+        let error = job.error.expect("error recorded");
+        assert_eq!(error.code, code, "{name}: {}", error.message);
+        assert!(!error.message.is_empty());
+    }
+    let job = harness.wait(&good_job).await;
+    check_completed_job(&harness, &job, &good).await;
+    // A malformed queue message goes to the dead-letter queue and the worker keeps serving.
+    let ingest = &harness.embedded.queues[&QueueRole::Ingest];
+    ingest.send("{\"Records\": 42}").await.unwrap();
+    let started = Instant::now();
+    while ingest.depth().await.unwrap().dead_lettered == 0 {
+        assert!(started.elapsed() < Duration::from_secs(30), "malformed message not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = harness.submit("local", "again.nii.gz", synthetic_ct_with_offset()).await;
+    assert_eq!(harness.wait(&again).await.status, JobStatus::Completed);
+    pipeline.stop().await;
+}
+
+fn synthetic_ct_with_offset() -> Vec<u8> {
+    let phantom = synthetic_ct(&PhantomSpec::small());
+    let mut affine = *phantom.affine();
+    affine.0[2][3] += 10.0;
+    let moved = phantom.with_voxels(phantom.voxels().to_vec()).unwrap();
+    let moved = Volume::new(moved.dims(), affine, moved.into_voxels()).unwrap();
+    encode_nifti_gz(&moved, &NiftiGeometry::from_affine(moved.dims(), moved.affine())).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_upload_event_maps_to_the_same_job_and_completes_it_once() {
+    let harness = Harness::new(&[]);
+    let pipeline = harness.start().await;
+    let upload = small_phantom();
+    let job_id = harness.submit("local", "twice.nii.gz", upload.clone()).await;
+    let first = harness.wait(&job_id).await;
+    let before = harness.outputs(&job_id).await;
+    // The same S3 event delivered again, and the same bytes uploaded again.
+    let again = harness.submit("local", "twice.nii.gz", upload).await;
+    assert_eq!(again, job_id, "same bucket, key and ETag: same job");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let depth = harness.embedded.queues[&QueueRole::Ingest].depth().await.unwrap();
+    assert_eq!(depth.visible + depth.in_flight, 0, "the repeat was consumed");
+    let after = harness.backends.jobs.get(&job_id).await.unwrap().unwrap();
+    assert_eq!(after, first, "the job record is untouched by the repeat");
+    assert_eq!(harness.outputs(&job_id).await, before);
+    let history = harness.embedded.jobs.history(&job_id).await.unwrap();
+    assert_eq!(history.iter().filter(|h| h.status == "COMPLETED").count(), 1);
+    pipeline.stop().await;
+}
+
+async fn connect(address: std::net::SocketAddr, user: &str) -> Socket {
+    let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{address}/?user={user}")).await.expect("connect");
+    socket
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn send(socket: &mut Socket, value: serde_json::Value) {
+    socket.send(Message::text(value.to_string())).await.expect("send");
+}
+
+async fn next_json(socket: &mut Socket) -> serde_json::Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(60), socket.next())
+            .await
+            .expect("a message within 60 s")
+            .expect("socket open")
+            .expect("frame");
+        if let Message::Text(text) = frame {
+            return serde_json::from_str(text.as_str()).expect("JSON frame");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_subscribers_see_every_state_in_order_and_only_their_own_jobs() {
+    let harness = Harness::new(&[]);
+    let pipeline = harness.start().await;
+    let address = pipeline.websocket_address;
+    let upload = small_phantom();
+    // The job id is known before the upload (bucket, key, ETag), so the subscription comes first.
+    let key = "uploads/alice/scan.nii.gz";
+    let job_id = JobId::derive(harness.backends.objects.bucket(), key, &DirectoryObjectStore::etag_for(&upload));
+    let mut alice = connect(address, "alice").await;
+    send(&mut alice, serde_json::json!({"action": "subscribe", "jobId": job_id})).await;
+    assert_eq!(next_json(&mut alice).await["type"], "subscribed");
+    assert_eq!(harness.submit("alice", "scan.nii.gz", upload).await, job_id);
+
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("COMPLETED") {
+        let message = next_json(&mut alice).await;
+        assert_eq!(message["type"], "jobState", "{message}");
+        assert_eq!(message["event"]["jobId"], job_id.as_str());
+        let status = message["event"]["status"].as_str().unwrap().to_owned();
+        assert_eq!(message["event"]["eventId"], format!("{job_id}:{status}"));
+        seen.push(status);
+    }
+    assert_eq!(seen, LADDER, "every state change, in order, once");
+
+    // Another user cannot subscribe to alice's job.
+    let mut bob = connect(address, "bob").await;
+    send(&mut bob, serde_json::json!({"action": "subscribe", "jobId": job_id})).await;
+    let refusal = next_json(&mut bob).await;
+    assert_eq!(refusal["type"], "error");
+    assert_eq!(refusal["code"], "forbidden");
+    send(&mut bob, serde_json::json!({"action": "list"})).await;
+    assert_eq!(next_json(&mut bob).await["jobs"].as_array().map(Vec::len), Some(0), "bob sees none of alice's jobs");
+
+    // A late subscriber gets the current state at once.
+    let mut late = connect(address, "alice").await;
+    send(&mut late, serde_json::json!({"action": "subscribe", "jobId": job_id})).await;
+    assert_eq!(next_json(&mut late).await["type"], "subscribed");
+    let current = next_json(&mut late).await;
+    assert_eq!(current["event"]["status"], "COMPLETED");
+    assert_eq!(current["detailType"], "JobCompleted");
+
+    // Bad frames get an error, not a dropped connection.
+    send(&mut late, serde_json::json!({"action": "subscribe", "jobId": "../../etc"})).await;
+    assert_eq!(next_json(&mut late).await["code"], "bad_request");
+    late.send(Message::text("not json")).await.unwrap();
+    assert_eq!(next_json(&mut late).await["code"], "bad_request");
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_is_gone_is_removed_when_a_state_is_posted_to_it() {
+    let harness = Harness::new(&[]);
+    let local = iris_notify::LocalNotify::new(&harness.backends);
+    let user = UserId::parse("alice").unwrap();
+    // A connection recorded in the store that the gateway no longer holds (e.g. before a restart).
+    let stale = iris_shared::ports::Connection {
+        connection_id: "stale".into(),
+        user_id: user.clone(),
+        connected_at: iris_shared::time::Timestamp::now(),
+    };
+    harness.backends.connections.add_connection(&stale).await.unwrap();
+    let job = JobRecord::received(
+        JobId::derive("b", "uploads/alice/x", "e"),
+        user,
+        "b",
+        "uploads/alice/x",
+        "e",
+        None,
+        BTreeMap::new(),
+        iris_shared::time::Timestamp::now(),
+    );
+    harness.backends.connections.subscribe("stale", &job.job_id).await.unwrap();
+    let sent = local.core.deliver(&iris_shared::events::JobEventDetail::from_job(&job)).await.unwrap();
+    assert_eq!(sent, 0);
+    assert_eq!(harness.backends.connections.get_connection("stale").await.unwrap(), None, "removed after Gone");
+}
+
+fn iris_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_iris"))
+}
+
+fn spawn_quiet(command: &mut Command) -> Child {
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn")
+}
+
+#[test]
+fn process_command_exits_one_and_reports_the_error_code_for_a_bad_file() {
+    let directory = tempfile::tempdir().unwrap();
+    let bad = directory.path().join("report.nii.gz");
+    std::fs::write(&bad, "not an image").unwrap();
+    let output = Command::new(iris_binary())
+        .args(["process", bad.to_str().unwrap(), "--json", "--out", directory.path().join("out").to_str().unwrap()])
+        .env("IRIS_DATA_DIR", directory.path().join("data"))
+        .output()
+        .expect("run iris process");
+    assert_eq!(output.status.code(), Some(1), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    assert_eq!(record["status"], "FAILED");
+    assert_eq!(record["error"]["code"], "unsupported_format");
+    assert!(record["error"]["message"].as_str().unwrap().contains("NIfTI"));
+}
+
+/// Waits for a condition on the data directory shared with child processes.
+async fn poll_until<T>(what: &str, timeout: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_job_the_pipeline_completes_it_once_with_identical_outputs() {
+    let upload = small_phantom();
+    // An undisturbed run for reference.
+    let reference = Harness::new(&[]);
+    let pipeline = reference.start().await;
+    let job_id = reference.submit("local", "crash.nii.gz", upload.clone()).await;
+    assert_eq!(reference.wait(&job_id).await.status, JobStatus::Completed);
+    pipeline.stop().await;
+    let expected = reference.outputs(&job_id).await;
+
+    // `iris run` as a child process; each stage pauses after writing its outputs, before recording
+    // itself finished, which is where a crash hurts most. SIGKILL it while a stage is in flight.
+    let directory = tempfile::tempdir().unwrap();
+    let launch = |pause: &str| {
+        let mut command = Command::new(iris_binary());
+        command
+            .arg("run")
+            .env("IRIS_DATA_DIR", directory.path())
+            .env("IRIS_WS_BIND", "127.0.0.1:0")
+            .env("IRIS_VISIBILITY_TIMEOUT_SECS", "2")
+            .env("IRIS_FAULT_PAUSE_BEFORE_FINISH_MS", pause)
+            .env("RUST_LOG", "warn");
+        KillOnDrop(spawn_quiet(&mut command))
+    };
+    let mut first = launch("700");
+    let gateway_file = directory.path().join("gateway.json");
+    poll_until("iris run to start", Duration::from_secs(60), async || gateway_file.is_file().then_some(())).await;
+    let config = config_for(directory.path(), &[]);
+    let backends = EmbeddedBackends::open(&config).unwrap();
+    let submitted = submit_bytes(backends.objects.as_ref(), &UserId::parse("local").unwrap(), "crash.nii.gz", upload, &BTreeMap::new())
+        .await
+        .unwrap();
+    assert_eq!(submitted.job_id, job_id, "deterministic job id across data directories");
+    let killed_at = poll_until("a stage in flight", Duration::from_secs(60), async || {
+        let job = backends.jobs.get(&job_id).await.ok().flatten()?;
+        (job.status.rank() >= JobStatus::Segmenting.rank()).then_some(job.status)
+    })
+    .await;
+    assert!(!killed_at.is_terminal(), "killed mid-job, at {killed_at}");
+    eprintln!("SIGKILL while the job was {killed_at}");
+    first.0.kill().expect("SIGKILL");
+    first.0.wait().unwrap();
+
+    let _second = launch("0");
+    let finished = poll_until("the job to end after the restart", Duration::from_secs(120), async || {
+        backends.jobs.get(&job_id).await.ok().flatten().filter(|job| job.status.is_terminal())
+    })
+    .await;
+    assert_eq!(finished.status, JobStatus::Completed, "{:?}", finished.error);
+    assert!(
+        finished.stages.values().any(|stage| stage.attempts >= 2),
+        "the interrupted stage ran again: {:?}",
+        finished.stages
+    );
+    let history = backends.jobs.history(&job_id).await.unwrap();
+    assert_eq!(history.iter().filter(|h| h.status == "COMPLETED").count(), 1, "COMPLETED exactly once");
+    let statuses: Vec<&str> = history.iter().map(|h| h.status.as_str()).collect();
+    assert_eq!(statuses, LADDER, "the ladder, in order, each status once");
+    for event in backends.events.published(&job_id).await.unwrap() {
+        let body: serde_json::Value = serde_json::from_str(&event.body).unwrap();
+        let status = body["detail"]["status"].as_str().unwrap();
+        assert_eq!(event.event_id, format!("{job_id}:{status}"), "a repeated event carries the same id");
+    }
+    let mut actual = BTreeMap::new();
+    for object in backends.objects.list(&format!("jobs/{job_id}/")).await.unwrap() {
+        actual.insert(object.key.to_string(), backends.objects.get(&object.key).await.unwrap());
+    }
+    assert_eq!(actual.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+    for (key, bytes) in &expected {
+        assert!(actual[key] == *bytes, "{key} differs from the undisturbed run");
+    }
+    // Nothing left in flight, nothing dead-lettered.
+    poll_until("queues to drain", Duration::from_secs(30), async || {
+        let mut busy = 0;
+        for queue in backends.queues.values() {
+            let depth = queue.depth().await.ok()?;
+            assert_eq!(depth.dead_lettered, 0, "{} has dead letters", queue.name());
+            busy += depth.visible + depth.in_flight;
+        }
+        (busy == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_runs_as_its_own_process_on_one_data_directory() {
+    let binaries = iris_binary().parent().unwrap().to_owned();
+    let directory = tempfile::tempdir().unwrap();
+    let mut children = Vec::new();
+    for service in ["iris-ingest", "iris-segment", "iris-mesh", "iris-notify"] {
+        let path = binaries.join(service);
+        assert!(path.is_file(), "{} is not built; run the workspace's tests (cargo test --workspace)", path.display());
+        let mut command = Command::new(path);
+        command
+            .env("IRIS_DATA_DIR", directory.path())
+            .env("IRIS_WS_BIND", "127.0.0.1:0")
+            .env("RUST_LOG", "warn");
+        children.push(KillOnDrop(spawn_quiet(&mut command)));
+    }
+    let config = config_for(directory.path(), &[]);
+    let backends = EmbeddedBackends::open(&config).unwrap().ports();
+    let upload = small_phantom();
+    let submission =
+        submit_bytes(backends.objects.as_ref(), &UserId::parse("local").unwrap(), "multi.nii.gz", upload, &BTreeMap::new())
+            .await
+            .unwrap();
+    let job = wait_for_job(&backends, &submission.job_id, Duration::from_secs(120), |_| {}).await.unwrap();
+    assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
+    // SIGTERM: each service finishes and exits cleanly.
+    for child in &mut children {
+        let status = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+    for child in &mut children {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                assert!(status.success(), "service exited with {status}");
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "service did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
