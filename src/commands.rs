@@ -56,15 +56,29 @@ pub async fn demo(config: &IrisConfig, options: &ProcessOptions) -> anyhow::Resu
     process_bytes(config, "phantom-ct.nii.gz", body, options).await
 }
 
-async fn process_bytes(config: &IrisConfig, name: &str, body: Vec<u8>, options: &ProcessOptions) -> anyhow::Result<ExitCode> {
+async fn process_bytes(
+    config: &IrisConfig,
+    name: &str,
+    body: Vec<u8>,
+    options: &ProcessOptions,
+) -> anyhow::Result<ExitCode> {
     let backends = EmbeddedBackends::open(config).context("opening the data directory")?.ports();
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let pipeline = start_pipeline(&backends, config, listener)?;
     let started = Instant::now();
     let submission = submit_bytes(backends.objects.as_ref(), &options.user, name, body, &options.metadata).await?;
     eprintln!("submitted {} as job {}", submission.key, submission.job_id);
+    let mut shown = 0;
     let waited = wait_for_job(&backends, &submission.job_id, options.timeout, |job| {
-        eprintln!("  {:>7.2}s  {}", started.elapsed().as_secs_f64(), job.status);
+        // Every job passes every status in order, so statuses passed between two polls are shown too.
+        let reached = if job.status == JobStatus::Failed { shown } else { job.status.rank() };
+        for status in JobStatus::ALL.iter().filter(|s| s.rank() > shown && s.rank() <= reached) {
+            eprintln!("  {:>7.2}s  {status}", started.elapsed().as_secs_f64());
+        }
+        if job.status == JobStatus::Failed {
+            eprintln!("  {:>7.2}s  FAILED", started.elapsed().as_secs_f64());
+        }
+        shown = shown.max(reached);
     })
     .await;
     pipeline.stop().await;
@@ -98,7 +112,12 @@ fn report(job: &JobRecord, outputs: Option<(&Path, Vec<String>)>, json: bool) ->
     for stage in Stage::ALL {
         if let Some(record) = job.stages.get(&stage) {
             let took = durations.get(&stage).map(|ms| format!("{ms} ms")).unwrap_or_else(|| "unfinished".into());
-            println!("  {:<9} {took} ({} attempt{})", stage.as_str(), record.attempts, if record.attempts == 1 { "" } else { "s" });
+            println!(
+                "  {:<9} {took} ({} attempt{})",
+                stage.as_str(),
+                record.attempts,
+                if record.attempts == 1 { "" } else { "s" }
+            );
         }
     }
     if let Some(error) = &job.error {
@@ -143,7 +162,12 @@ pub async fn run(config: &IrisConfig, inbox: Option<PathBuf>, user: UserId) -> a
 }
 
 /// `iris submit FILE`: upload into the data directory a running `iris run` serves.
-pub async fn submit(config: &IrisConfig, file: &Path, user: &UserId, metadata: &ObjectMetadata) -> anyhow::Result<ExitCode> {
+pub async fn submit(
+    config: &IrisConfig,
+    file: &Path,
+    user: &UserId,
+    metadata: &ObjectMetadata,
+) -> anyhow::Result<ExitCode> {
     let backends = EmbeddedBackends::open(config)?.ports();
     let submission = submit_file(backends.objects.as_ref(), user, file, metadata).await?;
     println!("{}", submission.job_id);
@@ -183,9 +207,9 @@ pub async fn watch(config: &IrisConfig, job: &str, user: &UserId, url: Option<St
         Some(url) => url,
         None => {
             let path = config.gateway_file();
-            let text = tokio::fs::read_to_string(&path)
-                .await
-                .with_context(|| format!("no running gateway found ({} missing; is `iris run` running?)", path.display()))?;
+            let text = tokio::fs::read_to_string(&path).await.with_context(|| {
+                format!("no running gateway found ({} missing; is `iris run` running?)", path.display())
+            })?;
             let value: serde_json::Value = serde_json::from_str(&text)?;
             value["url"].as_str().context("gateway.json has no url")?.to_owned()
         }

@@ -2,6 +2,7 @@
 //! submitting files, waiting for jobs, fetching their outputs, and the drop-in inbox.
 //! `src/main.rs` only parses arguments and calls into here.
 
+pub mod bench;
 pub mod commands;
 pub mod inbox;
 
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use iris_shared::backends::Backends;
 use iris_shared::config::IrisConfig;
-use iris_shared::job::{JobId, JobRecord, JobStatus};
+use iris_shared::job::{JobId, JobRecord, JobStatus, UploadSource};
 use iris_shared::keys::{ObjectKey, UserId};
 use iris_shared::ports::{ObjectMetadata, ObjectStore, PortError};
 use tokio::net::TcpListener;
@@ -50,7 +51,11 @@ pub enum AppError {
 }
 
 /// Starts ingest, segment, mesh and notify (with its WebSocket gateway on `listener`).
-pub fn start_pipeline(backends: &Backends, config: &IrisConfig, listener: TcpListener) -> std::io::Result<RunningPipeline> {
+pub fn start_pipeline(
+    backends: &Backends,
+    config: &IrisConfig,
+    listener: TcpListener,
+) -> std::io::Result<RunningPipeline> {
     let websocket_address = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let mut services = JoinSet::new();
@@ -101,7 +106,13 @@ pub async fn submit_bytes(
 ) -> Result<Submission, AppError> {
     let key = ObjectKey::parse(&format!("uploads/{user}/{file_name}"))?;
     let info = objects.put(&key, body, metadata).await?;
-    let job_id = JobId::derive(objects.bucket(), key.as_str(), info.version_id.as_deref().unwrap_or(&info.etag));
+    let upload = UploadSource {
+        bucket: objects.bucket().to_owned(),
+        key: key.to_string(),
+        etag: info.etag,
+        version_id: info.version_id,
+    };
+    let job_id = upload.job_id();
     Ok(Submission { key, job_id })
 }
 
@@ -160,7 +171,9 @@ pub async fn download_job_outputs(
         let path = directory.join(&relative);
         let bytes = objects.get(&object.key).await?;
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(|error| AppError::WriteOutput { path: parent.to_owned(), error })?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|error| AppError::WriteOutput { path: parent.to_owned(), error })?;
         }
         tokio::fs::write(&path, bytes).await.map_err(|error| AppError::WriteOutput { path: path.clone(), error })?;
         written.insert(relative, path);
@@ -173,7 +186,9 @@ pub fn parse_options(pairs: &[String]) -> Result<ObjectMetadata, String> {
     pairs
         .iter()
         .map(|pair| match pair.split_once('=') {
-            Some((name, value)) if !name.trim().is_empty() => Ok((name.trim().to_ascii_lowercase(), value.trim().to_owned())),
+            Some((name, value)) if !name.trim().is_empty() => {
+                Ok((name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+            }
             _ => Err(format!("option {pair:?} is not name=value")),
         })
         .collect()

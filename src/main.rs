@@ -68,6 +68,11 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Benchmarks: print figures and optionally record them in BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        benchmark: Benchmark,
+    },
     /// Run ingest's logic on a local file (no queues).
     Ingest {
         input: PathBuf,
@@ -88,6 +93,19 @@ enum Command {
         /// stats.json naming the labels (default: stats.json beside INPUT, if any).
         #[arg(long, value_name = "FILE")]
         stats: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Benchmark {
+    /// Stage hand-off latency on the embedded backends (object written → next stage starts).
+    Handoff {
+        /// Studies to run (each gives three hand-offs).
+        #[arg(long, default_value_t = 40)]
+        jobs: usize,
+        /// Write the figures into this Markdown file's handoff section.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
     },
 }
 
@@ -162,8 +180,14 @@ async fn dispatch(command: Command, config: IrisConfig) -> anyhow::Result<ExitCo
             let metadata = iris::parse_options(&options).map_err(anyhow::Error::msg)?;
             commands::submit(&config, &file, &user(&name)?, &metadata).await
         }
-        Command::Status { job, user: name, json } => commands::status(&config, job.as_deref(), &user(&name)?, json).await,
+        Command::Status { job, user: name, json } => {
+            commands::status(&config, job.as_deref(), &user(&name)?, json).await
+        }
         Command::Watch { job, user: name, url } => commands::watch(&config, &job, &user(&name)?, url).await,
+        Command::Bench { benchmark: Benchmark::Handoff { jobs, record } } => {
+            iris::bench::handoff(jobs, record.as_deref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ingest { input, out } => commands::ingest_file(&config, &input, &out),
         Command::Segment { input, out } => commands::segment_file(&config, &input, &out),
         Command::Mesh { input, out, stats } => commands::mesh_file(&config, &input, stats.as_deref(), &out),

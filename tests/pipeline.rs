@@ -13,7 +13,7 @@ use iris::{RunningPipeline, start_pipeline, submit_bytes, wait_for_job};
 use iris_shared::backends::{Backends, EmbeddedBackends};
 use iris_shared::config::IrisConfig;
 use iris_shared::embedded::DirectoryObjectStore;
-use iris_shared::job::{JobId, JobRecord, JobStatus, Stage};
+use iris_shared::job::{JobId, JobRecord, JobStatus, Stage, UploadSource};
 use iris_shared::keys::{ObjectKey, QueueRole, UserId};
 use iris_shared::nifti_codec::{DecodeLimits, DecodedNifti, NiftiGeometry, decode_nifti, encode_nifti_gz};
 use iris_shared::phantom::{PhantomSpec, synthetic_ct};
@@ -110,9 +110,11 @@ async fn check_completed_job(harness: &Harness, job: &JobRecord, upload: &[u8]) 
         assert!(record.started_at.is_some() && record.ended_at.is_some(), "{stage} timed");
     }
     let upload = decode_nifti(upload, &LIMITS).expect("upload decodes");
-    let labels = decode_nifti(&harness.object(iris_shared::keys::labels_key(&job.job_id)).await, &LIMITS).expect("labels");
+    let labels =
+        decode_nifti(&harness.object(iris_shared::keys::labels_key(&job.job_id)).await, &LIMITS).expect("labels");
     assert_same_grid(&upload, &labels);
-    let canonical = decode_nifti(&harness.object(iris_shared::keys::volume_key(&job.job_id)).await, &LIMITS).expect("volume");
+    let canonical =
+        decode_nifti(&harness.object(iris_shared::keys::volume_key(&job.job_id)).await, &LIMITS).expect("volume");
     assert_eq!(canonical.affine.orientation_code().expect("orientation"), "RAS", "ingest writes canonical RAS");
 
     let stats: iris_shared::labels::SegmentationStats =
@@ -124,7 +126,8 @@ async fn check_completed_job(harness: &Harness, job: &JobRecord, upload: &[u8]) 
     let groups = obj_groups(&harness.object(iris_shared::keys::mesh_obj_key(&job.job_id)).await);
     assert_eq!(groups, present, "model.obj has one named group per label found");
     let manifest: serde_json::Value =
-        serde_json::from_slice(&harness.object(iris_shared::keys::mesh_manifest_key(&job.job_id)).await).expect("manifest");
+        serde_json::from_slice(&harness.object(iris_shared::keys::mesh_manifest_key(&job.job_id)).await)
+            .expect("manifest");
     assert_eq!(manifest["labels"].as_array().map(Vec::len), Some(present.len()));
     present
 }
@@ -138,7 +141,8 @@ async fn phantom_goes_through_every_stage_and_its_labels_land_on_the_upload_grid
     let job = harness.wait(&job_id).await;
     let names = check_completed_job(&harness, &job, &upload).await;
     assert_eq!(names, vec!["body", "lungs", "bone"], "the phantom has body, lungs and bone");
-    let history: Vec<String> = harness.embedded.jobs.history(&job_id).await.unwrap().into_iter().map(|h| h.status).collect();
+    let history: Vec<String> =
+        harness.embedded.jobs.history(&job_id).await.unwrap().into_iter().map(|h| h.status).collect();
     assert_eq!(history, LADDER, "every status, in order, once");
     pipeline.stop().await;
 }
@@ -214,13 +218,10 @@ async fn labels_are_identical_in_world_space_for_ras_lps_and_las_uploads() {
 
 fn world_to_index(affine: &Affine, world: [f64; 3]) -> [usize; 3] {
     // Axis-aligned grids only: each voxel axis maps to one world axis.
-    let mut index = [0usize; 3];
-    for voxel in 0..3 {
+    [0, 1, 2].map(|voxel| {
         let world_axis = (0..3).max_by(|a, b| affine.0[*a][voxel].abs().total_cmp(&affine.0[*b][voxel].abs())).unwrap();
-        let value = (world[world_axis] - affine.0[world_axis][3]) / affine.0[world_axis][voxel];
-        index[voxel] = value.round() as usize;
-    }
-    index
+        ((world[world_axis] - affine.0[world_axis][3]) / affine.0[world_axis][voxel]).round() as usize
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,16 +386,8 @@ async fn a_connection_that_is_gone_is_removed_when_a_state_is_posted_to_it() {
         connected_at: iris_shared::time::Timestamp::now(),
     };
     harness.backends.connections.add_connection(&stale).await.unwrap();
-    let job = JobRecord::received(
-        JobId::derive("b", "uploads/alice/x", "e"),
-        user,
-        "b",
-        "uploads/alice/x",
-        "e",
-        None,
-        BTreeMap::new(),
-        iris_shared::time::Timestamp::now(),
-    );
+    let upload = UploadSource { bucket: "b".into(), key: "uploads/alice/x".into(), etag: "e".into(), version_id: None };
+    let job = JobRecord::received(&upload, user, BTreeMap::new(), iris_shared::time::Timestamp::now());
     harness.backends.connections.subscribe("stale", &job.job_id).await.unwrap();
     let sent = local.core.deliver(&iris_shared::events::JobEventDetail::from_job(&job)).await.unwrap();
     assert_eq!(sent, 0);
@@ -477,9 +470,15 @@ async fn killed_mid_job_the_pipeline_completes_it_once_with_identical_outputs() 
     poll_until("iris run to start", Duration::from_secs(60), async || gateway_file.is_file().then_some(())).await;
     let config = config_for(directory.path(), &[]);
     let backends = EmbeddedBackends::open(&config).unwrap();
-    let submitted = submit_bytes(backends.objects.as_ref(), &UserId::parse("local").unwrap(), "crash.nii.gz", upload, &BTreeMap::new())
-        .await
-        .unwrap();
+    let submitted = submit_bytes(
+        backends.objects.as_ref(),
+        &UserId::parse("local").unwrap(),
+        "crash.nii.gz",
+        upload,
+        &BTreeMap::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(submitted.job_id, job_id, "deterministic job id across data directories");
     let killed_at = poll_until("a stage in flight", Duration::from_secs(60), async || {
         let job = backends.jobs.get(&job_id).await.ok().flatten()?;
@@ -539,21 +538,28 @@ async fn each_service_runs_as_its_own_process_on_one_data_directory() {
     let mut children = Vec::new();
     for service in ["iris-ingest", "iris-segment", "iris-mesh", "iris-notify"] {
         let path = binaries.join(service);
-        assert!(path.is_file(), "{} is not built; run the workspace's tests (cargo test --workspace)", path.display());
+        assert!(
+            path.is_file(),
+            "{} is not built: `cargo test` builds only this package's binaries; run `cargo build --workspace --bins` \
+             first (scripts/test.sh does)",
+            path.display()
+        );
         let mut command = Command::new(path);
-        command
-            .env("IRIS_DATA_DIR", directory.path())
-            .env("IRIS_WS_BIND", "127.0.0.1:0")
-            .env("RUST_LOG", "warn");
+        command.env("IRIS_DATA_DIR", directory.path()).env("IRIS_WS_BIND", "127.0.0.1:0").env("RUST_LOG", "warn");
         children.push(KillOnDrop(spawn_quiet(&mut command)));
     }
     let config = config_for(directory.path(), &[]);
     let backends = EmbeddedBackends::open(&config).unwrap().ports();
     let upload = small_phantom();
-    let submission =
-        submit_bytes(backends.objects.as_ref(), &UserId::parse("local").unwrap(), "multi.nii.gz", upload, &BTreeMap::new())
-            .await
-            .unwrap();
+    let submission = submit_bytes(
+        backends.objects.as_ref(),
+        &UserId::parse("local").unwrap(),
+        "multi.nii.gz",
+        upload,
+        &BTreeMap::new(),
+    )
+    .await
+    .unwrap();
     let job = wait_for_job(&backends, &submission.job_id, Duration::from_secs(120), |_| {}).await.unwrap();
     assert_eq!(job.status, JobStatus::Completed, "{:?}", job.error);
     // SIGTERM: each service finishes and exits cleanly.
@@ -572,4 +578,60 @@ async fn each_service_runs_as_its_own_process_on_one_data_directory() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_dropped_in_the_inbox_is_processed_and_watch_prints_its_states() {
+    let directory = tempfile::tempdir().unwrap();
+    let data = directory.path().join("data");
+    let inbox = directory.path().join("inbox");
+    let mut run = Command::new(iris_binary());
+    run.args(["run", "--inbox", inbox.to_str().unwrap()])
+        .env("IRIS_DATA_DIR", &data)
+        .env("IRIS_WS_BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "warn");
+    let _server = KillOnDrop(spawn_quiet(&mut run));
+    let gateway_file = data.join("gateway.json");
+    poll_until("iris run to start", Duration::from_secs(60), async || gateway_file.is_file().then_some(())).await;
+    poll_until("the inbox to exist", Duration::from_secs(10), async || inbox.join("submitted").is_dir().then_some(()))
+        .await;
+
+    let upload = small_phantom();
+    let config = config_for(&data, &[]);
+    let job_id =
+        JobId::derive(&config.bucket, "uploads/local/dropped scan.nii.gz", &DirectoryObjectStore::etag_for(&upload));
+    let watch = Command::new(iris_binary())
+        .args(["watch", job_id.as_str()])
+        .env("IRIS_DATA_DIR", &data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn iris watch");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Written under a hidden name, then renamed: the inbox never sees a half-written file.
+    std::fs::write(inbox.join(".partial"), &upload).unwrap();
+    std::fs::rename(inbox.join(".partial"), inbox.join("dropped scan.nii.gz")).unwrap();
+
+    let output = tokio::task::spawn_blocking(move || watch.wait_with_output()).await.unwrap().unwrap();
+    assert_eq!(output.status.code(), Some(0), "watch stderr: {}", String::from_utf8_lossy(&output.stderr));
+    let statuses: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["type"] == "jobState")
+        .map(|message| message["event"]["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(statuses.last().map(String::as_str), Some("COMPLETED"), "{statuses:?}");
+    let ranks: Vec<usize> = statuses.iter().map(|s| LADDER.iter().position(|l| l == s).unwrap()).collect();
+    assert!(ranks.windows(2).all(|w| w[0] < w[1]), "states in order: {statuses:?}");
+    assert!(inbox.join("submitted").join("dropped scan.nii.gz").is_file(), "moved out of the inbox once uploaded");
+
+    let status = Command::new(iris_binary())
+        .args(["status", job_id.as_str(), "--json"])
+        .env("IRIS_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert_eq!(status.status.code(), Some(0));
+    let record: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(record["status"], "COMPLETED");
+    assert_eq!(record["sourceKey"], "uploads/local/dropped scan.nii.gz");
 }

@@ -54,7 +54,9 @@ impl EmbeddedBackends {
         // message that outlived its attempts (a crash loop) and fails its job before it moves.
         let queues = queue_names
             .iter()
-            .map(|(role, name)| (*role, Arc::new(SqliteWorkQueue::new(Arc::clone(&database), name, config.max_attempts + 1))))
+            .map(|(role, name)| {
+                (*role, Arc::new(SqliteWorkQueue::new(Arc::clone(&database), name, config.max_attempts + 1)))
+            })
             .collect();
         let rules = vec![EventRule {
             name: "pipeline-events-to-notify".into(),

@@ -66,7 +66,9 @@ impl IrisConfig {
             match lookup(name) {
                 None => Ok(default),
                 Some(value) if value.trim().is_empty() => Ok(default),
-                Some(value) => value.trim().parse().map_err(|e: T::Err| ConfigError { name, value, reason: e.to_string() }),
+                Some(value) => {
+                    value.trim().parse().map_err(|e: T::Err| ConfigError { name, value, reason: e.to_string() })
+                }
             }
         }
         let log_format = match lookup("IRIS_LOG_FORMAT").as_deref().map(str::trim) {
@@ -90,7 +92,9 @@ impl IrisConfig {
         }
         let fault_pause: u64 = parse(&lookup, "IRIS_FAULT_PAUSE_BEFORE_FINISH_MS", 0)?;
         Ok(IrisConfig {
-            data_dir: PathBuf::from(lookup("IRIS_DATA_DIR").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| ".iris".into())),
+            data_dir: PathBuf::from(
+                lookup("IRIS_DATA_DIR").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| ".iris".into()),
+            ),
             bucket: lookup("IRIS_BUCKET").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| "iris-local".into()),
             queue_prefix: lookup("IRIS_QUEUE_PREFIX").unwrap_or_else(|| "iris-".into()),
             log_format,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::events::{EventEnvelope, JobEventDetail};
-use crate::job::{JobId, JobRecord, JobStatus, Stage, Transition};
+use crate::job::{JobId, JobRecord, JobStatus, Stage, Transition, UploadSource};
 use crate::keys::{ObjectKey, UserId};
 use crate::ports::{
     Connection, ConnectionStore, EventBus, JobStore, ObjectStore, PortError, TransitionOutcome, WorkQueue,
@@ -22,7 +22,8 @@ fn key(text: &str) -> ObjectKey {
 
 /// Put, get, head with user metadata, overwrite, list by prefix, missing objects.
 pub async fn object_store_contract(store: &dyn ObjectStore) {
-    let metadata = BTreeMap::from([("fast".to_owned(), "true".to_owned()), ("reduction-percent".to_owned(), "75".to_owned())]);
+    let metadata =
+        BTreeMap::from([("fast".to_owned(), "true".to_owned()), ("reduction-percent".to_owned(), "75".to_owned())]);
     let first = key("contract/a/scan 1.nii.gz");
     let info = store.put(&first, b"first body".to_vec(), &metadata).await.expect("put");
     assert_eq!(info.size, 10);
@@ -42,9 +43,11 @@ pub async fn object_store_contract(store: &dyn ObjectStore) {
     for name in ["contract/a/b/deep.txt", "contract/a_/x", "contract/a%/y", "contract/b/z", "other/q"] {
         store.put(&key(name), name.as_bytes().to_vec(), &BTreeMap::new()).await.expect("put");
     }
-    let listed: Vec<String> = store.list("contract/a/").await.expect("list").into_iter().map(|o| o.key.to_string()).collect();
+    let listed: Vec<String> =
+        store.list("contract/a/").await.expect("list").into_iter().map(|o| o.key.to_string()).collect();
     assert_eq!(listed, vec!["contract/a/b/deep.txt", "contract/a/scan 1.nii.gz"], "prefix is literal, keys sorted");
-    let listed: Vec<String> = store.list("contract/a_").await.expect("list").into_iter().map(|o| o.key.to_string()).collect();
+    let listed: Vec<String> =
+        store.list("contract/a_").await.expect("list").into_iter().map(|o| o.key.to_string()).collect();
     assert_eq!(listed, vec!["contract/a_/x"], "'_' in a prefix is not a wildcard");
 
     let missing = key("contract/missing");
@@ -113,13 +116,10 @@ pub async fn work_queue_contract(queue: &dyn WorkQueue, max_receive_count: u32) 
 
 fn job(user: &str, name: &str, created_ms: i64) -> JobRecord {
     let key = format!("uploads/{user}/{name}");
+    let upload = UploadSource { bucket: "contract".into(), key, etag: "etag".into(), version_id: None };
     JobRecord::received(
-        JobId::derive("contract", &key, "etag"),
+        &upload,
         UserId::parse(user).expect("user"),
-        "contract",
-        &key,
-        "etag",
-        None,
         BTreeMap::from([("fast".to_owned(), "true".to_owned())]),
         Timestamp::from_epoch_millis(created_ms),
     )
@@ -133,14 +133,20 @@ pub async fn job_store_contract(store: Arc<dyn JobStore>) {
     assert_eq!(store.get(&record.job_id).await.expect("get"), Some(record.clone()));
 
     let at = Timestamp::from_epoch_millis(1_700_000_001_000);
-    let applied = store.transition(&record.job_id, &Transition::to(JobStatus::Ingesting, at, 1)).await.expect("transition");
+    let applied =
+        store.transition(&record.job_id, &Transition::to(JobStatus::Ingesting, at, 1)).await.expect("transition");
     let TransitionOutcome::Applied(ingesting) = applied else { panic!("forward transition must apply: {applied:?}") };
     assert_eq!(ingesting.status, JobStatus::Ingesting);
     assert_eq!(ingesting.stages[&Stage::Ingest].started_at, Some(at));
 
-    let backwards = store.transition(&record.job_id, &Transition::to(JobStatus::Received, at, 1)).await.expect("transition");
-    assert!(matches!(backwards, TransitionOutcome::Ignored(ref j) if j.status == JobStatus::Ingesting), "no going back");
-    let repeat = store.transition(&record.job_id, &Transition::to(JobStatus::Ingesting, at, 1)).await.expect("transition");
+    let backwards =
+        store.transition(&record.job_id, &Transition::to(JobStatus::Received, at, 1)).await.expect("transition");
+    assert!(
+        matches!(backwards, TransitionOutcome::Ignored(ref j) if j.status == JobStatus::Ingesting),
+        "no going back"
+    );
+    let repeat =
+        store.transition(&record.job_id, &Transition::to(JobStatus::Ingesting, at, 1)).await.expect("transition");
     assert!(matches!(repeat, TransitionOutcome::Ignored(_)), "a repeat is a no-op");
 
     // Concurrent racers for the same step: exactly one wins.
@@ -210,7 +216,8 @@ pub async fn connection_store_contract(store: &dyn ConnectionStore) {
         user_id: UserId::parse("alice").expect("user"),
         connected_at: Timestamp::from_epoch_millis(1),
     };
-    let bob = Connection { connection_id: "conn-b".into(), user_id: UserId::parse("bob").expect("user"), ..alice.clone() };
+    let bob =
+        Connection { connection_id: "conn-b".into(), user_id: UserId::parse("bob").expect("user"), ..alice.clone() };
     store.add_connection(&alice).await.expect("add");
     store.add_connection(&bob).await.expect("add");
     assert_eq!(store.get_connection("conn-a").await.expect("get"), Some(alice.clone()));

@@ -141,7 +141,8 @@ impl SqliteDatabase {
             match setup {
                 Ok(()) => break,
                 Err(rusqlite::Error::SqliteFailure(error, _))
-                    if error.code == rusqlite::ErrorCode::DatabaseBusy && started.elapsed() < Duration::from_secs(30) =>
+                    if error.code == rusqlite::ErrorCode::DatabaseBusy
+                        && started.elapsed() < Duration::from_secs(30) =>
                 {
                     std::thread::sleep(Duration::from_millis(20));
                 }
@@ -167,7 +168,8 @@ impl SqliteDatabase {
     {
         let database = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            let mut connection = database.connection.lock().map_err(|_| PortError::unavailable(BACKEND, "poisoned lock"))?;
+            let mut connection =
+                database.connection.lock().map_err(|_| PortError::unavailable(BACKEND, "poisoned lock"))?;
             work(&mut connection)
         })
         .await
@@ -273,7 +275,8 @@ impl ObjectStore for DirectoryObjectStore {
         let queues: Vec<String> = notifications.iter().map(|(q, _)| q.clone()).collect();
         self.database
             .run(move |connection| {
-                let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_error)?;
+                let transaction =
+                    connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_error)?;
                 transaction
                     .execute(
                         "INSERT INTO objects (key, size, etag, metadata, last_modified) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -393,13 +396,19 @@ impl SqliteWorkQueue {
                 let mut statement = connection
                     .prepare("SELECT body, COALESCE(dead_letter_reason, '') FROM messages WHERE queue = ?1 ORDER BY id")
                     .map_err(sqlite_error)?;
-                let rows = statement.query_map(params![dead_letter_name], |r| Ok((r.get(0)?, r.get(1)?))).map_err(sqlite_error)?;
+                let rows = statement
+                    .query_map(params![dead_letter_name], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(sqlite_error)?;
                 rows.collect::<Result<Vec<_>, _>>().map_err(sqlite_error)
             })
             .await
     }
 
-    async fn try_receive(&self, max_messages: usize, visibility_timeout: Duration) -> Result<Vec<ReceivedMessage>, PortError> {
+    async fn try_receive(
+        &self,
+        max_messages: usize,
+        visibility_timeout: Duration,
+    ) -> Result<Vec<ReceivedMessage>, PortError> {
         let name = self.name.clone();
         let dead_letter_name = self.dead_letter_name.clone();
         let max_receive_count = self.max_receive_count;
@@ -473,12 +482,10 @@ impl SqliteWorkQueue {
 }
 
 fn message_id_of_receipt(receipt: &ReceiptHandle) -> Result<i64, PortError> {
-    receipt
-        .0
-        .split(':')
-        .next()
-        .and_then(|id| id.parse().ok())
-        .ok_or_else(|| PortError::Invalid { backend: BACKEND, message: format!("malformed receipt handle {:?}", receipt.0) })
+    receipt.0.split(':').next().and_then(|id| id.parse().ok()).ok_or_else(|| PortError::Invalid {
+        backend: BACKEND,
+        message: format!("malformed receipt handle {:?}", receipt.0),
+    })
 }
 
 #[async_trait]
@@ -548,7 +555,9 @@ impl WorkQueue for SqliteWorkQueue {
         let deleted = self
             .database
             .run(move |connection| {
-                connection.execute("DELETE FROM messages WHERE id = ?1 AND receipt = ?2", params![id, receipt]).map_err(sqlite_error)
+                connection
+                    .execute("DELETE FROM messages WHERE id = ?1 AND receipt = ?2", params![id, receipt])
+                    .map_err(sqlite_error)
             })
             .await?;
         if deleted == 1 { Ok(()) } else { Err(PortError::StaleReceipt) }
@@ -580,12 +589,18 @@ impl WorkQueue for SqliteWorkQueue {
             .run(move |connection| {
                 let now = Timestamp::now().epoch_millis();
                 let count = |sql: &str, queue: &str| -> Result<u64, PortError> {
-                    connection.query_row(sql, params![queue, now], |r| r.get::<_, i64>(0)).map(|n| n as u64).map_err(sqlite_error)
+                    connection
+                        .query_row(sql, params![queue, now], |r| r.get::<_, i64>(0))
+                        .map(|n| n as u64)
+                        .map_err(sqlite_error)
                 };
                 Ok(QueueDepth {
                     visible: count("SELECT COUNT(*) FROM messages WHERE queue = ?1 AND visible_at <= ?2", &name)?,
                     in_flight: count("SELECT COUNT(*) FROM messages WHERE queue = ?1 AND visible_at > ?2", &name)?,
-                    dead_lettered: count("SELECT COUNT(*) FROM messages WHERE queue = ?1 AND ?2 = ?2", &dead_letter_name)?,
+                    dead_lettered: count(
+                        "SELECT COUNT(*) FROM messages WHERE queue = ?1 AND ?2 = ?2",
+                        &dead_letter_name,
+                    )?,
                 })
             })
             .await
@@ -602,8 +617,9 @@ impl SqliteJobStore {
         let job_id = job_id.as_str().to_owned();
         self.database
             .run(move |connection| {
-                let mut statement =
-                    connection.prepare("SELECT job_id, status FROM job_history WHERE job_id = ?1 ORDER BY seq").map_err(sqlite_error)?;
+                let mut statement = connection
+                    .prepare("SELECT job_id, status FROM job_history WHERE job_id = ?1 ORDER BY seq")
+                    .map_err(sqlite_error)?;
                 let rows = statement
                     .query_map(params![job_id], |r| Ok(HistoryEntry { job_id: r.get(0)?, status: r.get(1)? }))
                     .map_err(sqlite_error)?;
@@ -628,12 +644,19 @@ impl JobStore for SqliteJobStore {
         let job = job.clone();
         self.database
             .run(move |connection| {
-                let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_error)?;
+                let transaction =
+                    connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_error)?;
                 let inserted = transaction
                     .execute(
                         "INSERT INTO jobs (job_id, user_id, created_at, rank, record) VALUES (?1, ?2, ?3, ?4, ?5)
                          ON CONFLICT(job_id) DO NOTHING",
-                        params![job.job_id.as_str(), job.user_id.as_str(), job.created_at.epoch_millis(), job.status.rank(), record],
+                        params![
+                            job.job_id.as_str(),
+                            job.user_id.as_str(),
+                            job.created_at.epoch_millis(),
+                            job.status.rank(),
+                            record
+                        ],
                     )
                     .map_err(sqlite_error)?;
                 if inserted == 1 {
@@ -655,7 +678,8 @@ impl JobStore for SqliteJobStore {
         let transition = transition.clone();
         self.database
             .run(move |connection| {
-                let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_error)?;
+                let transaction =
+                    connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_error)?;
                 let Some(current) = read_job(&transaction, &job_id)? else {
                     return Ok(TransitionOutcome::NotFound);
                 };
@@ -701,7 +725,9 @@ impl JobStore for SqliteJobStore {
                 let mut statement = connection
                     .prepare("SELECT record FROM jobs WHERE user_id = ?1 ORDER BY created_at DESC, job_id LIMIT ?2")
                     .map_err(sqlite_error)?;
-                let rows = statement.query_map(params![user_id, limit as i64], |r| r.get::<_, String>(0)).map_err(sqlite_error)?;
+                let rows = statement
+                    .query_map(params![user_id, limit as i64], |r| r.get::<_, String>(0))
+                    .map_err(sqlite_error)?;
                 let mut jobs = Vec::new();
                 for row in rows {
                     jobs.push(serde_json::from_str(&row.map_err(sqlite_error)?).map_err(json_error)?);
@@ -726,7 +752,9 @@ impl SqliteEventBus {
                     .prepare("SELECT event_id, detail_type, body FROM events WHERE job_id = ?1 ORDER BY seq")
                     .map_err(sqlite_error)?;
                 let rows = statement
-                    .query_map(params![job_id], |r| Ok(PublishedEvent { event_id: r.get(0)?, detail_type: r.get(1)?, body: r.get(2)? }))
+                    .query_map(params![job_id], |r| {
+                        Ok(PublishedEvent { event_id: r.get(0)?, detail_type: r.get(1)?, body: r.get(2)? })
+                    })
                     .map_err(sqlite_error)?;
                 rows.collect::<Result<Vec<_>, _>>().map_err(sqlite_error)
             })
@@ -748,7 +776,13 @@ impl EventBus for SqliteEventBus {
                 .map(|rule| rule.queue_name.clone())
                 .collect();
             woken.extend(targets.iter().cloned());
-            rows.push((event.detail.event_id.clone(), event.detail.job_id.as_str().to_owned(), event.detail_type.as_str(), body, targets));
+            rows.push((
+                event.detail.event_id.clone(),
+                event.detail.job_id.as_str().to_owned(),
+                event.detail_type.as_str(),
+                body,
+                targets,
+            ));
         }
         self.database
             .run(move |connection| {
@@ -803,8 +837,12 @@ impl ConnectionStore for SqliteConnectionStore {
         self.database
             .run(move |db| {
                 let transaction = db.transaction().map_err(sqlite_error)?;
-                transaction.execute("DELETE FROM subscriptions WHERE connection_id = ?1", params![id]).map_err(sqlite_error)?;
-                transaction.execute("DELETE FROM connections WHERE connection_id = ?1", params![id]).map_err(sqlite_error)?;
+                transaction
+                    .execute("DELETE FROM subscriptions WHERE connection_id = ?1", params![id])
+                    .map_err(sqlite_error)?;
+                transaction
+                    .execute("DELETE FROM connections WHERE connection_id = ?1", params![id])
+                    .map_err(sqlite_error)?;
                 transaction.commit().map_err(sqlite_error)
             })
             .await
@@ -827,7 +865,8 @@ impl ConnectionStore for SqliteConnectionStore {
         row.map(|(connection_id, user, at)| {
             Ok(Connection {
                 connection_id,
-                user_id: UserId::parse(&user).map_err(|e| PortError::Invalid { backend: BACKEND, message: e.to_string() })?,
+                user_id: UserId::parse(&user)
+                    .map_err(|e| PortError::Invalid { backend: BACKEND, message: e.to_string() })?,
                 connected_at: Timestamp::from_epoch_millis(at),
             })
         })
@@ -883,7 +922,8 @@ impl ConnectionStore for SqliteConnectionStore {
             .map(|(connection_id, user, delivered_rank)| {
                 Ok(Subscription {
                     connection_id,
-                    user_id: UserId::parse(&user).map_err(|e| PortError::Invalid { backend: BACKEND, message: e.to_string() })?,
+                    user_id: UserId::parse(&user)
+                        .map_err(|e| PortError::Invalid { backend: BACKEND, message: e.to_string() })?,
                     job_id: job.clone(),
                     delivered_rank,
                 })

@@ -122,16 +122,13 @@ mod tests {
     #[test]
     fn envelope_has_eventbridge_field_names_and_a_stable_id() {
         let at = Timestamp::from_epoch_millis(1_700_000_000_000);
-        let mut job = JobRecord::received(
-            JobId::derive("b", "uploads/u/x", "e"),
-            UserId::parse("u").unwrap(),
-            "b",
-            "uploads/u/x",
-            "e",
-            None,
-            BTreeMap::new(),
-            at,
-        );
+        let upload = crate::job::UploadSource {
+            bucket: "b".into(),
+            key: "uploads/u/x".into(),
+            etag: "e".into(),
+            version_id: None,
+        };
+        let mut job = JobRecord::received(&upload, UserId::parse("u").unwrap(), BTreeMap::new(), at);
         job.status = JobStatus::Completed;
         let envelope = EventEnvelope::new(JobEventDetail::from_job(&job));
         let value = serde_json::to_value(&envelope).unwrap();

@@ -41,6 +41,7 @@ pub enum Stage {
 /// The job item: everything known about one upload's trip through the pipeline.
 /// Holds no patient identifiers: ingest keeps only technical metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct JobRecord {
     pub job_id: JobId,
     pub user_id: UserId,
@@ -67,6 +68,7 @@ pub struct JobRecord {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct StageRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
@@ -78,11 +80,23 @@ pub struct StageRecord {
 
 /// Why a job failed: a stable machine-readable code and a message a radiographer understands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct JobError {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<Stage>,
     pub code: String,
     pub message: String,
+}
+
+/// The uploaded object a job is made from. Its identity (bucket, key, and version id or else
+/// ETag) is the job's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadSource {
+    pub bucket: String,
+    pub key: String,
+    pub etag: String,
+    /// S3 version id when the bucket is versioned ("null" and empty count as none).
+    pub version_id: Option<String>,
 }
 
 /// A request to move a job to `to`. It takes effect only if it moves the job forward.
@@ -139,6 +153,13 @@ impl TryFrom<String> for JobId {
 impl From<JobId> for String {
     fn from(value: JobId) -> String {
         value.0
+    }
+}
+
+impl UploadSource {
+    pub fn job_id(&self) -> JobId {
+        let version = self.version_id.as_deref().filter(|v| !v.is_empty() && *v != "null").unwrap_or(&self.etag);
+        JobId::derive(&self.bucket, &self.key, version)
     }
 }
 
@@ -254,24 +275,20 @@ impl fmt::Display for Stage {
 }
 
 impl JobRecord {
-    /// A new job at RECEIVED.
+    /// A new job at RECEIVED for an upload; its id is derived from the upload.
     pub fn received(
-        job_id: JobId,
+        upload: &UploadSource,
         user_id: UserId,
-        bucket: &str,
-        source_key: &str,
-        source_etag: &str,
-        source_version_id: Option<String>,
         options: BTreeMap<String, String>,
         at: Timestamp,
     ) -> JobRecord {
         JobRecord {
-            job_id,
+            job_id: upload.job_id(),
             user_id,
-            bucket: bucket.to_owned(),
-            source_key: source_key.to_owned(),
-            source_etag: source_etag.to_owned(),
-            source_version_id,
+            bucket: upload.bucket.clone(),
+            source_key: upload.key.clone(),
+            source_etag: upload.etag.clone(),
+            source_version_id: upload.version_id.clone(),
             status: JobStatus::Received,
             created_at: at,
             updated_at: at,
@@ -342,16 +359,13 @@ mod tests {
 
     fn record() -> JobRecord {
         let at = Timestamp::from_epoch_millis(1_700_000_000_000);
-        JobRecord::received(
-            JobId::derive("b", "uploads/u/a.nii.gz", "etag"),
-            UserId::parse("u").unwrap(),
-            "b",
-            "uploads/u/a.nii.gz",
-            "etag",
-            None,
-            BTreeMap::new(),
-            at,
-        )
+        let upload = UploadSource {
+            bucket: "b".into(),
+            key: "uploads/u/a.nii.gz".into(),
+            etag: "etag".into(),
+            version_id: None,
+        };
+        JobRecord::received(&upload, UserId::parse("u").unwrap(), BTreeMap::new(), at)
     }
 
     #[test]
@@ -361,6 +375,13 @@ mod tests {
         assert_ne!(a, JobId::derive("bucket", "uploads/u/x", "e2"));
         assert_ne!(JobId::derive("ab", "c", "e"), JobId::derive("a", "bc", "e"));
         assert_eq!(JobId::parse(a.as_str()).unwrap(), a);
+        let mut upload =
+            UploadSource { bucket: "bucket".into(), key: "uploads/u/x".into(), etag: "e1".into(), version_id: None };
+        assert_eq!(upload.job_id(), a, "without a version id, the ETag identifies the upload");
+        upload.version_id = Some("null".into());
+        assert_eq!(upload.job_id(), a, "an unversioned bucket's \"null\" version is no version");
+        upload.version_id = Some("v2".into());
+        assert_eq!(upload.job_id(), JobId::derive("bucket", "uploads/u/x", "v2"));
         assert!(JobId::parse("../etc").is_err());
         assert!(JobId::parse(&"A".repeat(32)).is_err());
     }

@@ -118,8 +118,7 @@ pub fn decode_nifti(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedNifti,
     if size_field_le == 540 || size_field_be == 540 {
         return Err(NiftiDecodeError::NotNifti("it is NIfTI-2, which this version does not read yet".into()));
     }
-    let header = NiftiHeader::from_reader(&header_bytes[..])
-        .map_err(|e| NiftiDecodeError::NotNifti(e.to_string()))?;
+    let header = NiftiHeader::from_reader(&header_bytes[..]).map_err(|e| NiftiDecodeError::NotNifti(e.to_string()))?;
     let dims = check_dimensions(&header, limits)?;
     check_pixdim(&header)?;
     let (affine, affine_source) = header_affine(&header)?;
@@ -128,23 +127,26 @@ pub fn decode_nifti(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedNifti,
     }
     let datatype = header.data_type().map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
     let datatype_name = format!("{datatype:?}");
-    if matches!(datatype, nifti::NiftiType::Rgb24 | nifti::NiftiType::Rgba32 | nifti::NiftiType::Complex64
-        | nifti::NiftiType::Complex128 | nifti::NiftiType::Complex256 | nifti::NiftiType::Float128)
-    {
+    if matches!(
+        datatype,
+        nifti::NiftiType::Rgb24
+            | nifti::NiftiType::Rgba32
+            | nifti::NiftiType::Complex64
+            | nifti::NiftiType::Complex128
+            | nifti::NiftiType::Complex256
+            | nifti::NiftiType::Float128
+    ) {
         return Err(NiftiDecodeError::UnsupportedDataType(datatype_name));
     }
-    let object = nifti::InMemNiftiObject::from_reader(source_reader(bytes))
-        .map_err(|e| match e {
-            nifti::NiftiError::Io(io) => NiftiDecodeError::Corrupt(io.to_string()),
-            nifti::NiftiError::IncompatibleLength(got, expected) => {
-                NiftiDecodeError::Corrupt(format!("the file holds {got} bytes of voxel data, the header promises {expected}"))
-            }
-            other => NiftiDecodeError::NotNifti(other.to_string()),
-        })?;
-    let array = object
-        .into_volume()
-        .into_ndarray::<f32>()
-        .map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
+    let object = nifti::InMemNiftiObject::from_reader(source_reader(bytes)).map_err(|e| match e {
+        nifti::NiftiError::Io(io) => NiftiDecodeError::Corrupt(io.to_string()),
+        nifti::NiftiError::IncompatibleLength(got, expected) => NiftiDecodeError::Corrupt(format!(
+            "the file holds {got} bytes of voxel data, the header promises {expected}"
+        )),
+        other => NiftiDecodeError::NotNifti(other.to_string()),
+    })?;
+    let array =
+        object.into_volume().into_ndarray::<f32>().map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
     let expected = dims[0] * dims[1] * dims[2];
     let (mut voxels, _) = array.into_raw_vec_and_offset();
     if voxels.len() != expected {
@@ -153,21 +155,28 @@ pub fn decode_nifti(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedNifti,
     for value in voxels.iter_mut().filter(|v| !v.is_finite()) {
         *value = 0.0;
     }
-    let volume = Volume::new(dims, affine, voxels).map_err(|e: VolumeError| NiftiDecodeError::NotAVolume(e.to_string()))?;
+    let volume =
+        Volume::new(dims, affine, voxels).map_err(|e: VolumeError| NiftiDecodeError::NotAVolume(e.to_string()))?;
     Ok(DecodedNifti { geometry: geometry_of(&header, dims), affine, affine_source, datatype: datatype_name, volume })
 }
 
 fn check_dimensions(header: &NiftiHeader, limits: &DecodeLimits) -> Result<[usize; 3], NiftiDecodeError> {
     let rank = header.dim[0] as usize;
     if !(1..=7).contains(&rank) {
-        return Err(NiftiDecodeError::NotAVolume(format!("dim[0] = {} is not a valid number of dimensions", header.dim[0])));
+        return Err(NiftiDecodeError::NotAVolume(format!(
+            "dim[0] = {} is not a valid number of dimensions",
+            header.dim[0]
+        )));
     }
     let extent: Vec<u64> = (1..=7).map(|i| if i <= rank { u64::from(header.dim[i]) } else { 1 }).collect();
     if extent.contains(&0) {
         return Err(NiftiDecodeError::NotAVolume("a dimension has size 0".into()));
     }
     if rank < 3 || extent[2] == 1 {
-        return Err(NiftiDecodeError::NotAVolume(format!("it has a single slice ({}x{}x{})", extent[0], extent[1], extent[2])));
+        return Err(NiftiDecodeError::NotAVolume(format!(
+            "it has a single slice ({}x{}x{})",
+            extent[0], extent[1], extent[2]
+        )));
     }
     if extent[3..].iter().any(|n| *n > 1) {
         return Err(NiftiDecodeError::NotAVolume(format!(
@@ -264,21 +273,22 @@ impl NiftiGeometry {
     }
 
     fn to_header(&self) -> NiftiHeader {
-        let mut header = NiftiHeader::default();
-        header.pixdim = self.pixdim;
-        header.xyzt_units = self.xyzt_units;
-        header.qform_code = self.qform_code;
-        header.sform_code = self.sform_code;
-        header.quatern_b = self.quatern_b;
-        header.quatern_c = self.quatern_c;
-        header.quatern_d = self.quatern_d;
-        header.quatern_x = self.quatern_x;
-        header.quatern_y = self.quatern_y;
-        header.quatern_z = self.quatern_z;
-        header.srow_x = self.srow_x;
-        header.srow_y = self.srow_y;
-        header.srow_z = self.srow_z;
-        header
+        NiftiHeader {
+            pixdim: self.pixdim,
+            xyzt_units: self.xyzt_units,
+            qform_code: self.qform_code,
+            sform_code: self.sform_code,
+            quatern_b: self.quatern_b,
+            quatern_c: self.quatern_c,
+            quatern_d: self.quatern_d,
+            quatern_x: self.quatern_x,
+            quatern_y: self.quatern_y,
+            quatern_z: self.quatern_z,
+            srow_x: self.srow_x,
+            srow_y: self.srow_y,
+            srow_z: self.srow_z,
+            ..NiftiHeader::default()
+        }
     }
 }
 
@@ -290,7 +300,11 @@ where
 {
     let write_error = |e: &dyn std::fmt::Display| NiftiEncodeError::Write(e.to_string());
     if geometry.dims != volume.dims() {
-        return Err(NiftiEncodeError::Write(format!("geometry {:?} does not match volume {:?}", geometry.dims, volume.dims())));
+        return Err(NiftiEncodeError::Write(format!(
+            "geometry {:?} does not match volume {:?}",
+            geometry.dims,
+            volume.dims()
+        )));
     }
     let header = geometry.to_header();
     let dims = volume.dims();

@@ -100,7 +100,9 @@ impl JobLedger {
         let outcome = self.jobs.transition(job_id, &transition).await?;
         match &outcome {
             TransitionOutcome::Applied(job) => self.publish(job).await?,
-            TransitionOutcome::Ignored(job) if receive_count > 1 && job.status == transition.to => self.publish(job).await?,
+            TransitionOutcome::Ignored(job) if receive_count > 1 && job.status == transition.to => {
+                self.publish(job).await?
+            }
             _ => {}
         }
         Ok(outcome)
@@ -271,7 +273,9 @@ async fn settle(
             warn!(stage = handler.name(), job_id = %job_id, code, "job failed");
             match ledger.fail(&job_id, stage, &code, &text, message.receive_count).await {
                 Ok(_) => ack(queue, message).await,
-                Err(error) => warn!(job_id = %job_id, %error, "could not record the failure; message will be redelivered"),
+                Err(error) => {
+                    warn!(job_id = %job_id, %error, "could not record the failure; message will be redelivered")
+                }
             }
         }
         Outcome::Reject { reason } => {

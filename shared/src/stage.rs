@@ -85,7 +85,9 @@ pub fn parse_notification(body: &str) -> Result<Notification, NotificationError>
 /// The artifacts a finished stage has written, at their deterministic keys.
 pub fn stage_artifacts(stage: Stage, job: &JobId) -> BTreeMap<String, String> {
     let pairs = match stage {
-        Stage::Ingest => vec![(artifact::VOLUME, keys::volume_key(job)), (artifact::INGEST_REPORT, keys::ingest_report_key(job))],
+        Stage::Ingest => {
+            vec![(artifact::VOLUME, keys::volume_key(job)), (artifact::INGEST_REPORT, keys::ingest_report_key(job))]
+        }
         Stage::Segment => vec![(artifact::LABELS, keys::labels_key(job)), (artifact::STATS, keys::stats_key(job))],
         Stage::Mesh => vec![
             (artifact::MESH_OBJ, keys::mesh_obj_key(job)),
@@ -109,17 +111,26 @@ pub async fn begin_stage(
     if stage_is_settled(job.status, stage) {
         // A repeat delivery of finished work: re-emit the stage's event (same id) in case the
         // earlier attempt died between recording and publishing, then ack.
-        ledger.advance(job_id, Transition::to(stage.finished_status(), Timestamp::now(), receive_count), receive_count.max(2)).await?;
+        ledger
+            .advance(
+                job_id,
+                Transition::to(stage.finished_status(), Timestamp::now(), receive_count),
+                receive_count.max(2),
+            )
+            .await?;
         return Ok(StageStart::Settled(job));
     }
-    if let Some(previous) = stage.previous() {
-        if job.status.rank() < previous.finished_status().rank() {
-            let catch_up = Transition::to(previous.finished_status(), Timestamp::now(), 0)
-                .with_artifacts(stage_artifacts(previous, job_id));
-            ledger.advance(job_id, catch_up, 1).await?;
-        }
+    if let Some(previous) = stage.previous()
+        && job.status.rank() < previous.finished_status().rank()
+    {
+        let catch_up = Transition::to(previous.finished_status(), Timestamp::now(), 0)
+            .with_artifacts(stage_artifacts(previous, job_id));
+        ledger.advance(job_id, catch_up, 1).await?;
     }
-    match ledger.advance(job_id, Transition::to(stage.started_status(), Timestamp::now(), receive_count), receive_count).await? {
+    match ledger
+        .advance(job_id, Transition::to(stage.started_status(), Timestamp::now(), receive_count), receive_count)
+        .await?
+    {
         TransitionOutcome::Applied(job) => Ok(StageStart::Proceed(job)),
         TransitionOutcome::Ignored(job) if job.status == stage.started_status() => Ok(StageStart::Proceed(job)),
         TransitionOutcome::Ignored(job) => Ok(StageStart::Settled(job)),
@@ -128,12 +139,17 @@ pub async fn begin_stage(
 }
 
 /// Records the stage finished (after its outputs are written) and publishes the event.
-pub async fn finish_stage(context: &StageContext, job_id: &JobId, stage: Stage, receive_count: u32) -> Result<(), PortError> {
+pub async fn finish_stage(
+    context: &StageContext,
+    job_id: &JobId,
+    stage: Stage,
+    receive_count: u32,
+) -> Result<(), PortError> {
     if let Some(pause) = context.pause_before_finish {
         tokio::time::sleep(pause).await;
     }
-    let transition =
-        Transition::to(stage.finished_status(), Timestamp::now(), receive_count).with_artifacts(stage_artifacts(stage, job_id));
+    let transition = Transition::to(stage.finished_status(), Timestamp::now(), receive_count)
+        .with_artifacts(stage_artifacts(stage, job_id));
     context.ledger.advance(job_id, transition, receive_count).await?;
     Ok(())
 }
@@ -154,6 +170,18 @@ pub fn outcome_of_port_error(error: &PortError, job_id: &JobId, stage: Stage, wh
             code: "storage_error".into(),
             message: format!("{what}: {error}"),
         },
+    }
+}
+
+/// The outcome when a stage's computation panicked (a bug): the job fails with `internal_error`
+/// at once instead of crashing again on every redelivery.
+pub fn outcome_of_task_panic(error: &tokio::task::JoinError, job_id: &JobId, stage: Stage) -> Outcome {
+    tracing::error!(job_id = %job_id, %stage, %error, "stage computation panicked");
+    Outcome::Fail {
+        job_id: job_id.clone(),
+        stage: Some(stage),
+        code: "internal_error".into(),
+        message: "the pipeline hit an internal error while processing this study".into(),
     }
 }
 

@@ -262,7 +262,11 @@ impl Reorientation {
     }
 
     /// Values on the original grid from a volume on the canonical grid (the exact inverse of `apply`).
-    pub fn restore<T: Copy + Default>(&self, canonical: &Volume<T>, original_affine: Affine) -> Result<Volume<T>, VolumeError> {
+    pub fn restore<T: Copy + Default>(
+        &self,
+        canonical: &Volume<T>,
+        original_affine: Affine,
+    ) -> Result<Volume<T>, VolumeError> {
         let dims = self.canonical_dims();
         if canonical.dims != dims {
             return Err(VolumeError::LengthMismatch {
@@ -312,7 +316,8 @@ mod tests {
     #[test]
     fn canonical_copy_keeps_every_voxel_at_its_world_position() {
         // A permuted, flipped grid: voxel axis 0 runs P, axis 1 runs S, axis 2 runs L.
-        let affine = Affine([[0.0, 0.0, -2.0, 5.0], [-1.0, 0.0, 0.0, 7.0], [0.0, 3.0, 0.0, -9.0], [0.0, 0.0, 0.0, 1.0]]);
+        let affine =
+            Affine([[0.0, 0.0, -2.0, 5.0], [-1.0, 0.0, 0.0, 7.0], [0.0, 3.0, 0.0, -9.0], [0.0, 0.0, 0.0, 1.0]]);
         let dims = [4, 3, 2];
         let voxels: Vec<u32> = (0..24).collect();
         let original = Volume::new(dims, affine, voxels).unwrap();

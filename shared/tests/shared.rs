@@ -59,7 +59,9 @@ async fn objects_and_queued_messages_survive_reopening_the_data_directory() {
         .await
         .unwrap();
     drop(backends);
-    let config = IrisConfig::from_lookup(|name| (name == "IRIS_DATA_DIR").then(|| directory.path().display().to_string())).unwrap();
+    let config =
+        IrisConfig::from_lookup(|name| (name == "IRIS_DATA_DIR").then(|| directory.path().display().to_string()))
+            .unwrap();
     let reopened = EmbeddedBackends::open(&config).unwrap();
     let queue = &reopened.queues[&QueueRole::Ingest];
     let messages = iris_shared::ports::WorkQueue::receive(
@@ -88,7 +90,7 @@ mod runtime {
 
     use async_trait::async_trait;
     use iris_shared::backends::EmbeddedBackends;
-    use iris_shared::job::{JobId, JobRecord, JobStatus, Stage};
+    use iris_shared::job::{JobId, JobRecord, JobStatus, Stage, UploadSource};
     use iris_shared::keys::{QueueRole, UserId};
     use iris_shared::ports::{JobStore, ReceivedMessage, WorkQueue};
     use iris_shared::runtime::{MessageHandler, Outcome, WorkerSettings, run_worker};
@@ -145,16 +147,9 @@ mod runtime {
     }
 
     async fn job(backends: &EmbeddedBackends) -> JobId {
-        let record = JobRecord::received(
-            JobId::derive("b", "uploads/u/x.nii.gz", "e"),
-            UserId::parse("u").unwrap(),
-            "b",
-            "uploads/u/x.nii.gz",
-            "e",
-            None,
-            BTreeMap::new(),
-            Timestamp::now(),
-        );
+        let upload =
+            UploadSource { bucket: "b".into(), key: "uploads/u/x.nii.gz".into(), etag: "e".into(), version_id: None };
+        let record = JobRecord::received(&upload, UserId::parse("u").unwrap(), BTreeMap::new(), Timestamp::now());
         backends.jobs.create_if_absent(&record).await.unwrap();
         record.job_id
     }
@@ -194,10 +189,14 @@ mod runtime {
         let job_id = job(&backends).await;
         let queue = backends.queues[&QueueRole::Segment].clone();
         queue.send("work").await.unwrap();
-        let handler = Arc::new(StandInStage { job_id: job_id.clone(), behaviour: Behaviour::AlwaysRetry, calls: AtomicU32::new(0) });
+        let handler = Arc::new(StandInStage {
+            job_id: job_id.clone(),
+            behaviour: Behaviour::AlwaysRetry,
+            calls: AtomicU32::new(0),
+        });
         let probe = queue.clone();
         let handler = run_until(&backends, handler, move || {
-            futures_lite_block(probe.depth()).map(|d| d.dead_lettered == 1).unwrap_or(false)
+            block_on_inside_test(probe.depth()).map(|d| d.dead_lettered == 1).unwrap_or(false)
         })
         .await;
         assert_eq!(handler.calls.load(Ordering::SeqCst), 3, "tried max_attempts times");
@@ -231,7 +230,7 @@ mod runtime {
         });
         let probe = queue.clone();
         let handler = run_until(&backends, handler, move || {
-            futures_lite_block(probe.depth()).map(|d| d.dead_lettered == 1).unwrap_or(false)
+            block_on_inside_test(probe.depth()).map(|d| d.dead_lettered == 1).unwrap_or(false)
         })
         .await;
         assert_eq!(handler.calls.load(Ordering::SeqCst), 0, "the fourth delivery is not processed");
@@ -246,10 +245,11 @@ mod runtime {
         let queue = backends.queues[&QueueRole::Segment].clone();
         queue.send("one").await.unwrap();
         queue.send("two").await.unwrap();
-        let handler = Arc::new(StandInStage { job_id: job_id.clone(), behaviour: Behaviour::Panic, calls: AtomicU32::new(0) });
+        let handler =
+            Arc::new(StandInStage { job_id: job_id.clone(), behaviour: Behaviour::Panic, calls: AtomicU32::new(0) });
         let probe = queue.clone();
         let handler = run_until(&backends, handler, move || {
-            futures_lite_block(probe.depth()).map(|d| d.visible + d.in_flight == 0).unwrap_or(false)
+            block_on_inside_test(probe.depth()).map(|d| d.visible + d.in_flight == 0).unwrap_or(false)
         })
         .await;
         assert_eq!(handler.calls.load(Ordering::SeqCst), 2, "the worker survived the first panic");
@@ -263,10 +263,11 @@ mod runtime {
         let job_id = job(&backends).await;
         let queue = backends.queues[&QueueRole::Segment].clone();
         queue.send("{not json").await.unwrap();
-        let handler = Arc::new(StandInStage { job_id: job_id.clone(), behaviour: Behaviour::Reject, calls: AtomicU32::new(0) });
+        let handler =
+            Arc::new(StandInStage { job_id: job_id.clone(), behaviour: Behaviour::Reject, calls: AtomicU32::new(0) });
         let probe = queue.clone();
         run_until(&backends, handler, move || {
-            futures_lite_block(probe.depth()).map(|d| d.dead_lettered == 1).unwrap_or(false)
+            block_on_inside_test(probe.depth()).map(|d| d.dead_lettered == 1).unwrap_or(false)
         })
         .await;
         let letters = queue.dead_letters().await.unwrap();
@@ -288,8 +289,13 @@ mod runtime {
         });
         let shutdown = CancellationToken::new();
         let ports = backends.ports();
-        let worker =
-            tokio::spawn(run_worker(handler.clone(), ports.queue(QueueRole::Segment), ports.ledger(), settings(), shutdown.clone()));
+        let worker = tokio::spawn(run_worker(
+            handler.clone(),
+            ports.queue(QueueRole::Segment),
+            ports.ledger(),
+            settings(),
+            shutdown.clone(),
+        ));
         while handler.calls.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -301,7 +307,7 @@ mod runtime {
     }
 
     /// Runs a future to completion from a synchronous predicate (the polling loop above).
-    fn futures_lite_block<F: std::future::Future>(future: F) -> F::Output {
+    fn block_on_inside_test<F: std::future::Future>(future: F) -> F::Output {
         tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
     }
 }

@@ -152,8 +152,10 @@ pub fn ingest_upload(bytes: &[u8], file_name: &str, limits: &IngestLimits) -> Re
 /// Encodes the canonical volume as `.nii.gz` and the report as JSON. Deterministic.
 pub fn encode_outputs(ingested: &IngestedVolume) -> Result<IngestOutputs, IngestError> {
     let geometry = NiftiGeometry::from_affine(ingested.canonical.dims(), ingested.canonical.affine());
-    let volume_nii_gz = encode_nifti_gz(&ingested.canonical, &geometry).map_err(|e| IngestError::Encode(e.to_string()))?;
-    let mut report_json = serde_json::to_vec_pretty(&ingested.report).map_err(|e| IngestError::Encode(e.to_string()))?;
+    let volume_nii_gz =
+        encode_nifti_gz(&ingested.canonical, &geometry).map_err(|e| IngestError::Encode(e.to_string()))?;
+    let mut report_json =
+        serde_json::to_vec_pretty(&ingested.report).map_err(|e| IngestError::Encode(e.to_string()))?;
     report_json.push(b'\n');
     Ok(IngestOutputs { volume_nii_gz, report_json })
 }

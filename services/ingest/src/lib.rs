@@ -9,13 +9,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use iris_shared::backends::Backends;
 use iris_shared::config::IrisConfig;
-use iris_shared::job::{JobId, JobRecord, JobStatus, Stage};
+use iris_shared::job::{JobId, JobRecord, JobStatus, Stage, UploadSource};
 use iris_shared::keys::{self, QueueRole};
 use iris_shared::ports::ReceivedMessage;
 use iris_shared::runtime::{MessageHandler, Outcome, run_worker};
 use iris_shared::stage::{
     CreatedObject, Notification, StageContext, StageStart, begin_stage, finish_stage, outcome_of_port_error,
-    parse_notification,
+    outcome_of_task_panic, parse_notification,
 };
 use iris_shared::time::Timestamp;
 use tokio_util::sync::CancellationToken;
@@ -60,16 +60,7 @@ impl IngestHandler {
             Err(error) => return Outcome::Retry { reason: format!("reading the upload's metadata: {error}") },
         };
         let options = head.as_ref().map(|h| h.metadata.clone()).unwrap_or_default();
-        let record = JobRecord::received(
-            job_id.clone(),
-            user_id,
-            &object.bucket,
-            object.key.as_str(),
-            &object.etag,
-            object.version_id.clone(),
-            options,
-            Timestamp::now(),
-        );
+        let record = JobRecord::received(&upload_of(object), user_id, options, Timestamp::now());
         match ledger.jobs.create_if_absent(&record).await {
             Ok(true) => {
                 info!(status = %JobStatus::Received, "job received");
@@ -86,15 +77,16 @@ impl IngestHandler {
                 return Outcome::Skipped { reason: format!("job already {}", job.status) };
             }
             Ok(StageStart::UnknownJob) => return Outcome::Retry { reason: "job vanished after creation".into() },
-            Err(error) => return Outcome::Retry { reason: format!("starting ingest: {error}") },
+            Err(error) => return outcome_of_port_error(&error, &job_id, Stage::Ingest, "starting ingest"),
         }
         let Some(head) = head.filter(|h| object.etag.is_empty() || h.etag == object.etag) else {
             return Outcome::Fail {
                 job_id,
                 stage: Some(Stage::Ingest),
                 code: "upload_replaced".into(),
-                message: "the uploaded file was deleted or replaced before it could be read; the newer upload is its own job"
-                    .into(),
+                message:
+                    "the uploaded file was deleted or replaced before it could be read; the newer upload is its own job"
+                        .into(),
             };
         };
         if head.size > self.limits.max_upload_bytes {
@@ -107,13 +99,14 @@ impl IngestHandler {
         };
         let file_name = object.key.file_name().to_owned();
         let limits = self.limits;
-        let converted =
-            tokio::task::spawn_blocking(move || ingest_upload(&bytes, &file_name, &limits).and_then(|v| encode_outputs(&v)))
-                .await;
+        let converted = tokio::task::spawn_blocking(move || {
+            ingest_upload(&bytes, &file_name, &limits).and_then(|v| encode_outputs(&v))
+        })
+        .await;
         let outputs = match converted {
             Ok(Ok(outputs)) => outputs,
             Ok(Err(error)) => return fail(&job_id, &error),
-            Err(panic) => return Outcome::Retry { reason: format!("ingest task failed: {panic}") },
+            Err(panic) => return outcome_of_task_panic(&panic, &job_id, Stage::Ingest),
         };
         let no_metadata = BTreeMap::new();
         // The report first, the volume last: the volume's notification starts segmentation.
@@ -127,20 +120,31 @@ impl IngestHandler {
         }
         match finish_stage(&self.context, &job_id, Stage::Ingest, receive_count).await {
             Ok(()) => Outcome::Done,
-            Err(error) => Outcome::Retry { reason: format!("recording ingest finished: {error}") },
+            Err(error) => outcome_of_port_error(&error, &job_id, Stage::Ingest, "recording ingest finished"),
         }
     }
 }
 
 fn fail(job_id: &JobId, error: &IngestError) -> Outcome {
-    Outcome::Fail { job_id: job_id.clone(), stage: Some(Stage::Ingest), code: error.code().into(), message: error.to_string() }
+    Outcome::Fail {
+        job_id: job_id.clone(),
+        stage: Some(Stage::Ingest),
+        code: error.code().into(),
+        message: error.to_string(),
+    }
+}
+
+fn upload_of(object: &CreatedObject) -> UploadSource {
+    UploadSource {
+        bucket: object.bucket.clone(),
+        key: object.key.to_string(),
+        etag: object.etag.clone(),
+        version_id: object.version_id.clone(),
+    }
 }
 
 fn job_id_of(object: &CreatedObject) -> Option<JobId> {
-    object.key.as_str().starts_with(keys::UPLOADS_PREFIX).then(|| {
-        let version = object.version_id.as_deref().filter(|v| !v.is_empty() && *v != "null").unwrap_or(&object.etag);
-        JobId::derive(&object.bucket, object.key.as_str(), version)
-    })
+    object.key.as_str().starts_with(keys::UPLOADS_PREFIX).then(|| upload_of(object).job_id())
 }
 
 #[async_trait]

@@ -113,10 +113,7 @@ pub fn export_obj(
             model: table.model.clone(),
             diagnostic: table.diagnostic,
             coordinate_system: COORDINATE_SYSTEM.to_string(),
-            files: ManifestFiles {
-                obj: obj_file_name.to_string(),
-                mtl: mtl_file_name.to_string(),
-            },
+            files: ManifestFiles { obj: obj_file_name.to_string(), mtl: mtl_file_name.to_string() },
             labels,
             skipped: extraction.skipped.clone(),
         },
@@ -137,10 +134,7 @@ fn describe_surfaces<'a>(surfaces: &'a [LabelSurface], table: &LabelTable) -> Ve
     surfaces
         .iter()
         .map(|surface| {
-            let description = table
-                .find(surface.label)
-                .cloned()
-                .unwrap_or_else(|| fallback_label(surface.label));
+            let description = table.find(surface.label).cloned().unwrap_or_else(|| fallback_label(surface.label));
             let base = obj_safe_name(&description.name, surface.label);
             let mut name = base.clone();
             let mut attempt = 1u32;
@@ -152,12 +146,7 @@ fn describe_surfaces<'a>(surfaces: &'a [LabelSurface], table: &LabelTable) -> Ve
                 };
                 attempt += 1;
             }
-            SurfaceEntry {
-                surface,
-                description,
-                obj_group: name.clone(),
-                material: name,
-            }
+            SurfaceEntry { surface, description, obj_group: name.clone(), material: name }
         })
         .collect()
 }
@@ -165,16 +154,8 @@ fn describe_surfaces<'a>(surfaces: &'a [LabelSurface], table: &LabelTable) -> Ve
 /// A label name usable as an OBJ object, group and material name: whitespace, control
 /// characters and `#` (which starts a comment) become `_`; an empty name becomes `label_<id>`.
 fn obj_safe_name(name: &str, id: u16) -> String {
-    let safe: String = name
-        .chars()
-        .map(|c| {
-            if c.is_whitespace() || c.is_control() || c == '#' {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
+    let safe: String =
+        name.chars().map(|c| if c.is_whitespace() || c.is_control() || c == '#' { '_' } else { c }).collect();
     if safe.is_empty() { format!("label_{id}") } else { safe }
 }
 
@@ -194,11 +175,7 @@ fn obj_header(table: &LabelTable, mtl_file_name: &str, entries: &[SurfaceEntry])
         let _ = writeln!(out, "# NOT FOR DIAGNOSTIC USE");
     }
     let _ = writeln!(out, "# coordinates: {COORDINATE_SYSTEM}");
-    let _ = writeln!(
-        out,
-        "# labels: {}, vertices: {vertices}, triangles: {triangles}",
-        entries.len()
-    );
+    let _ = writeln!(out, "# labels: {}, vertices: {vertices}, triangles: {triangles}", entries.len());
     let _ = writeln!(out, "mtllib {mtl_file_name}");
     out
 }
@@ -223,19 +200,9 @@ fn obj_pieces<'a>(entries: &'a [SurfaceEntry<'a>]) -> Vec<ObjPiece<'a>> {
     let mut first = 1u64;
     for entry in entries {
         pieces.push(ObjPiece::LabelStart(entry));
+        pieces.extend(entry.surface.positions.chunks(OBJ_LINES_PER_TASK).map(ObjPiece::Vertices));
         pieces.extend(
-            entry
-                .surface
-                .positions
-                .chunks(OBJ_LINES_PER_TASK)
-                .map(ObjPiece::Vertices),
-        );
-        pieces.extend(
-            entry
-                .surface
-                .triangles
-                .chunks(OBJ_LINES_PER_TASK)
-                .map(|triangles| ObjPiece::Faces { triangles, first }),
+            entry.surface.triangles.chunks(OBJ_LINES_PER_TASK).map(|triangles| ObjPiece::Faces { triangles, first }),
         );
         first += entry.surface.positions.len() as u64;
     }
@@ -466,32 +433,15 @@ mod tests {
             model: "test model".to_string(),
             diagnostic: false,
             labels: vec![
-                LabelDescription {
-                    id: 1,
-                    name: "liver".to_string(),
-                    color: [221, 130, 101],
-                },
-                LabelDescription {
-                    id: 2,
-                    name: "left kidney".to_string(),
-                    color: [185, 102, 83],
-                },
-                LabelDescription {
-                    id: 4,
-                    name: "liver".to_string(),
-                    color: [0, 255, 7],
-                },
+                LabelDescription { id: 1, name: "liver".to_string(), color: [221, 130, 101] },
+                LabelDescription { id: 2, name: "left kidney".to_string(), color: [185, 102, 83] },
+                LabelDescription { id: 4, name: "liver".to_string(), color: [0, 255, 7] },
             ],
         }
     }
 
     fn affine() -> Affine {
-        Affine([
-            [-0.8, 0.0, 0.0, 90.0],
-            [0.0, 0.8, 0.0, -120.0],
-            [0.0, 0.0, 2.0, -40.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ])
+        Affine([[-0.8, 0.0, 0.0, 90.0], [0.0, 0.8, 0.0, -120.0], [0.0, 0.0, 2.0, -40.0], [0.0, 0.0, 0.0, 1.0]])
     }
 
     /// Label 1: a 3×3×3 cube; label 2: a 2×2×1 slab; label 4: one voxel; label 9 (not in the
@@ -537,10 +487,7 @@ mod tests {
             assert_eq!(end - start, surface.positions.len());
             assert_eq!(group.faces.len(), surface.triangles.len());
             for face in &group.faces {
-                assert!(
-                    face.iter().all(|&v| v >= start && v < end),
-                    "face {face:?} outside {start}..{end}"
-                );
+                assert!(face.iter().all(|&v| v >= start && v < end), "face {face:?} outside {start}..{end}");
             }
             // Same vertices and faces as the surface, within the printed precision.
             for (n, position) in surface.positions.iter().enumerate() {
@@ -551,10 +498,7 @@ mod tests {
                 assert_eq!(*face, triangle.map(|v| v as usize + start));
             }
         }
-        assert_eq!(
-            obj.vertices.len(),
-            extraction.surfaces.iter().map(|s| s.positions.len()).sum::<usize>()
-        );
+        assert_eq!(obj.vertices.len(), extraction.surfaces.iter().map(|s| s.positions.len()).sum::<usize>());
     }
 
     #[test]
@@ -565,9 +509,7 @@ mod tests {
         assert_eq!(materials.len(), obj.groups.len());
         let expected_colours: [[u8; 3]; 4] = [[221, 130, 101], [185, 102, 83], [0, 255, 7], fallback_label(9).color];
         for (group, expected) in obj.groups.iter().zip(expected_colours) {
-            let kd = materials
-                .get(&group.material)
-                .unwrap_or_else(|| panic!("no material {}", group.material));
+            let kd = materials.get(&group.material).unwrap_or_else(|| panic!("no material {}", group.material));
             for channel in 0..3 {
                 assert!((kd[channel] - f64::from(expected[channel]) / 255.0).abs() < 1e-6);
             }
@@ -586,13 +528,7 @@ mod tests {
         assert_eq!(manifest.model, "test model");
         assert!(!manifest.diagnostic);
         assert_eq!(manifest.coordinate_system, "RAS, millimetres");
-        assert_eq!(
-            manifest.files,
-            ManifestFiles {
-                obj: "model.obj".to_string(),
-                mtl: "model.mtl".to_string()
-            }
-        );
+        assert_eq!(manifest.files, ManifestFiles { obj: "model.obj".to_string(), mtl: "model.mtl".to_string() });
         assert_eq!(manifest.labels.iter().map(|l| l.id).collect::<Vec<_>>(), [1, 2, 4, 9]);
         assert_eq!(manifest.labels[1].name, "left kidney");
         assert_eq!(manifest.labels[1].obj_group, "left_kidney");
@@ -610,10 +546,7 @@ mod tests {
         let cube = &manifest.labels[0];
         let (a, b, c) = (2.4, 2.4, 6.0);
         let area = 2.0 * (a * b + a * c + b * c);
-        assert!(
-            (cube.surface_area_mm2 - area).abs() < 1e-5 * area,
-            "f32 positions: about 1e-7 relative"
-        );
+        assert!((cube.surface_area_mm2 - area).abs() < 1e-5 * area, "f32 positions: about 1e-7 relative");
         assert!((cube.enclosed_volume_ml - a * b * c / 1000.0).abs() <= 1e-6);
         // Voxels 1..=3 span voxel coordinates 0.5..=3.5; x is flipped (LAS).
         let expected_min = [90.0 - 0.8 * 3.5, -120.0 + 0.8 * 0.5, -40.0 + 2.0 * 0.5];
@@ -629,13 +562,7 @@ mod tests {
         let manifest = export_obj(&single, &table(), "model.obj", "model.mtl").manifest;
         assert_eq!(manifest.labels[0].surface_area_mm2, 6.0);
         assert_eq!(manifest.labels[0].enclosed_volume_ml, 0.001);
-        assert_eq!(
-            manifest.labels[0].bounding_box_mm,
-            ManifestBoundingBox {
-                min: [-0.5; 3],
-                max: [0.5; 3]
-            }
-        );
+        assert_eq!(manifest.labels[0].bounding_box_mm, ManifestBoundingBox { min: [-0.5; 3], max: [0.5; 3] });
     }
 
     #[test]
@@ -643,18 +570,12 @@ mod tests {
         let extraction = extract_surfaces(&label_map(), &ExtractionSettings { minimum_voxels: 3 });
         let manifest = export_obj(&extraction, &table(), "model.obj", "model.mtl").manifest;
         assert_eq!(manifest.labels.iter().map(|l| l.id).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!(
-            manifest.skipped.iter().map(|s| (s.label, s.voxels)).collect::<Vec<_>>(),
-            [(4, 1), (9, 2)]
-        );
+        assert_eq!(manifest.skipped.iter().map(|s| (s.label, s.voxels)).collect::<Vec<_>>(), [(4, 1), (9, 2)]);
         let json = serde_json::to_string_pretty(&manifest).unwrap();
         let back: MeshManifest = serde_json::from_str(&json).unwrap();
         assert_eq!(back, manifest);
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(
-            value["labels"][0]["bounding_box_mm"]["min"].as_array().unwrap().len(),
-            3
-        );
+        assert_eq!(value["labels"][0]["bounding_box_mm"]["min"].as_array().unwrap().len(), 3);
         assert_eq!(value["skipped"][0]["label"], 4);
     }
 
@@ -664,10 +585,7 @@ mod tests {
         let (_, second) = export();
         assert_eq!(first.obj, second.obj);
         assert_eq!(first.mtl, second.mtl);
-        assert_eq!(
-            serde_json::to_vec(&first.manifest).unwrap(),
-            serde_json::to_vec(&second.manifest).unwrap()
-        );
+        assert_eq!(serde_json::to_vec(&first.manifest).unwrap(), serde_json::to_vec(&second.manifest).unwrap());
     }
 
     #[test]
@@ -689,38 +607,18 @@ mod tests {
         assert_eq!(obj_safe_name("", 7), "label_7");
         assert_eq!(obj_safe_name("rein gauche é", 3), "rein_gauche_é");
         let surfaces: Vec<LabelSurface> = [1, 2, 3]
-            .map(|label| LabelSurface {
-                label,
-                positions: Vec::new(),
-                triangles: Vec::new(),
-                voxels: 1,
-            })
+            .map(|label| LabelSurface { label, positions: Vec::new(), triangles: Vec::new(), voxels: 1 })
             .into();
         let table = LabelTable {
             model: "m".to_string(),
             diagnostic: true,
             labels: vec![
-                LabelDescription {
-                    id: 1,
-                    name: "x".to_string(),
-                    color: [0; 3],
-                },
-                LabelDescription {
-                    id: 2,
-                    name: "x_2".to_string(),
-                    color: [0; 3],
-                },
-                LabelDescription {
-                    id: 3,
-                    name: "x".to_string(),
-                    color: [0; 3],
-                },
+                LabelDescription { id: 1, name: "x".to_string(), color: [0; 3] },
+                LabelDescription { id: 2, name: "x_2".to_string(), color: [0; 3] },
+                LabelDescription { id: 3, name: "x".to_string(), color: [0; 3] },
             ],
         };
-        let names: Vec<String> = describe_surfaces(&surfaces, &table)
-            .into_iter()
-            .map(|e| e.obj_group)
-            .collect();
+        let names: Vec<String> = describe_surfaces(&surfaces, &table).into_iter().map(|e| e.obj_group).collect();
         assert_eq!(names, ["x", "x_2", "x_3"]);
     }
 
@@ -766,10 +664,7 @@ mod tests {
             triangles: vec![[0, 1, 99]],
             voxels: 1,
         };
-        let extraction = Extraction {
-            surfaces: vec![surface],
-            skipped: Vec::new(),
-        };
+        let extraction = Extraction { surfaces: vec![surface], skipped: Vec::new() };
         let artifacts = export_obj(&extraction, &table(), "model.obj", "model.mtl");
         assert_eq!(artifacts.manifest.labels[0].surface_area_mm2, 0.0);
         assert_eq!(artifacts.manifest.labels[0].enclosed_volume_ml, 0.0);

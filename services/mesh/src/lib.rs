@@ -17,7 +17,8 @@ use iris_shared::nifti_codec::{DecodeLimits, NiftiDecodeError, decode_nifti};
 use iris_shared::ports::{PortError, ReceivedMessage};
 use iris_shared::runtime::{MessageHandler, Outcome, run_worker};
 use iris_shared::stage::{
-    Notification, StageContext, StageStart, begin_stage, finish_stage, outcome_of_port_error, parse_notification,
+    Notification, StageContext, StageStart, begin_stage, finish_stage, outcome_of_port_error, outcome_of_task_panic,
+    parse_notification,
 };
 use iris_shared::volume::Volume;
 use tokio_util::sync::CancellationToken;
@@ -100,7 +101,7 @@ impl MeshHandler {
             Ok(StageStart::Proceed(_)) => {}
             Ok(StageStart::Settled(job)) => return Outcome::Skipped { reason: format!("job already {}", job.status) },
             Ok(StageStart::UnknownJob) => return Outcome::Reject { reason: format!("no job {job_id}") },
-            Err(error) => return Outcome::Retry { reason: format!("starting mesh: {error}") },
+            Err(error) => return outcome_of_port_error(&error, &job_id, Stage::Mesh, "starting mesh"),
         }
         let labels = match self.context.objects.get(&keys::labels_key(&job_id)).await {
             Ok(bytes) => bytes,
@@ -111,14 +112,16 @@ impl MeshHandler {
                 Ok(table) => table,
                 Err(error) => return fail(&job_id, &error),
             },
-            Err(PortError::NotFound(_)) => LabelTable { model: "unknown".into(), diagnostic: false, labels: Vec::new() },
+            Err(PortError::NotFound(_)) => {
+                LabelTable { model: "unknown".into(), diagnostic: false, labels: Vec::new() }
+            }
             Err(error) => return outcome_of_port_error(&error, &job_id, Stage::Mesh, "reading stats.json"),
         };
         let max_voxels = self.max_voxels;
         let artifacts = match tokio::task::spawn_blocking(move || mesh_label_map(&labels, &table, max_voxels)).await {
             Ok(Ok(artifacts)) => artifacts,
             Ok(Err(error)) => return fail(&job_id, &error),
-            Err(panic) => return Outcome::Retry { reason: format!("mesh task failed: {panic}") },
+            Err(panic) => return outcome_of_task_panic(&panic, &job_id, Stage::Mesh),
         };
         let manifest = match serde_json::to_vec_pretty(&artifacts.manifest) {
             Ok(mut json) => {
@@ -139,13 +142,18 @@ impl MeshHandler {
         }
         match finish_stage(&self.context, &job_id, Stage::Mesh, receive_count).await {
             Ok(()) => Outcome::Done,
-            Err(error) => Outcome::Retry { reason: format!("recording mesh finished: {error}") },
+            Err(error) => outcome_of_port_error(&error, &job_id, Stage::Mesh, "recording mesh finished"),
         }
     }
 }
 
 fn fail(job_id: &JobId, error: &MeshError) -> Outcome {
-    Outcome::Fail { job_id: job_id.clone(), stage: Some(Stage::Mesh), code: error.code().into(), message: error.to_string() }
+    Outcome::Fail {
+        job_id: job_id.clone(),
+        stage: Some(Stage::Mesh),
+        code: error.code().into(),
+        message: error.to_string(),
+    }
 }
 
 /// The job of a `jobs/<id>/labels.nii.gz` notification.
@@ -185,7 +193,11 @@ impl MessageHandler for MeshHandler {
     }
 
     fn job_of(&self, message: &ReceivedMessage) -> Option<(JobId, Option<Stage>)> {
-        jobs_of(&message.body).ok().flatten().and_then(|jobs| jobs.into_iter().next()).map(|job| (job, Some(Stage::Mesh)))
+        jobs_of(&message.body)
+            .ok()
+            .flatten()
+            .and_then(|jobs| jobs.into_iter().next())
+            .map(|job| (job, Some(Stage::Mesh)))
     }
 }
 

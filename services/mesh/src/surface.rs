@@ -80,18 +80,14 @@ pub fn extract_surfaces(labels: &Volume<u8>, settings: &ExtractionSettings) -> E
                 ),
             });
         } else {
-            let bounds = VoxelBounds {
-                lowest: census.lowest[usize::from(label)],
-                highest: census.highest[usize::from(label)],
-            };
+            let bounds =
+                VoxelBounds { lowest: census.lowest[usize::from(label)], highest: census.highest[usize::from(label)] };
             work.push((label, voxels, bounds));
         }
     }
 
-    let results: Vec<Result<LabelSurface, SkippedLabel>> = work
-        .par_iter()
-        .map(|&(label, voxels, bounds)| extract_label(labels, label, voxels, bounds))
-        .collect();
+    let results: Vec<Result<LabelSurface, SkippedLabel>> =
+        work.par_iter().map(|&(label, voxels, bounds)| extract_label(labels, label, voxels, bounds)).collect();
 
     let mut surfaces = Vec::with_capacity(results.len());
     for result in results {
@@ -185,11 +181,7 @@ struct LabelCensus {
 
 impl LabelCensus {
     fn empty() -> Self {
-        LabelCensus {
-            voxels: [0; 256],
-            lowest: [[usize::MAX; 3]; 256],
-            highest: [[0; 3]; 256],
-        }
+        LabelCensus { voxels: [0; 256], lowest: [[usize::MAX; 3]; 256], highest: [[0; 3]; 256] }
     }
 
     /// Counts a label map, slice by slice in parallel (the result does not depend on the order).
@@ -247,9 +239,7 @@ fn extract_label(
     bounds: VoxelBounds,
 ) -> Result<LabelSurface, SkippedLabel> {
     let size = [0, 1, 2].map(|axis| bounds.highest[axis] - bounds.lowest[axis] + 1);
-    let corner_count = (size[0] + 1)
-        .checked_mul(size[1] + 1)
-        .and_then(|n| n.checked_mul(size[2] + 1));
+    let corner_count = (size[0] + 1).checked_mul(size[1] + 1).and_then(|n| n.checked_mul(size[2] + 1));
     if corner_count.is_none_or(|count| count >= NO_VERTEX as usize) {
         return Err(SkippedLabel {
             label: u16::from(label),
@@ -349,11 +339,7 @@ impl<'a> SurfaceBuilder<'a> {
     /// The vertex at local corner (ci, cj) of the lower or upper layer, created on first use.
     fn vertex(&mut self, ci: usize, cj: usize, upper: bool) -> u32 {
         let slot = cj * self.corners_per_row + ci;
-        let layer = if upper {
-            &mut self.upper_layer
-        } else {
-            &mut self.lower_layer
-        };
+        let layer = if upper { &mut self.upper_layer } else { &mut self.lower_layer };
         if layer[slot] != NO_VERTEX {
             return layer[slot];
         }
@@ -366,18 +352,12 @@ impl<'a> SurfaceBuilder<'a> {
             (self.origin[1] + cj) as f64 - 0.5,
             (self.origin[2] + ck) as f64 - 0.5,
         ];
-        self.positions
-            .push(self.affine.apply(voxel_coordinate).map(|value| value as f32));
+        self.positions.push(self.affine.apply(voxel_coordinate).map(|value| value as f32));
         vertex
     }
 
     fn finish(self, label: u16, voxels: u64) -> LabelSurface {
-        LabelSurface {
-            label,
-            positions: self.positions,
-            triangles: self.triangles,
-            voxels,
-        }
+        LabelSurface { label, positions: self.positions, triangles: self.triangles, voxels }
     }
 }
 
@@ -386,11 +366,7 @@ fn subtract(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
 }
 
 fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ]
+    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
 }
 
 fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
@@ -409,22 +385,12 @@ mod tests {
 
     /// Anisotropic spacing and a non-zero origin, right-handed (RAS).
     fn anisotropic_ras_affine() -> Affine {
-        Affine([
-            [0.7, 0.0, 0.0, -112.5],
-            [0.0, 1.3, 0.0, 48.25],
-            [0.0, 0.0, 2.5, 31.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ])
+        Affine([[0.7, 0.0, 0.0, -112.5], [0.0, 1.3, 0.0, 48.25], [0.0, 0.0, 2.5, 31.0], [0.0, 0.0, 0.0, 1.0]])
     }
 
     /// Anisotropic spacing and a non-zero origin, left-handed (LAS: x runs towards the left).
     fn anisotropic_las_affine() -> Affine {
-        Affine([
-            [-0.7, 0.0, 0.0, 112.5],
-            [0.0, 1.3, 0.0, -48.25],
-            [0.0, 0.0, 2.5, 31.0],
-            [0.0, 0.0, 0.0, 1.0],
-        ])
+        Affine([[-0.7, 0.0, 0.0, 112.5], [0.0, 1.3, 0.0, -48.25], [0.0, 0.0, 2.5, 31.0], [0.0, 0.0, 0.0, 1.0]])
     }
 
     /// A label map of `dims` where `label_at(i, j, k)` gives each voxel's label.
@@ -447,10 +413,7 @@ mod tests {
     /// Label 1 in the voxels with `lowest <= (i, j, k) <= highest`, background elsewhere.
     fn box_label_map(dims: [usize; 3], affine: Affine, lowest: [usize; 3], highest: [usize; 3]) -> Volume<u8> {
         label_map(dims, affine, |i, j, k| {
-            let inside = [i, j, k]
-                .iter()
-                .enumerate()
-                .all(|(axis, &v)| v >= lowest[axis] && v <= highest[axis]);
+            let inside = [i, j, k].iter().enumerate().all(|(axis, &v)| v >= lowest[axis] && v <= highest[axis]);
             u8::from(inside)
         })
     }
@@ -461,10 +424,7 @@ mod tests {
     fn assert_closed(surface: &LabelSurface) {
         let mut directed: HashMap<(u32, u32), i64> = HashMap::new();
         for triangle in &surface.triangles {
-            assert!(
-                triangle.iter().all(|&v| (v as usize) < surface.positions.len()),
-                "index out of range"
-            );
+            assert!(triangle.iter().all(|&v| (v as usize) < surface.positions.len()), "index out of range");
             assert!(triangle[0] != triangle[1] && triangle[1] != triangle[2] && triangle[0] != triangle[2]);
             for n in 0..3 {
                 let (a, b) = (triangle[n], triangle[(n + 1) % 3]);
@@ -473,17 +433,10 @@ mod tests {
         }
         for (&(a, b), &count) in &directed {
             let reverse = directed.get(&(b, a)).copied().unwrap_or(0);
-            assert_eq!(
-                count, reverse,
-                "edge ({a}, {b}) used {count} times but ({b}, {a}) {reverse} times"
-            );
+            assert_eq!(count, reverse, "edge ({a}, {b}) used {count} times but ({b}, {a}) {reverse} times");
         }
         let mut referenced = vec![false; surface.positions.len()];
-        surface
-            .triangles
-            .iter()
-            .flatten()
-            .for_each(|&v| referenced[v as usize] = true);
+        surface.triangles.iter().flatten().for_each(|&v| referenced[v as usize] = true);
         assert!(referenced.iter().all(|&r| r), "every vertex is used by a triangle");
     }
 
@@ -494,18 +447,14 @@ mod tests {
     /// Equality up to the rounding of positions to f32 (about 1e-7 relative to the largest coordinate).
     fn assert_close(actual: f64, expected: f64, what: &str) {
         let tolerance = 1e-5 * expected.abs().max(1.0);
-        assert!(
-            (actual - expected).abs() <= tolerance,
-            "{what}: {actual} differs from {expected}"
-        );
+        assert!((actual - expected).abs() <= tolerance, "{what}: {actual} differs from {expected}");
     }
 
     #[test]
     fn single_voxel_gives_a_closed_cube() {
-        for volume in [
-            label_map([1, 1, 1], ras_affine(), |_, _, _| 1),
-            box_label_map([3, 3, 3], ras_affine(), [1; 3], [1; 3]),
-        ] {
+        for volume in
+            [label_map([1, 1, 1], ras_affine(), |_, _, _| 1), box_label_map([3, 3, 3], ras_affine(), [1; 3], [1; 3])]
+        {
             let extraction = extract_surfaces(&volume, &settings(1));
             assert_eq!(extraction.surfaces.len(), 1);
             assert!(extraction.skipped.is_empty());
@@ -544,10 +493,7 @@ mod tests {
             assert_eq!(surface.positions.len(), 64 - 8);
             assert_closed(surface);
             let volume_mm3 = surface.signed_volume_mm3();
-            assert!(
-                volume_mm3 > 0.0,
-                "outward winding gives a positive volume, got {volume_mm3}"
-            );
+            assert!(volume_mm3 > 0.0, "outward winding gives a positive volume, got {volume_mm3}");
             assert_close(volume_mm3, 27.0 * voxel_volume_mm3(&affine), "enclosed volume");
         }
     }
@@ -602,11 +548,7 @@ mod tests {
             assert_eq!(surface.voxels, 8);
             assert_eq!(surface.triangles.len(), 6 * 4 * 2);
             assert_closed(surface);
-            assert_close(
-                surface.signed_volume_mm3(),
-                8.0 * voxel_volume_mm3(&affine),
-                "enclosed volume",
-            );
+            assert_close(surface.signed_volume_mm3(), 8.0 * voxel_volume_mm3(&affine), "enclosed volume");
             let mut on_interface: Vec<[u32; 3]> = surface
                 .positions
                 .iter()
@@ -617,19 +559,13 @@ mod tests {
             let interface_triangles = surface
                 .triangles
                 .iter()
-                .filter(|t| {
-                    t.iter()
-                        .all(|&v| (f64::from(surface.positions[v as usize][0]) - interface_x).abs() < 1e-4)
-                })
+                .filter(|t| t.iter().all(|&v| (f64::from(surface.positions[v as usize][0]) - interface_x).abs() < 1e-4))
                 .count();
             assert_eq!(interface_triangles, 8, "the 2×2 interface faces, two triangles each");
             interface_vertices.push(on_interface);
         }
         assert_eq!(interface_vertices[0].len(), 9);
-        assert_eq!(
-            interface_vertices[0], interface_vertices[1],
-            "both surfaces have the same interface vertices"
-        );
+        assert_eq!(interface_vertices[0], interface_vertices[1], "both surfaces have the same interface vertices");
     }
 
     #[test]
@@ -637,11 +573,7 @@ mod tests {
         let volume = label_map([2, 2, 1], ras_affine(), |i, j, _| u8::from(i == j));
         let surface = &extract_surfaces(&volume, &settings(1)).surfaces[0];
         assert_closed(surface);
-        assert_eq!(
-            surface.positions.len(),
-            14,
-            "two cubes sharing the two corners of one edge"
-        );
+        assert_eq!(surface.positions.len(), 14, "two cubes sharing the two corners of one edge");
         assert_close(surface.signed_volume_mm3(), 2.0, "enclosed volume");
         let mut undirected: HashMap<(u32, u32), usize> = HashMap::new();
         for triangle in &surface.triangles {
@@ -688,21 +620,11 @@ mod tests {
         });
         let extraction = extract_surfaces(&volume, &settings(3));
         assert_eq!(extraction.surfaces.iter().map(|s| s.label).collect::<Vec<_>>(), [5]);
-        assert_eq!(
-            extraction
-                .skipped
-                .iter()
-                .map(|s| (s.label, s.voxels))
-                .collect::<Vec<_>>(),
-            [(3, 2), (7, 1)]
-        );
+        assert_eq!(extraction.skipped.iter().map(|s| (s.label, s.voxels)).collect::<Vec<_>>(), [(3, 2), (7, 1)]);
         assert!(extraction.skipped.iter().all(|s| s.reason.contains("minimum of 3")));
 
         let everything = extract_surfaces(&volume, &settings(0));
-        assert_eq!(
-            everything.surfaces.iter().map(|s| s.label).collect::<Vec<_>>(),
-            [3, 5, 7]
-        );
+        assert_eq!(everything.surfaces.iter().map(|s| s.label).collect::<Vec<_>>(), [3, 5, 7]);
         assert!(everything.skipped.is_empty());
     }
 
@@ -714,18 +636,12 @@ mod tests {
 
     #[test]
     fn extraction_is_deterministic_whatever_the_thread_count() {
-        let volume = label_map([20, 18, 16], anisotropic_las_affine(), |i, j, k| {
-            ((i / 3 + j / 4 + k / 5) % 7) as u8
-        });
+        let volume = label_map([20, 18, 16], anisotropic_las_affine(), |i, j, k| ((i / 3 + j / 4 + k / 5) % 7) as u8);
         // Every bit of the output: labels, positions, triangles.
         let bits = |extraction: &Extraction| -> Vec<u32> {
             let mut out = Vec::new();
             for surface in &extraction.surfaces {
-                out.extend([
-                    u32::from(surface.label),
-                    surface.positions.len() as u32,
-                    surface.triangles.len() as u32,
-                ]);
+                out.extend([u32::from(surface.label), surface.positions.len() as u32, surface.triangles.len() as u32]);
                 out.extend(surface.positions.iter().flatten().map(|v| v.to_bits()));
                 out.extend(surface.triangles.iter().flatten());
             }

@@ -25,7 +25,11 @@ pub struct NotifyCore {
 pub const LIST_LIMIT: usize = 50;
 
 impl NotifyCore {
-    pub fn new(jobs: Arc<dyn JobStore>, connections: Arc<dyn ConnectionStore>, gateway: Arc<dyn ConnectionGateway>) -> NotifyCore {
+    pub fn new(
+        jobs: Arc<dyn JobStore>,
+        connections: Arc<dyn ConnectionStore>,
+        gateway: Arc<dyn ConnectionGateway>,
+    ) -> NotifyCore {
         NotifyCore { jobs, connections, gateway, delivery_lock: Mutex::new(()) }
     }
 
@@ -84,12 +88,10 @@ impl NotifyCore {
                     return Ok(vec![ServerMessage::error("bad_request", "jobId must be 32 lowercase hex characters")]);
                 };
                 let job = self.jobs.get(&job_id).await?;
-                if let Some(job) = &job {
-                    if job.user_id != connection.user_id {
-                        // The same answer as for a job that does not exist would leak less, but a
-                        // pending subscription to another user's job could never deliver anyway.
-                        return Ok(vec![ServerMessage::error("forbidden", "you may subscribe only to your own jobs")]);
-                    }
+                if let Some(job) = &job
+                    && job.user_id != connection.user_id
+                {
+                    return Ok(vec![ServerMessage::error("forbidden", "you may subscribe only to your own jobs")]);
                 }
                 self.connections.subscribe(&connection.connection_id, &job_id).await?;
                 let reply = ServerMessage::Subscribed { job_id: job_id.clone() };

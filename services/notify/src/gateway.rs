@@ -62,7 +62,12 @@ impl LocalGateway {
 }
 
 /// Accepts WebSocket connections until `shutdown`.
-pub async fn serve(listener: TcpListener, gateway: Arc<LocalGateway>, core: Arc<NotifyCore>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<LocalGateway>,
+    core: Arc<NotifyCore>,
+    shutdown: CancellationToken,
+) {
     let address = listener.local_addr().ok();
     info!(?address, "WebSocket gateway listening");
     loop {
@@ -99,6 +104,8 @@ async fn handle_connection(
     shutdown: CancellationToken,
 ) {
     let mut user = None;
+    // The callback's signature is tungstenite's; its error type is an HTTP response.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
         match user_from_request(request) {
             Ok(found) => {
@@ -143,7 +150,7 @@ async fn handle_connection(
                 Some(Ok(Message::Text(text))) => {
                     let replies = match parse_client_message(text.as_str()) {
                         Ok(message) => core.handle_client_message(&connection, message).await,
-                        Err(reply) => vec![reply],
+                        Err(bad) => vec![ServerMessage::from(bad)],
                     };
                     for reply in replies {
                         // Through the same channel as pushed states, so ordering holds.

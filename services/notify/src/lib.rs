@@ -83,7 +83,8 @@ impl LocalNotify {
 /// Notify works on one message at a time so that states reach subscribers in publication order.
 pub async fn run_service(backends: &Backends, config: &IrisConfig, listener: TcpListener, shutdown: CancellationToken) {
     let local = LocalNotify::new(backends);
-    let gateway = tokio::spawn(gateway::serve(listener, Arc::clone(&local.gateway), Arc::clone(&local.core), shutdown.clone()));
+    let gateway =
+        tokio::spawn(gateway::serve(listener, Arc::clone(&local.gateway), Arc::clone(&local.core), shutdown.clone()));
     let settings = WorkerSettings { concurrency: 1, ..config.worker_settings() };
     let handler = Arc::new(NotifyHandler::new(local.core));
     run_worker(handler, backends.queue(QueueRole::Notify), backends.ledger(), settings, shutdown).await;

@@ -70,26 +70,45 @@ impl ServerMessage {
     }
 
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| r#"{"type":"error","code":"internal_error","message":""}"#.into())
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| r#"{"type":"error","code":"internal_error","message":""}"#.into())
     }
 }
 
 impl JobSummary {
     pub fn of(job: &JobRecord) -> JobSummary {
-        JobSummary { job_id: job.job_id.clone(), status: job.status, created_at: job.created_at, updated_at: job.updated_at }
+        JobSummary {
+            job_id: job.job_id.clone(),
+            status: job.status,
+            created_at: job.created_at,
+            updated_at: job.updated_at,
+        }
     }
 }
 
-/// Parses a client frame; the error is the message to send back.
-pub fn parse_client_message(text: &str) -> Result<ClientMessage, ServerMessage> {
-    if text.len() > 4096 {
-        return Err(ServerMessage::error("message_too_large", "messages are at most 4096 bytes"));
+/// Why a client frame was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRequest {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl From<BadRequest> for ServerMessage {
+    fn from(bad: BadRequest) -> ServerMessage {
+        ServerMessage::error(bad.code, bad.message)
     }
-    serde_json::from_str(text).map_err(|e| {
-        ServerMessage::error(
-            "bad_request",
-            format!("expected {{\"action\":\"subscribe\"|\"unsubscribe\",\"jobId\":\"…\"}} or {{\"action\":\"list\"}}: {e}"),
-        )
+}
+
+/// Parses a client frame.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, BadRequest> {
+    if text.len() > 4096 {
+        return Err(BadRequest { code: "message_too_large", message: "messages are at most 4096 bytes".into() });
+    }
+    serde_json::from_str(text).map_err(|e| BadRequest {
+        code: "bad_request",
+        message: format!(
+            "expected {{\"action\":\"subscribe\"|\"unsubscribe\",\"jobId\":\"…\"}} or {{\"action\":\"list\"}}: {e}"
+        ),
     })
 }
 
@@ -105,8 +124,8 @@ mod tests {
         );
         assert_eq!(parse_client_message(r#"{"action":"list"}"#).unwrap(), ClientMessage::List);
         for bad in ["", "{}", r#"{"action":"drop"}"#, r#"{"action":"subscribe"}"#, "[1]"] {
-            assert!(matches!(parse_client_message(bad), Err(ServerMessage::Error { .. })), "{bad:?} accepted");
+            assert_eq!(parse_client_message(bad).map_err(|e| e.code), Err("bad_request"), "{bad:?} accepted");
         }
-        assert!(parse_client_message(&"x".repeat(5000)).is_err());
+        assert_eq!(parse_client_message(&"x".repeat(5000)).map_err(|e| e.code), Err("message_too_large"));
     }
 }

@@ -20,7 +20,8 @@ use iris_shared::nifti_codec::{DecodeLimits, NiftiDecodeError, decode_nifti, enc
 use iris_shared::ports::ReceivedMessage;
 use iris_shared::runtime::{MessageHandler, Outcome, run_worker};
 use iris_shared::stage::{
-    Notification, StageContext, StageStart, begin_stage, finish_stage, outcome_of_port_error, parse_notification,
+    Notification, StageContext, StageStart, begin_stage, finish_stage, outcome_of_port_error, outcome_of_task_panic,
+    parse_notification,
 };
 use iris_shared::volume::{Volume, VolumeError};
 use tokio_util::sync::CancellationToken;
@@ -65,7 +66,11 @@ impl SegmentError {
 
 /// Segments the canonical CT (`volume.nii.gz` bytes) and maps the labels back to the upload's grid
 /// described by `report`.
-pub fn segment_canonical(volume_nii_gz: &[u8], report: &IngestReport, max_voxels: u64) -> Result<SegmentOutputs, SegmentError> {
+pub fn segment_canonical(
+    volume_nii_gz: &[u8],
+    report: &IngestReport,
+    max_voxels: u64,
+) -> Result<SegmentOutputs, SegmentError> {
     let decoded = decode_nifti(volume_nii_gz, &DecodeLimits { max_voxels })?;
     let ct: Volume<i16> = decoded.volume.map(|v| v.round().clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16);
     let canonical_labels = ct.with_voxels(segment_classical(&ct)?)?;
@@ -106,7 +111,7 @@ impl SegmentHandler {
             Ok(StageStart::Proceed(_)) => {}
             Ok(StageStart::Settled(job)) => return Outcome::Skipped { reason: format!("job already {}", job.status) },
             Ok(StageStart::UnknownJob) => return Outcome::Reject { reason: format!("no job {job_id}") },
-            Err(error) => return Outcome::Retry { reason: format!("starting segment: {error}") },
+            Err(error) => return outcome_of_port_error(&error, &job_id, Stage::Segment, "starting segment"),
         }
         let report = match self.context.objects.get(&keys::ingest_report_key(&job_id)).await {
             Ok(bytes) => match serde_json::from_slice::<IngestReport>(&bytes) {
@@ -123,25 +128,32 @@ impl SegmentHandler {
         let outputs = match tokio::task::spawn_blocking(move || segment_canonical(&volume, &report, max_voxels)).await {
             Ok(Ok(outputs)) => outputs,
             Ok(Err(error)) => return fail(&job_id, &error),
-            Err(panic) => return Outcome::Retry { reason: format!("segment task failed: {panic}") },
+            Err(panic) => return outcome_of_task_panic(&panic, &job_id, Stage::Segment),
         };
         info!(model = %outputs.stats.model, "segmented");
         let no_metadata = BTreeMap::new();
         // Statistics first, labels last: the label map's notification starts meshing.
-        for (key, body) in [(keys::stats_key(&job_id), outputs.stats_json), (keys::labels_key(&job_id), outputs.labels_nii_gz)] {
+        for (key, body) in
+            [(keys::stats_key(&job_id), outputs.stats_json), (keys::labels_key(&job_id), outputs.labels_nii_gz)]
+        {
             if let Err(error) = self.context.objects.put(&key, body, &no_metadata).await {
                 return outcome_of_port_error(&error, &job_id, Stage::Segment, "writing segment outputs");
             }
         }
         match finish_stage(&self.context, &job_id, Stage::Segment, receive_count).await {
             Ok(()) => Outcome::Done,
-            Err(error) => Outcome::Retry { reason: format!("recording segment finished: {error}") },
+            Err(error) => outcome_of_port_error(&error, &job_id, Stage::Segment, "recording segment finished"),
         }
     }
 }
 
 fn fail(job_id: &JobId, error: &SegmentError) -> Outcome {
-    Outcome::Fail { job_id: job_id.clone(), stage: Some(Stage::Segment), code: error.code().into(), message: error.to_string() }
+    Outcome::Fail {
+        job_id: job_id.clone(),
+        stage: Some(Stage::Segment),
+        code: error.code().into(),
+        message: error.to_string(),
+    }
 }
 
 fn jobs_of(body: &str) -> Result<Option<Vec<JobId>>, String> {
@@ -180,12 +192,17 @@ impl MessageHandler for SegmentHandler {
     }
 
     fn job_of(&self, message: &ReceivedMessage) -> Option<(JobId, Option<Stage>)> {
-        jobs_of(&message.body).ok().flatten().and_then(|jobs| jobs.into_iter().next()).map(|job| (job, Some(Stage::Segment)))
+        jobs_of(&message.body)
+            .ok()
+            .flatten()
+            .and_then(|jobs| jobs.into_iter().next())
+            .map(|job| (job, Some(Stage::Segment)))
     }
 }
 
 /// Runs the segment worker until `shutdown`.
 pub async fn run_service(backends: &Backends, config: &IrisConfig, shutdown: CancellationToken) {
     let handler = Arc::new(SegmentHandler::from_config(backends, config));
-    run_worker(handler, backends.queue(QueueRole::Segment), backends.ledger(), config.worker_settings(), shutdown).await;
+    run_worker(handler, backends.queue(QueueRole::Segment), backends.ledger(), config.worker_settings(), shutdown)
+        .await;
 }
