@@ -69,8 +69,9 @@ start() {
         die "a server started by this script already runs on port $port (pid $(cat "$pidf"))"
     fi
     answers "$port" && die "something else already answers on port $port"
-    # setsid: its own session, so it outlives this script and the caller's Ctrl-C.
-    setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$logf" 2>&1 </dev/null &
+    # Runs in $DIR (moto writes files such as moto_recording to its working directory), in its own
+    # session so it outlives this script and the caller's Ctrl-C.
+    (cd "$DIR" && exec setsid "$VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$logf" 2>&1 </dev/null) &
     local pid=$!
     echo "$pid" >"$pidf"
     log "started moto_server pid $pid on port $port (log $logf)"

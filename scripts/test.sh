@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every test: formatting, lints, and the whole workspace's tests (debug build).
+# Every test: formatting, lints, and the whole workspace's tests (debug build), the AWS adapters'
+# against a moto server this script installs (pinned, in a virtualenv) and starts on a free port.
 # Tests that need ../shared/data skip with a message when it is absent.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -11,5 +12,10 @@ echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (the service binaries the end-to-end tests run as separate processes)"
 cargo build --workspace --bins --locked
+echo "== moto server (the AWS wire protocols, offline) for the AWS adapters' tests"
+bash scripts/moto.sh install
+IRIS_MOTO_URL="$(bash scripts/moto.sh start)"
+export IRIS_MOTO_URL
+trap 'bash scripts/moto.sh stop "$IRIS_MOTO_URL" || true' EXIT
 echo "== cargo test"
 cargo test --workspace --locked

@@ -4,12 +4,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use iris_shared::backends::EmbeddedBackends;
-use iris_shared::config::IrisConfig;
+use iris_shared::backends::{Backends, EmbeddedBackends};
+use iris_shared::config::{BackendKind, IrisConfig};
 use iris_shared::job::{JobStatus, Stage};
-use iris_shared::keys::{self, ObjectKey, UserId};
+use iris_shared::keys::UserId;
 use iris_shared::nifti_codec::{NiftiGeometry, encode_nifti_gz};
 use iris_shared::phantom::{PhantomSpec, synthetic_ct};
+use iris_shared::time::Timestamp;
 use tokio::net::TcpListener;
 
 use crate::{start_pipeline, submit_bytes, wait_for_job};
@@ -43,51 +44,56 @@ pub fn percentile(sorted: &[i64], q: f64) -> i64 {
     sorted[rank - 1]
 }
 
-/// Runs `jobs` small studies one after another through the in-process pipeline on a fresh data
-/// directory and measures each stage hand-off: the upstream object's write time (object store
-/// metadata) to the downstream stage's start (job record), both wall clock in milliseconds.
-pub async fn measure_handoffs(data_dir: &Path, jobs: usize) -> anyhow::Result<HandoffSamples> {
-    let config = IrisConfig::from_lookup(|name| (name == "IRIS_DATA_DIR").then(|| data_dir.display().to_string()))?;
-    let backends = EmbeddedBackends::open(&config)?.ports();
-    let pipeline = start_pipeline(&backends, &config, TcpListener::bind(("127.0.0.1", 0)).await?)?;
+/// Runs `jobs` small studies one after another through the in-process pipeline on `backends` and
+/// measures each stage hand-off from the job records: the trigger object's write time (the
+/// object-created event's `eventTime`, recorded as the stage's `triggeredAt`) to the stage's start.
+pub async fn measure_handoffs(backends: &Backends, config: &IrisConfig, jobs: usize) -> anyhow::Result<HandoffSamples> {
+    let pipeline = start_pipeline(backends, config, TcpListener::bind(("127.0.0.1", 0)).await?)?;
     let phantom = synthetic_ct(&PhantomSpec { dims: [48, 40, 32], spacing_mm: 6.0 });
     let geometry = NiftiGeometry::from_affine(phantom.dims(), phantom.affine());
     let user = UserId::parse("bench")?;
+    let run = Timestamp::now().epoch_millis();
     let mut samples = HandoffSamples::default();
     for n in 0..jobs {
-        let mut shifted = phantom.clone();
-        // A different first voxel per study gives each upload its own ETag and so its own job.
-        let mut voxels = shifted.clone().into_voxels();
-        voxels[0] = -1000 - (n % 24) as i16 - 24 * (n / 24 % 24) as i16;
-        shifted = shifted.with_voxels(voxels)?;
-        let body = encode_nifti_gz(&shifted, &geometry)?;
-        let submission =
-            submit_bytes(backends.objects.as_ref(), &user, &format!("study-{n}.nii.gz"), body, &Default::default())
-                .await?;
-        let job = wait_for_job(&backends, &submission.job_id, Duration::from_secs(120), |_| {}).await?;
+        let body = encode_nifti_gz(&phantom, &geometry)?;
+        let name = format!("study-{run}-{n}.nii.gz");
+        let submission = submit_bytes(backends.objects.as_ref(), &user, &name, body, &Default::default()).await?;
+        let job = wait_for_job(backends, &submission.job_id, Duration::from_secs(120), |_| {}).await?;
         anyhow::ensure!(job.status == JobStatus::Completed, "study {n} ended {}: {:?}", job.status, job.error);
-        let written = async |key: &ObjectKey| -> anyhow::Result<i64> {
-            Ok(backends.objects.head(key).await?.context("object missing")?.last_modified.epoch_millis())
+        let handoff = |stage: Stage| -> anyhow::Result<i64> {
+            let record = job.stages.get(&stage).context("stage missing")?;
+            let (Some(triggered), Some(started)) = (record.triggered_at, record.started_at) else {
+                anyhow::bail!("study {n}: {stage} lacks its trigger or start time");
+            };
+            Ok(started.epoch_millis() - triggered.epoch_millis())
         };
-        let started = |stage: Stage| job.stages.get(&stage).and_then(|s| s.started_at).map(|t| t.epoch_millis());
-        let (Some(ingest), Some(segment), Some(mesh)) =
-            (started(Stage::Ingest), started(Stage::Segment), started(Stage::Mesh))
-        else {
-            anyhow::bail!("study {n} lacks stage start times");
-        };
-        samples.upload_to_ingest.push(ingest - written(&submission.key).await?);
-        samples.volume_to_segment.push(segment - written(&keys::volume_key(&job.job_id)).await?);
-        samples.labels_to_mesh.push(mesh - written(&keys::labels_key(&job.job_id)).await?);
+        samples.upload_to_ingest.push(handoff(Stage::Ingest)?);
+        samples.volume_to_segment.push(handoff(Stage::Segment)?);
+        samples.labels_to_mesh.push(handoff(Stage::Mesh)?);
     }
     pipeline.stop().await;
     Ok(samples)
 }
 
 /// `iris bench handoff`: measure, print, and (with `record`) write the section of BENCHMARKS.md.
-pub async fn handoff(jobs: usize, record: Option<&Path>) -> anyhow::Result<()> {
+/// Embedded runs use a fresh data directory; AWS runs use the configured (bootstrapped) resources.
+pub async fn handoff(config: &IrisConfig, jobs: usize, record: Option<&Path>) -> anyhow::Result<()> {
     let directory = tempfile::tempdir()?;
+    let (backends, config, section, label) = match config.backend {
+        BackendKind::Embedded => {
+            let mut fresh = config.clone();
+            fresh.data_dir = directory.path().to_owned();
+            (EmbeddedBackends::open(&fresh)?.ports(), fresh, "handoff", "the embedded backends (in-process)")
+        }
+        BackendKind::Aws => (
+            iris_aws::open_configured_backends(config).await?,
+            config.clone(),
+            "handoff-aws",
+            "the AWS backends against moto server (S3 notifications, SQS, DynamoDB, EventBridge)",
+        ),
+    };
     let started = Instant::now();
-    let samples = measure_handoffs(directory.path(), jobs).await?;
+    let samples = measure_handoffs(&backends, &config, jobs).await?;
     let elapsed = started.elapsed();
     let mut rows = Vec::new();
     for (name, values) in [
@@ -107,17 +113,23 @@ pub async fn handoff(jobs: usize, record: Option<&Path>) -> anyhow::Result<()> {
         ));
     }
     let table = format!("| hand-off | samples | p50 | p99 | max |\n|---|---|---|---|---|\n{}\n", rows.join("\n"));
-    println!("{jobs} studies in {:.1} s\n{table}", elapsed.as_secs_f64());
+    println!("{jobs} studies in {:.1} s on {label}\n{table}", elapsed.as_secs_f64());
     if let Some(path) = record {
-        let section = format!(
-            "Measured by `scripts/bench-handoff.sh` (`iris bench handoff --jobs {jobs}`, release build) on {} ({} cores): \
-             {jobs} small studies one after another through the in-process pipeline on the embedded backends; \
-             each hand-off is the upstream object's write time to the downstream stage's start (wall clock, \
-             millisecond resolution). Goal: p50 ≤ 50 ms.\n\n{table}",
-            iris_shared::time::Timestamp::now().to_rfc3339().get(..10).unwrap_or("today"),
+        let command = match config.backend {
+            BackendKind::Embedded => format!("`scripts/bench-handoff.sh` (`iris bench handoff --jobs {jobs}`)"),
+            BackendKind::Aws => {
+                format!("`scripts/bench-handoff-moto.sh` (`iris --backend aws bench handoff --jobs {jobs}`)")
+            }
+        };
+        let text = format!(
+            "Measured by {command}, release build, on {} ({} cores): {jobs} small studies one after another \
+             through the in-process pipeline on {label}. A hand-off is the time from the trigger object's \
+             write (its object-created event's time) to the next stage's start, both recorded on the job \
+             (millisecond resolution).\n\n{table}",
+            Timestamp::now().to_rfc3339().get(..10).unwrap_or("today"),
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         );
-        replace_section(path, "handoff", &section)?;
+        replace_section(path, section, &text)?;
         println!("recorded in {}", path.display());
     }
     Ok(())

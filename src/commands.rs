@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use iris_shared::backends::EmbeddedBackends;
+use iris_shared::backends::Backends;
 use iris_shared::config::IrisConfig;
 use iris_shared::job::{JobId, JobRecord, JobStatus, Stage};
 use iris_shared::keys::UserId;
@@ -62,7 +62,7 @@ async fn process_bytes(
     body: Vec<u8>,
     options: &ProcessOptions,
 ) -> anyhow::Result<ExitCode> {
-    let backends = EmbeddedBackends::open(config).context("opening the data directory")?.ports();
+    let backends = open_backends(config).await?;
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let pipeline = start_pipeline(&backends, config, listener)?;
     let started = Instant::now();
@@ -134,7 +134,7 @@ fn report(job: &JobRecord, outputs: Option<(&Path, Vec<String>)>, json: bool) ->
 
 /// `iris run`: every service and the WebSocket gateway until SIGINT/SIGTERM; optional inbox.
 pub async fn run(config: &IrisConfig, inbox: Option<PathBuf>, user: UserId) -> anyhow::Result<ExitCode> {
-    let backends = EmbeddedBackends::open(config).context("opening the data directory")?.ports();
+    let backends = open_backends(config).await?;
     let listener = TcpListener::bind(config.websocket_bind)
         .await
         .with_context(|| format!("cannot listen on {} (set IRIS_WS_BIND)", config.websocket_bind))?;
@@ -168,7 +168,7 @@ pub async fn submit(
     user: &UserId,
     metadata: &ObjectMetadata,
 ) -> anyhow::Result<ExitCode> {
-    let backends = EmbeddedBackends::open(config)?.ports();
+    let backends = open_backends(config).await?;
     let submission = submit_file(backends.objects.as_ref(), user, file, metadata).await?;
     println!("{}", submission.job_id);
     eprintln!("submitted {} as job {}", submission.key, submission.job_id);
@@ -177,7 +177,7 @@ pub async fn submit(
 
 /// `iris status [JOB]`: one job's record, or the user's recent jobs.
 pub async fn status(config: &IrisConfig, job: Option<&str>, user: &UserId, json: bool) -> anyhow::Result<ExitCode> {
-    let backends = EmbeddedBackends::open(config)?.ports();
+    let backends = open_backends(config).await?;
     match job {
         Some(job) => {
             let job_id = JobId::parse(job)?;
@@ -324,4 +324,25 @@ fn write_outputs(directory: &Path, files: &[(&str, &Vec<u8>)]) -> anyhow::Result
         std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The backends the configuration names (`--backend` / `IRIS_BACKEND`).
+pub async fn open_backends(config: &IrisConfig) -> anyhow::Result<Backends> {
+    iris_aws::open_configured_backends(config).await.with_context(|| match config.backend {
+        iris_shared::config::BackendKind::Embedded => {
+            format!("opening the data directory {}", config.data_dir.display())
+        }
+        iris_shared::config::BackendKind::Aws => {
+            "opening the AWS resources (do they exist? see `iris aws bootstrap`; endpoint from AWS_ENDPOINT_URL)"
+                .to_owned()
+        }
+    })
+}
+
+/// `iris aws bootstrap`: create every AWS resource of the configuration; prints them as JSON.
+pub async fn aws_bootstrap(config: &IrisConfig) -> anyhow::Result<ExitCode> {
+    let clients = iris_aws::AwsClients::from_environment().await;
+    let resources = iris_aws::bootstrap::bootstrap(config, &clients).await.context("creating the AWS resources")?;
+    println!("{}", serde_json::to_string_pretty(&resources)?);
+    Ok(ExitCode::SUCCESS)
 }

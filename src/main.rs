@@ -16,6 +16,10 @@ struct Cli {
     /// Data directory of the embedded backends (objects, SQLite). Overrides IRIS_DATA_DIR.
     #[arg(long, global = true, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Backends: embedded (directory + SQLite) or aws (S3, SQS, DynamoDB, EventBridge; endpoint
+    /// from AWS_ENDPOINT_URL). Overrides IRIS_BACKEND.
+    #[arg(long, global = true, value_enum)]
+    backend: Option<BackendArgument>,
     #[command(subcommand)]
     command: Command,
 }
@@ -68,6 +72,11 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// AWS resources for `--backend aws`.
+    Aws {
+        #[command(subcommand)]
+        command: AwsCommand,
+    },
     /// Benchmarks: print figures and optionally record them in BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
@@ -94,6 +103,19 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         stats: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum BackendArgument {
+    Embedded,
+    Aws,
+}
+
+#[derive(Debug, Subcommand)]
+enum AwsCommand {
+    /// Create every AWS resource the pipeline needs (idempotent): bucket and notifications, queues
+    /// with dead-letter queues, tables, event bus and rules. Names from the IRIS_* variables.
+    Bootstrap,
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +160,11 @@ fn main() -> ExitCode {
     };
     if let Some(directory) = cli.data_dir.clone() {
         config.data_dir = directory;
+    }
+    match cli.backend {
+        Some(BackendArgument::Embedded) => config.backend = iris_shared::config::BackendKind::Embedded,
+        Some(BackendArgument::Aws) => config.backend = iris_shared::config::BackendKind::Aws,
+        None => {}
     }
     let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
     iris_shared::telemetry::init_with_default_level(config.log_format, default_level);
@@ -184,8 +211,9 @@ async fn dispatch(command: Command, config: IrisConfig) -> anyhow::Result<ExitCo
             commands::status(&config, job.as_deref(), &user(&name)?, json).await
         }
         Command::Watch { job, user: name, url } => commands::watch(&config, &job, &user(&name)?, url).await,
+        Command::Aws { command: AwsCommand::Bootstrap } => commands::aws_bootstrap(&config).await,
         Command::Bench { benchmark: Benchmark::Handoff { jobs, record } } => {
-            iris::bench::handoff(jobs, record.as_deref()).await?;
+            iris::bench::handoff(&config, jobs, record.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ingest { input, out } => commands::ingest_file(&config, &input, &out),

@@ -92,6 +92,10 @@ impl Harness {
     }
 }
 
+async fn object(backends: &Backends, key: ObjectKey) -> Vec<u8> {
+    backends.objects.get(&key).await.unwrap_or_else(|e| panic!("{key}: {e}"))
+}
+
 fn assert_same_grid(upload: &DecodedNifti, labels: &DecodedNifti) {
     assert_eq!(labels.volume.dims(), upload.volume.dims(), "labels have the upload's shape");
     assert_eq!(labels.affine, upload.affine, "labels have the upload's affine, bit for bit");
@@ -103,7 +107,7 @@ fn obj_groups(obj: &[u8]) -> Vec<String> {
 }
 
 /// Checks a completed job's outputs against its upload; returns the label names meshed.
-async fn check_completed_job(harness: &Harness, job: &JobRecord, upload: &[u8]) -> Vec<String> {
+async fn check_completed_job(backends: &Backends, job: &JobRecord, upload: &[u8]) -> Vec<String> {
     assert_eq!(job.status, JobStatus::Completed, "job error: {:?}", job.error);
     for stage in Stage::ALL {
         let record = &job.stages[&stage];
@@ -111,22 +115,22 @@ async fn check_completed_job(harness: &Harness, job: &JobRecord, upload: &[u8]) 
     }
     let upload = decode_nifti(upload, &LIMITS).expect("upload decodes");
     let labels =
-        decode_nifti(&harness.object(iris_shared::keys::labels_key(&job.job_id)).await, &LIMITS).expect("labels");
+        decode_nifti(&object(backends, iris_shared::keys::labels_key(&job.job_id)).await, &LIMITS).expect("labels");
     assert_same_grid(&upload, &labels);
     let canonical =
-        decode_nifti(&harness.object(iris_shared::keys::volume_key(&job.job_id)).await, &LIMITS).expect("volume");
+        decode_nifti(&object(backends, iris_shared::keys::volume_key(&job.job_id)).await, &LIMITS).expect("volume");
     assert_eq!(canonical.affine.orientation_code().expect("orientation"), "RAS", "ingest writes canonical RAS");
 
     let stats: iris_shared::labels::SegmentationStats =
-        serde_json::from_slice(&harness.object(iris_shared::keys::stats_key(&job.job_id)).await).expect("stats.json");
+        serde_json::from_slice(&object(backends, iris_shared::keys::stats_key(&job.job_id)).await).expect("stats.json");
     let label_voxels: u64 = labels.volume.voxels().iter().filter(|v| **v > 0.0).count() as u64;
     assert_eq!(stats.labels.iter().map(|l| l.voxels).sum::<u64>(), label_voxels, "stats count every labelled voxel");
     let present: Vec<String> =
         stats.labels.iter().filter(|l| l.voxels >= iris_mesh::DEFAULT_MINIMUM_VOXELS).map(|l| l.name.clone()).collect();
-    let groups = obj_groups(&harness.object(iris_shared::keys::mesh_obj_key(&job.job_id)).await);
+    let groups = obj_groups(&object(backends, iris_shared::keys::mesh_obj_key(&job.job_id)).await);
     assert_eq!(groups, present, "model.obj has one named group per label found");
     let manifest: serde_json::Value =
-        serde_json::from_slice(&harness.object(iris_shared::keys::mesh_manifest_key(&job.job_id)).await)
+        serde_json::from_slice(&object(backends, iris_shared::keys::mesh_manifest_key(&job.job_id)).await)
             .expect("manifest");
     assert_eq!(manifest["labels"].as_array().map(Vec::len), Some(present.len()));
     present
@@ -139,7 +143,7 @@ async fn phantom_goes_through_every_stage_and_its_labels_land_on_the_upload_grid
     let upload = small_phantom();
     let job_id = harness.submit("local", "phantom.nii.gz", upload.clone()).await;
     let job = harness.wait(&job_id).await;
-    let names = check_completed_job(&harness, &job, &upload).await;
+    let names = check_completed_job(&harness.backends, &job, &upload).await;
     assert_eq!(names, vec!["body", "lungs", "bone"], "the phantom has body, lungs and bone");
     let history: Vec<String> =
         harness.embedded.jobs.history(&job_id).await.unwrap().into_iter().map(|h| h.status).collect();
@@ -155,7 +159,7 @@ async fn shared_ct_completes_with_labels_on_the_upload_grid() {
     let upload = std::fs::read(&path).expect("read shared CT");
     let job_id = harness.submit("local", "example_ct_sm.nii.gz", upload.clone()).await;
     let job = harness.wait(&job_id).await;
-    let names = check_completed_job(&harness, &job, &upload).await;
+    let names = check_completed_job(&harness.backends, &job, &upload).await;
     assert!(names.contains(&"lungs".to_owned()) && names.contains(&"bone".to_owned()), "found {names:?}");
     pipeline.stop().await;
 }
@@ -191,7 +195,7 @@ async fn labels_are_identical_in_world_space_for_ras_lps_and_las_uploads() {
         let upload = encode_nifti_gz(volume, &NiftiGeometry::from_affine(volume.dims(), volume.affine())).unwrap();
         let job_id = harness.submit("local", name, upload.clone()).await;
         let job = harness.wait(&job_id).await;
-        check_completed_job(&harness, &job, &upload).await;
+        check_completed_job(&harness.backends, &job, &upload).await;
         let labels = decode_nifti(&harness.object(iris_shared::keys::labels_key(&job_id)).await, &LIMITS).unwrap();
         results.push(labels);
     }
@@ -255,7 +259,7 @@ async fn bad_inputs_fail_with_their_codes_and_the_pipeline_keeps_serving() {
         assert!(!error.message.is_empty());
     }
     let job = harness.wait(&good_job).await;
-    check_completed_job(&harness, &job, &good).await;
+    check_completed_job(&harness.backends, &job, &good).await;
     // A malformed queue message goes to the dead-letter queue and the worker keeps serving.
     let ingest = &harness.embedded.queues[&QueueRole::Ingest];
     ingest.send("{\"Records\": 42}").await.unwrap();
@@ -634,4 +638,168 @@ async fn a_file_dropped_in_the_inbox_is_processed_and_watch_prints_its_states() 
     let record: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(record["status"], "COMPLETED");
     assert_eq!(record["sourceKey"], "uploads/local/dropped scan.nii.gz");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same pipeline on the AWS backends, against moto server (S3 notifications to SQS, SQS,
+// DynamoDB, EventBridge rules to SQS). scripts/test.sh starts moto and sets IRIS_MOTO_URL.
+
+mod on_moto {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    use iris::{start_pipeline, submit_bytes, wait_for_job};
+    use iris_aws::{bootstrap, local};
+    use iris_shared::config::IrisConfig;
+    use iris_shared::events::EventEnvelope;
+    use iris_shared::job::{JobStatus, Stage};
+    use iris_shared::keys::{QueueRole, UserId};
+    use iris_shared::ports::WorkQueue;
+    use iris_shared::s3_event::object_created_notification;
+    use iris_shared::time::Timestamp;
+    use tokio::net::TcpListener;
+
+    use super::{LADDER, check_completed_job, small_phantom};
+
+    async fn setup(observer: bool) -> (IrisConfig, iris_aws::AwsClients, Option<iris_aws::SqsWorkQueue>) {
+        let clients = local::clients_for_endpoint(&local::moto_url_for_tests()).await;
+        let prefix = local::unique_prefix();
+        let config = local::isolated_config(
+            &prefix,
+            &[("IRIS_MAX_ATTEMPTS", "2"), ("IRIS_VISIBILITY_TIMEOUT_SECS", "5"), ("IRIS_RETRY_BACKOFF_MS", "200")],
+        )
+        .unwrap();
+        bootstrap::bootstrap(&config, &clients).await.expect("bootstrap");
+        let observer = if observer {
+            // An integration's queue, fed by its own EventBridge rule.
+            let name = format!("{prefix}-observer");
+            bootstrap::create_plain_queue(&clients, &name).await.unwrap();
+            bootstrap::route_events_to_queue(&config, &clients, &name).await.unwrap();
+            // Its dead-letter twin, which SqsWorkQueue::open expects.
+            bootstrap::create_plain_queue(&clients, &format!("{name}-dlq")).await.unwrap();
+            Some(iris_aws::SqsWorkQueue::open(clients.sqs.clone(), &name).await.unwrap())
+        } else {
+            None
+        };
+        (config, clients, observer)
+    }
+
+    /// Every event on the observer queue until `quiet` passes without one.
+    async fn drain_events(queue: &iris_aws::SqsWorkQueue, quiet: Duration) -> Vec<EventEnvelope> {
+        let mut events = Vec::new();
+        loop {
+            let batch = queue.receive(10, Duration::from_secs(30), quiet).await.unwrap();
+            if batch.is_empty() {
+                return events;
+            }
+            for message in batch {
+                events.push(serde_json::from_str(&message.body).expect("an EventBridge envelope"));
+                queue.ack(&message.receipt).await.unwrap();
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_flows_through_s3_sqs_dynamodb_and_eventbridge_and_a_duplicate_event_changes_nothing() {
+        let (config, clients, observer) = setup(true).await;
+        let observer = observer.unwrap();
+        let backends = iris_aws::open_backends(&config, &clients).await.unwrap();
+        let pipeline = start_pipeline(&backends, &config, TcpListener::bind(("127.0.0.1", 0)).await.unwrap()).unwrap();
+        let upload = small_phantom();
+        let user = UserId::parse("alice").unwrap();
+        let submission =
+            submit_bytes(backends.objects.as_ref(), &user, "my scan.nii.gz", upload.clone(), &BTreeMap::new())
+                .await
+                .unwrap();
+        let job = wait_for_job(&backends, &submission.job_id, Duration::from_secs(120), |_| {}).await.unwrap();
+        check_completed_job(&backends, &job, &upload).await;
+        assert_eq!(job.user_id, user);
+
+        let events = drain_events(&observer, Duration::from_secs(3)).await;
+        let statuses: Vec<&str> = events.iter().map(|e| e.detail.status.as_str()).collect();
+        assert_eq!(statuses, LADDER, "every state change reached the integration's queue, in order");
+        assert_eq!(events.iter().filter(|e| e.detail_type.as_str() == "JobCompleted").count(), 1);
+        assert!(events.iter().all(|e| e.source == "iris.pipeline" && e.detail.job_id == job.job_id));
+
+        // The same S3 event delivered again (at-least-once): no second job, no second JobCompleted.
+        let head = backends.objects.head(&submission.key).await.unwrap().unwrap();
+        let duplicate = object_created_notification(
+            &config.bucket,
+            submission.key.as_str(),
+            head.size,
+            &head.etag,
+            "uploads-to-ingest",
+            Timestamp::now(),
+            1,
+        );
+        let ingest = backends.queue(QueueRole::Ingest);
+        ingest.send(&serde_json::to_string(&duplicate).unwrap()).await.unwrap();
+        ingest.send(&serde_json::to_string(&duplicate).unwrap()).await.unwrap();
+        let started = Instant::now();
+        loop {
+            let depth = ingest.depth().await.unwrap();
+            if depth.visible + depth.in_flight == 0 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "duplicates not consumed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let later = drain_events(&observer, Duration::from_secs(2)).await;
+        assert!(later.is_empty(), "a duplicate event produced {later:?}");
+        assert_eq!(backends.jobs.get(&job.job_id).await.unwrap().unwrap(), job, "the job is untouched");
+        assert_eq!(backends.jobs.list_by_user(&user, 10).await.unwrap().len(), 1, "one job per upload");
+        pipeline.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_that_keeps_crashing_its_worker_lands_in_the_dead_letter_queue_and_fails_the_job() {
+        let (config, clients, _) = setup(false).await;
+        let backends = iris_aws::open_backends(&config, &clients).await.unwrap();
+        // Ingest only: the study stops at INGESTED with its segment message queued.
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let ingest = tokio::spawn({
+            let (backends, config, shutdown) = (backends.clone(), config.clone(), shutdown.clone());
+            async move { iris_ingest::run_service(&backends, &config, shutdown).await }
+        });
+        let submission = submit_bytes(
+            backends.objects.as_ref(),
+            &UserId::parse("bob").unwrap(),
+            "poison.nii.gz",
+            small_phantom(),
+            &BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+        let started = Instant::now();
+        while backends.jobs.get(&submission.job_id).await.unwrap().map(|j| j.status) != Some(JobStatus::Ingested) {
+            assert!(started.elapsed() < Duration::from_secs(60), "ingest did not finish");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        shutdown.cancel();
+        ingest.await.unwrap();
+        // Two segment workers take the message and die without acking (max attempts: 2).
+        let segment = backends.queue(QueueRole::Segment);
+        let mut deliveries = 0;
+        while deliveries < 2 {
+            let got = segment.receive(1, Duration::from_secs(1), Duration::from_secs(10)).await.unwrap();
+            assert_eq!(got.len(), 1, "the study's segment message is queued");
+            if got[0].body.contains("s3:TestEvent") {
+                // S3 (and moto) sends one when notifications are configured: a worker acks it.
+                segment.ack(&got[0].receipt).await.unwrap();
+                continue;
+            }
+            deliveries += 1;
+            assert_eq!(got[0].receive_count, deliveries);
+            tokio::time::sleep(Duration::from_millis(1300)).await;
+        }
+        // The whole pipeline now gets the third delivery and gives the message up.
+        let pipeline = start_pipeline(&backends, &config, TcpListener::bind(("127.0.0.1", 0)).await.unwrap()).unwrap();
+        let job = wait_for_job(&backends, &submission.job_id, Duration::from_secs(60), |_| {}).await.unwrap();
+        pipeline.stop().await;
+        assert_eq!(job.status, JobStatus::Failed);
+        let error = job.error.unwrap();
+        assert_eq!(error.code, "retries_exhausted");
+        assert_eq!(error.stage, Some(Stage::Segment));
+        assert_eq!(segment.depth().await.unwrap().dead_lettered, 1, "the message is in the dead-letter queue");
+    }
 }

@@ -8,12 +8,20 @@ use crate::runtime::WorkerSettings;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct IrisConfig {
+    /// `IRIS_BACKEND`: `embedded` (default) or `aws`.
+    pub backend: BackendKind,
     /// `IRIS_DATA_DIR` (default `./.iris`): objects, the SQLite file, the gateway address.
     pub data_dir: PathBuf,
     /// `IRIS_BUCKET` (default `iris-local`).
     pub bucket: String,
     /// `IRIS_QUEUE_PREFIX` (default `iris-`): queues are `<prefix>ingest`, … and `<prefix>ingest-dlq`, ….
     pub queue_prefix: String,
+    /// `IRIS_JOBS_TABLE` (default `iris-jobs`): the DynamoDB job table (AWS backend).
+    pub jobs_table: String,
+    /// `IRIS_CONNECTIONS_TABLE` (default `iris-connections`): WebSocket connections (AWS backend).
+    pub connections_table: String,
+    /// `IRIS_EVENT_BUS` (default `iris-pipeline`): the EventBridge bus (AWS backend).
+    pub event_bus: String,
     /// `IRIS_LOG_FORMAT`: `text` (default) or `json` (containers).
     pub log_format: LogFormat,
     /// `IRIS_VISIBILITY_TIMEOUT_SECS` (default 30); heartbeats every third of it.
@@ -33,6 +41,12 @@ pub struct IrisConfig {
     /// `IRIS_FAULT_PAUSE_BEFORE_FINISH_MS` (unset by default): fault injection for crash tests; each
     /// stage pauses this long after writing its outputs and before recording itself finished.
     pub fault_pause_before_finish: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Embedded,
+    Aws,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +96,20 @@ impl IrisConfig {
                 });
             }
         };
+        let backend = match lookup("IRIS_BACKEND").as_deref().map(str::trim) {
+            None | Some("") | Some("embedded") => BackendKind::Embedded,
+            Some("aws") => BackendKind::Aws,
+            Some(other) => {
+                return Err(ConfigError {
+                    name: "IRIS_BACKEND",
+                    value: other.into(),
+                    reason: "expected embedded or aws".into(),
+                });
+            }
+        };
+        let named = |name: &str, default: &str| {
+            lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+        };
         let visibility_seconds: u64 = parse(&lookup, "IRIS_VISIBILITY_TIMEOUT_SECS", 30)?;
         if visibility_seconds == 0 {
             return Err(ConfigError {
@@ -92,6 +120,10 @@ impl IrisConfig {
         }
         let fault_pause: u64 = parse(&lookup, "IRIS_FAULT_PAUSE_BEFORE_FINISH_MS", 0)?;
         Ok(IrisConfig {
+            backend,
+            jobs_table: named("IRIS_JOBS_TABLE", "iris-jobs"),
+            connections_table: named("IRIS_CONNECTIONS_TABLE", "iris-connections"),
+            event_bus: named("IRIS_EVENT_BUS", "iris-pipeline"),
             data_dir: PathBuf::from(
                 lookup("IRIS_DATA_DIR").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| ".iris".into()),
             ),
@@ -118,7 +150,11 @@ impl IrisConfig {
             concurrency: self.concurrency,
             visibility_timeout: self.visibility_timeout,
             heartbeat_interval: (self.visibility_timeout / 3).max(Duration::from_millis(200)),
-            receive_wait: Duration::from_secs(1),
+            // SQS long polling waits up to 20 s; the embedded queue wakes at once either way.
+            receive_wait: Duration::from_secs(match self.backend {
+                BackendKind::Embedded => 1,
+                BackendKind::Aws => 20,
+            }),
             max_attempts: self.max_attempts,
             retry_backoff_base: self.retry_backoff_base,
             retry_backoff_max: Duration::from_secs(30),

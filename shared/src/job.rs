@@ -70,6 +70,9 @@ pub struct JobRecord {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StageRecord {
+    /// When the object that triggered the stage was written (from its object-created event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggered_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,6 +111,8 @@ pub struct Transition {
     pub attempts: u32,
     pub artifacts: BTreeMap<String, String>,
     pub error: Option<JobError>,
+    /// For a stage's start: when its trigger object was written.
+    pub triggered_at: Option<Timestamp>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -315,6 +320,9 @@ impl JobRecord {
             record.attempts = record.attempts.max(transition.attempts);
             if transition.to == stage.started_status() {
                 record.started_at.get_or_insert(transition.at);
+                if let Some(triggered) = transition.triggered_at {
+                    record.triggered_at.get_or_insert(triggered);
+                }
             } else {
                 record.started_at.get_or_insert(transition.at);
                 record.ended_at = Some(transition.at);
@@ -340,7 +348,7 @@ impl JobRecord {
 
 impl Transition {
     pub fn to(status: JobStatus, at: Timestamp, attempts: u32) -> Transition {
-        Transition { to: status, at, attempts, artifacts: BTreeMap::new(), error: None }
+        Transition { to: status, at, attempts, artifacts: BTreeMap::new(), error: None, triggered_at: None }
     }
 
     pub fn with_artifacts(mut self, artifacts: BTreeMap<String, String>) -> Transition {
@@ -348,8 +356,20 @@ impl Transition {
         self
     }
 
+    pub fn triggered_at(mut self, triggered_at: Option<Timestamp>) -> Transition {
+        self.triggered_at = triggered_at;
+        self
+    }
+
     pub fn failed(error: JobError, at: Timestamp, attempts: u32) -> Transition {
-        Transition { to: JobStatus::Failed, at, attempts, artifacts: BTreeMap::new(), error: Some(error) }
+        Transition {
+            to: JobStatus::Failed,
+            at,
+            attempts,
+            artifacts: BTreeMap::new(),
+            error: Some(error),
+            triggered_at: None,
+        }
     }
 }
 

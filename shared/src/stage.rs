@@ -30,6 +30,8 @@ pub struct CreatedObject {
     pub etag: String,
     pub version_id: Option<String>,
     pub size: Option<u64>,
+    /// When the object was written, from the event (millisecond resolution).
+    pub event_time: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +77,7 @@ pub fn parse_notification(body: &str) -> Result<Notification, NotificationError>
                     etag: record.s3.object.e_tag.unwrap_or_default().trim_matches('"').to_owned(),
                     version_id: record.s3.object.version_id,
                     size: record.s3.object.size,
+                    event_time: record.event_time.as_deref().and_then(Timestamp::parse_rfc3339),
                 });
             }
             Ok(Notification::Created(created))
@@ -106,6 +109,7 @@ pub async fn begin_stage(
     job_id: &JobId,
     stage: Stage,
     receive_count: u32,
+    triggered_at: Option<Timestamp>,
 ) -> Result<StageStart, PortError> {
     let Some(job) = ledger.jobs.get(job_id).await? else { return Ok(StageStart::UnknownJob) };
     if stage_is_settled(job.status, stage) {
@@ -127,10 +131,8 @@ pub async fn begin_stage(
             .with_artifacts(stage_artifacts(previous, job_id));
         ledger.advance(job_id, catch_up, 1).await?;
     }
-    match ledger
-        .advance(job_id, Transition::to(stage.started_status(), Timestamp::now(), receive_count), receive_count)
-        .await?
-    {
+    let start = Transition::to(stage.started_status(), Timestamp::now(), receive_count).triggered_at(triggered_at);
+    match ledger.advance(job_id, start, receive_count).await? {
         TransitionOutcome::Applied(job) => Ok(StageStart::Proceed(job)),
         TransitionOutcome::Ignored(job) if job.status == stage.started_status() => Ok(StageStart::Proceed(job)),
         TransitionOutcome::Ignored(job) => Ok(StageStart::Settled(job)),

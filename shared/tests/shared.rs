@@ -52,6 +52,22 @@ async fn sqlite_connection_store_keeps_the_connection_store_contract() {
 }
 
 #[tokio::test]
+async fn sqlite_work_queue_refuses_a_stale_receipt() {
+    use iris_shared::ports::{PortError, WorkQueue};
+    let (_dir, backends) = open(4);
+    let queue = backends.queues[&QueueRole::Mesh].as_ref();
+    queue.send("m").await.unwrap();
+    let visibility = std::time::Duration::from_millis(200);
+    let first = queue.receive(1, visibility, std::time::Duration::from_secs(1)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let second = queue.receive(1, visibility * 50, std::time::Duration::from_secs(1)).await.unwrap();
+    assert!(matches!(queue.ack(&first[0].receipt).await, Err(PortError::StaleReceipt)));
+    assert!(matches!(queue.extend_visibility(&first[0].receipt, visibility).await, Err(PortError::StaleReceipt)));
+    assert_eq!(queue.depth().await.unwrap().in_flight, 1, "the stale ack did not delete the redelivered message");
+    queue.ack(&second[0].receipt).await.unwrap();
+}
+
+#[tokio::test]
 async fn objects_and_queued_messages_survive_reopening_the_data_directory() {
     let (directory, backends) = open(4);
     let key = iris_shared::keys::ObjectKey::parse("uploads/u/durable.nii").unwrap();

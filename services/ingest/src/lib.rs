@@ -71,7 +71,7 @@ impl IngestHandler {
             Ok(false) => {}
             Err(error) => return Outcome::Retry { reason: format!("creating the job: {error}") },
         }
-        match begin_stage(ledger, &job_id, Stage::Ingest, receive_count).await {
+        match begin_stage(ledger, &job_id, Stage::Ingest, receive_count, object.event_time).await {
             Ok(StageStart::Proceed(_)) => {}
             Ok(StageStart::Settled(job)) => {
                 return Outcome::Skipped { reason: format!("job already {}", job.status) };

@@ -20,6 +20,7 @@ use iris_shared::stage::{
     Notification, StageContext, StageStart, begin_stage, finish_stage, outcome_of_port_error, outcome_of_task_panic,
     parse_notification,
 };
+use iris_shared::time::Timestamp;
 use iris_shared::volume::Volume;
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, instrument};
@@ -95,9 +96,9 @@ impl MeshHandler {
     }
 
     #[instrument(skip_all, fields(job_id))]
-    async fn mesh_job(&self, job_id: JobId, receive_count: u32) -> Outcome {
+    async fn mesh_job(&self, job_id: JobId, receive_count: u32, triggered_at: Option<Timestamp>) -> Outcome {
         Span::current().record("job_id", job_id.as_str());
-        match begin_stage(&self.context.ledger, &job_id, Stage::Mesh, receive_count).await {
+        match begin_stage(&self.context.ledger, &job_id, Stage::Mesh, receive_count, triggered_at).await {
             Ok(StageStart::Proceed(_)) => {}
             Ok(StageStart::Settled(job)) => return Outcome::Skipped { reason: format!("job already {}", job.status) },
             Ok(StageStart::UnknownJob) => return Outcome::Reject { reason: format!("no job {job_id}") },
@@ -157,13 +158,13 @@ fn fail(job_id: &JobId, error: &MeshError) -> Outcome {
 }
 
 /// The job of a `jobs/<id>/labels.nii.gz` notification.
-fn jobs_of(body: &str) -> Result<Option<Vec<JobId>>, String> {
+fn jobs_of(body: &str) -> Result<Option<Vec<(JobId, Option<Timestamp>)>>, String> {
     match parse_notification(body).map_err(|e| e.to_string())? {
         Notification::Test => Ok(None),
         Notification::Created(objects) => objects
             .iter()
             .map(|o| match o.key.job_id() {
-                Some(job) if o.key.file_name() == LABELS_FILE => Ok(job),
+                Some(job) if o.key.file_name() == LABELS_FILE => Ok((job, o.event_time)),
                 _ => Err(format!("{} is not a job's {LABELS_FILE}", o.key)),
             })
             .collect::<Result<Vec<_>, _>>()
@@ -183,8 +184,8 @@ impl MessageHandler for MeshHandler {
             Ok(_) => return Outcome::Skipped { reason: "no labels to mesh in this notification".into() },
             Err(reason) => return Outcome::Reject { reason },
         };
-        for job_id in jobs {
-            let outcome = self.mesh_job(job_id, message.receive_count).await;
+        for (job_id, triggered_at) in jobs {
+            let outcome = self.mesh_job(job_id, message.receive_count, triggered_at).await;
             if !matches!(outcome, Outcome::Done | Outcome::Skipped { .. }) {
                 return outcome;
             }
@@ -193,11 +194,8 @@ impl MessageHandler for MeshHandler {
     }
 
     fn job_of(&self, message: &ReceivedMessage) -> Option<(JobId, Option<Stage>)> {
-        jobs_of(&message.body)
-            .ok()
-            .flatten()
-            .and_then(|jobs| jobs.into_iter().next())
-            .map(|job| (job, Some(Stage::Mesh)))
+        let (job_id, _) = jobs_of(&message.body).ok().flatten()?.into_iter().next()?;
+        Some((job_id, Some(Stage::Mesh)))
     }
 }
 

@@ -1,7 +1,6 @@
 //! `iris-notify`: the notify service and the local WebSocket gateway (`IRIS_WS_BIND`), on the
-//! embedded backends of `IRIS_DATA_DIR`.
+//! backends `IRIS_BACKEND` names (embedded by default).
 
-use iris_shared::backends::EmbeddedBackends;
 use iris_shared::config::IrisConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -9,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     let config = IrisConfig::from_env()?;
     iris_shared::telemetry::init(config.log_format);
-    let backends = EmbeddedBackends::open(&config)?.ports();
+    let backends = iris_aws::open_configured_backends(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.websocket_bind).await?;
     tracing::info!(address = %listener.local_addr()?, "notify gateway bound");
     let shutdown = CancellationToken::new();

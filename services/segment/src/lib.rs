@@ -23,6 +23,7 @@ use iris_shared::stage::{
     Notification, StageContext, StageStart, begin_stage, finish_stage, outcome_of_port_error, outcome_of_task_panic,
     parse_notification,
 };
+use iris_shared::time::Timestamp;
 use iris_shared::volume::{Volume, VolumeError};
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, info, instrument};
@@ -105,9 +106,9 @@ impl SegmentHandler {
     }
 
     #[instrument(skip_all, fields(job_id))]
-    async fn segment_job(&self, job_id: JobId, receive_count: u32) -> Outcome {
+    async fn segment_job(&self, job_id: JobId, receive_count: u32, triggered_at: Option<Timestamp>) -> Outcome {
         Span::current().record("job_id", job_id.as_str());
-        match begin_stage(&self.context.ledger, &job_id, Stage::Segment, receive_count).await {
+        match begin_stage(&self.context.ledger, &job_id, Stage::Segment, receive_count, triggered_at).await {
             Ok(StageStart::Proceed(_)) => {}
             Ok(StageStart::Settled(job)) => return Outcome::Skipped { reason: format!("job already {}", job.status) },
             Ok(StageStart::UnknownJob) => return Outcome::Reject { reason: format!("no job {job_id}") },
@@ -156,13 +157,14 @@ fn fail(job_id: &JobId, error: &SegmentError) -> Outcome {
     }
 }
 
-fn jobs_of(body: &str) -> Result<Option<Vec<JobId>>, String> {
+/// The jobs (and trigger times) of a notification of job outputs.
+fn jobs_of(body: &str) -> Result<Option<Vec<(JobId, Option<Timestamp>)>>, String> {
     match parse_notification(body).map_err(|e| e.to_string())? {
         Notification::Test => Ok(None),
         Notification::Created(objects) => objects
             .iter()
             .map(|o| match o.key.job_id() {
-                Some(job) if o.key.file_name() == VOLUME_FILE => Ok(job),
+                Some(job) if o.key.file_name() == VOLUME_FILE => Ok((job, o.event_time)),
                 _ => Err(format!("{} is not a job's {VOLUME_FILE}", o.key)),
             })
             .collect::<Result<Vec<_>, _>>()
@@ -182,8 +184,8 @@ impl MessageHandler for SegmentHandler {
             Ok(_) => return Outcome::Skipped { reason: "no volume to segment in this notification".into() },
             Err(reason) => return Outcome::Reject { reason },
         };
-        for job_id in jobs {
-            let outcome = self.segment_job(job_id, message.receive_count).await;
+        for (job_id, triggered_at) in jobs {
+            let outcome = self.segment_job(job_id, message.receive_count, triggered_at).await;
             if !matches!(outcome, Outcome::Done | Outcome::Skipped { .. }) {
                 return outcome;
             }
@@ -192,11 +194,8 @@ impl MessageHandler for SegmentHandler {
     }
 
     fn job_of(&self, message: &ReceivedMessage) -> Option<(JobId, Option<Stage>)> {
-        jobs_of(&message.body)
-            .ok()
-            .flatten()
-            .and_then(|jobs| jobs.into_iter().next())
-            .map(|job| (job, Some(Stage::Segment)))
+        let (job_id, _) = jobs_of(&message.body).ok().flatten()?.into_iter().next()?;
+        Some((job_id, Some(Stage::Segment)))
     }
 }
 
