@@ -49,6 +49,14 @@ pub enum NotificationError {
     BadKey(String),
 }
 
+/// A job output that starts the next stage (`jobs/<id>/volume.nii.gz`, `jobs/<id>/labels.nii.gz`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageTrigger {
+    pub job_id: JobId,
+    /// When the trigger object was written.
+    pub triggered_at: Option<Timestamp>,
+}
+
 /// Where a stage stands for a job when its message arrives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StageStart {
@@ -82,6 +90,24 @@ pub fn parse_notification(body: &str) -> Result<Notification, NotificationError>
             }
             Ok(Notification::Created(created))
         }
+    }
+}
+
+/// The job outputs named `file_name` that a notification announces. `Ok(None)` for S3's test
+/// event; an error (for the dead-letter queue) when it names any other object.
+pub fn stage_triggers(body: &str, file_name: &str) -> Result<Option<Vec<StageTrigger>>, NotificationError> {
+    match parse_notification(body)? {
+        Notification::Test => Ok(None),
+        Notification::Created(objects) => objects
+            .iter()
+            .map(|object| match object.key.job_id() {
+                Some(job_id) if object.key.file_name() == file_name => {
+                    Ok(StageTrigger { job_id, triggered_at: object.event_time })
+                }
+                _ => Err(NotificationError::BadKey(format!("{} is not a job's {file_name}", object.key))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
     }
 }
 

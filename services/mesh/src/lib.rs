@@ -17,8 +17,7 @@ use iris_shared::nifti_codec::{DecodeLimits, NiftiDecodeError, decode_nifti};
 use iris_shared::ports::{PortError, ReceivedMessage};
 use iris_shared::runtime::{MessageHandler, Outcome, run_worker};
 use iris_shared::stage::{
-    Notification, StageContext, StageStart, begin_stage, finish_stage, outcome_of_port_error, outcome_of_task_panic,
-    parse_notification,
+    StageContext, StageStart, begin_stage, finish_stage, outcome_of_port_error, outcome_of_task_panic, stage_triggers,
 };
 use iris_shared::time::Timestamp;
 use iris_shared::volume::Volume;
@@ -157,21 +156,6 @@ fn fail(job_id: &JobId, error: &MeshError) -> Outcome {
     }
 }
 
-/// The job of a `jobs/<id>/labels.nii.gz` notification.
-fn jobs_of(body: &str) -> Result<Option<Vec<(JobId, Option<Timestamp>)>>, String> {
-    match parse_notification(body).map_err(|e| e.to_string())? {
-        Notification::Test => Ok(None),
-        Notification::Created(objects) => objects
-            .iter()
-            .map(|o| match o.key.job_id() {
-                Some(job) if o.key.file_name() == LABELS_FILE => Ok((job, o.event_time)),
-                _ => Err(format!("{} is not a job's {LABELS_FILE}", o.key)),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some),
-    }
-}
-
 #[async_trait]
 impl MessageHandler for MeshHandler {
     fn name(&self) -> &'static str {
@@ -179,13 +163,13 @@ impl MessageHandler for MeshHandler {
     }
 
     async fn process_one(&self, message: &ReceivedMessage) -> Outcome {
-        let jobs = match jobs_of(&message.body) {
-            Ok(Some(jobs)) if !jobs.is_empty() => jobs,
+        let triggers = match stage_triggers(&message.body, LABELS_FILE) {
+            Ok(Some(triggers)) if !triggers.is_empty() => triggers,
             Ok(_) => return Outcome::Skipped { reason: "no labels to mesh in this notification".into() },
-            Err(reason) => return Outcome::Reject { reason },
+            Err(error) => return Outcome::Reject { reason: error.to_string() },
         };
-        for (job_id, triggered_at) in jobs {
-            let outcome = self.mesh_job(job_id, message.receive_count, triggered_at).await;
+        for trigger in triggers {
+            let outcome = self.mesh_job(trigger.job_id, message.receive_count, trigger.triggered_at).await;
             if !matches!(outcome, Outcome::Done | Outcome::Skipped { .. }) {
                 return outcome;
             }
@@ -194,8 +178,8 @@ impl MessageHandler for MeshHandler {
     }
 
     fn job_of(&self, message: &ReceivedMessage) -> Option<(JobId, Option<Stage>)> {
-        let (job_id, _) = jobs_of(&message.body).ok().flatten()?.into_iter().next()?;
-        Some((job_id, Some(Stage::Mesh)))
+        let trigger = stage_triggers(&message.body, LABELS_FILE).ok().flatten()?.into_iter().next()?;
+        Some((trigger.job_id, Some(Stage::Mesh)))
     }
 }
 
