@@ -116,6 +116,9 @@ enum AwsCommand {
     /// Create every AWS resource the pipeline needs (idempotent): bucket and notifications, queues
     /// with dead-letter queues, tables, event bus and rules. Names from the IRIS_* variables.
     Bootstrap,
+    /// Print the resource contract (names, notification rules, queue settings, tables, event
+    /// rules) as JSON; the CDK app reads the copy in cdk/pipeline-contract.json.
+    Contract,
 }
 
 #[derive(Debug, Subcommand)]
@@ -212,6 +215,10 @@ async fn dispatch(command: Command, config: IrisConfig) -> anyhow::Result<ExitCo
         }
         Command::Watch { job, user: name, url } => commands::watch(&config, &job, &user(&name)?, url).await,
         Command::Aws { command: AwsCommand::Bootstrap } => commands::aws_bootstrap(&config).await,
+        Command::Aws { command: AwsCommand::Contract } => {
+            println!("{}", serde_json::to_string_pretty(&iris_aws::contract::pipeline_contract(&config))?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench { benchmark: Benchmark::Handoff { jobs, record } } => {
             iris::bench::handoff(&config, jobs, record.as_deref()).await?;
             Ok(ExitCode::SUCCESS)

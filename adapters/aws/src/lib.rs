@@ -7,6 +7,7 @@
 //! S3 uses path-style addressing.
 
 pub mod bootstrap;
+pub mod contract;
 pub mod dynamo;
 pub mod error;
 pub mod eventbridge;
