@@ -19,7 +19,33 @@ pub struct IngestReport {
     /// Permutation and flips from the upload's grid to the canonical one (exact, no resampling).
     pub reorientation: Reorientation,
     pub intensity: IntensitySummary,
+    /// For DICOM uploads: the series taken (technical attributes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dicom: Option<DicomSeries>,
+    /// Choices made (e.g. which series was taken) and things ignored.
+    #[serde(default)]
+    pub notes: Vec<String>,
     pub warnings: Vec<String>,
+}
+
+/// Technical metadata of a DICOM series: no patient, study or institution attributes, no UIDs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DicomSeries {
+    pub modality: String,
+    pub transfer_syntax: String,
+    pub rows: usize,
+    pub columns: usize,
+    pub slices: usize,
+    /// Row spacing, column spacing (mm), as PixelSpacing.
+    pub pixel_spacing_mm: [f64; 2],
+    /// Distance between consecutive slice centres along the slice normal (mm).
+    pub slice_spacing_mm: f64,
+    pub slice_thickness_mm: Option<f64>,
+    pub kvp: Option<f64>,
+    /// The slice grid's own orientation before reorientation (e.g. "LPS").
+    pub acquisition_orientation: String,
+    pub series_in_upload: usize,
+    pub files_read: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -48,6 +48,8 @@ pub enum AffineSource {
     Sform,
     Qform,
     PixdimOnly,
+    /// Computed from DICOM ImagePositionPatient / ImageOrientationPatient / PixelSpacing.
+    DicomSlices,
 }
 
 /// Caps applied before anything large is allocated.

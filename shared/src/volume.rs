@@ -343,6 +343,64 @@ mod tests {
         assert_eq!(restored, original);
     }
 
+    /// Every orthogonal orientation a grid can have: 6 axis permutations × 8 sign combinations.
+    fn all_48_orientations() -> Vec<([usize; 3], [f64; 3])> {
+        let permutations = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+        let mut all = Vec::new();
+        for permutation in permutations {
+            for signs in 0..8 {
+                all.push((permutation, [0, 1, 2].map(|b| if signs & (1 << b) == 0 { 1.0 } else { -1.0 })));
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn all_48_orientations_round_trip_exactly_and_keep_world_positions() {
+        let dims = [5, 4, 3];
+        let spacing = [0.7, 1.3, 2.9];
+        let orientations = all_48_orientations();
+        assert_eq!(orientations.len(), 48);
+        let mut codes = std::collections::BTreeSet::new();
+        for (permutation, signs) in orientations {
+            // Voxel axis v runs along world axis permutation[v], in direction signs[v].
+            let mut m = [[0.0; 4]; 4];
+            for voxel in 0..3 {
+                m[permutation[voxel]][voxel] = signs[voxel] * spacing[voxel];
+            }
+            m[0][3] = 11.5;
+            m[1][3] = -7.25;
+            m[2][3] = 3.0;
+            m[3][3] = 1.0;
+            let affine = Affine(m);
+            codes.insert(affine.orientation_code().unwrap());
+            let original = Volume::new(dims, affine, (0..60u32).collect()).unwrap();
+            let reorientation = Reorientation::to_canonical(dims, &affine).unwrap();
+            let canonical = reorientation.apply(&original).unwrap();
+            assert_eq!(canonical.affine().orientation_code().unwrap(), "RAS");
+            for row in 0..3 {
+                for column in 0..3 {
+                    let value = canonical.affine().0[row][column];
+                    assert!(if row == column { value > 0.0 } else { value == 0.0 }, "canonical affine is diagonal");
+                }
+            }
+            // Each voxel keeps its world position.
+            let [cx, cy, _] = canonical.dims();
+            for (n, value) in canonical.voxels().iter().enumerate() {
+                let (ci, cj, ck) = (n % cx, (n / cx) % cy, n / (cx * cy));
+                let v = *value as usize;
+                let (i, j, k) = (v % 5, (v / 5) % 4, v / 20);
+                let before = affine.apply([i as f64, j as f64, k as f64]);
+                let after = canonical.affine().apply([ci as f64, cj as f64, ck as f64]);
+                for axis in 0..3 {
+                    assert!((before[axis] - after[axis]).abs() < 1e-9);
+                }
+            }
+            assert_eq!(reorientation.restore(&canonical, affine).unwrap(), original, "exact round trip");
+        }
+        assert_eq!(codes.len(), 48, "48 distinct orientation codes");
+    }
+
     #[test]
     fn singular_affine_is_refused() {
         let mut affine = Affine::identity();

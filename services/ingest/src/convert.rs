@@ -2,13 +2,30 @@
 //! int16 HU) and the ingest report.
 
 use iris_shared::ingest_report::{CanonicalGrid, INGEST_REPORT_VERSION, IngestReport, IntensitySummary, OriginalGrid};
-use iris_shared::nifti_codec::{DecodeLimits, NiftiDecodeError, NiftiGeometry, decode_nifti, encode_nifti_gz};
+use iris_shared::nifti_codec::{
+    AffineSource, DecodeLimits, NiftiDecodeError, NiftiGeometry, decode_nifti, encode_nifti_gz,
+};
+
+use crate::dicom::{DicomError, DicomLimits, read_dicom_file, read_dicom_zip};
 use iris_shared::volume::{Reorientation, Volume, VolumeError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IngestLimits {
     pub max_upload_bytes: u64,
     pub max_voxels: u64,
+}
+
+impl IngestLimits {
+    /// Limits for unpacking DICOM archives, derived from the voxel cap: an archive may unpack to at
+    /// most twice the int16 size of the largest volume allowed (room for headers and other files).
+    pub fn dicom(&self) -> DicomLimits {
+        DicomLimits {
+            max_decompressed_bytes: self.max_voxels.saturating_mul(4),
+            max_voxels: self.max_voxels,
+            max_compression_ratio: 200,
+            max_files: 100_000,
+        }
+    }
 }
 
 /// The canonical volume and the report, before encoding.
@@ -31,6 +48,8 @@ pub enum IngestError {
     UnsupportedFormat(String),
     #[error("{0}")]
     Nifti(#[from] NiftiDecodeError),
+    #[error("{0}")]
+    Dicom(#[from] DicomError),
     #[error("the upload is {size} bytes, more than the limit of {limit}")]
     UploadTooLarge { size: u64, limit: u64 },
     #[error("the volume's geometry is unusable: {0}")]
@@ -45,6 +64,7 @@ impl IngestError {
         match self {
             IngestError::UnsupportedFormat(_) => "unsupported_format",
             IngestError::Nifti(error) => error.code(),
+            IngestError::Dicom(error) => error.code(),
             IngestError::UploadTooLarge { .. } => "too_large",
             IngestError::Geometry(_) => "not_a_volume",
             IngestError::Encode(_) => "internal_error",
@@ -55,6 +75,17 @@ impl IngestError {
     pub fn is_retryable(&self) -> bool {
         false
     }
+}
+
+/// An upload decoded to intensities on its (or dicom2nifti's) grid.
+struct DecodedSource {
+    format: &'static str,
+    datatype: String,
+    geometry: NiftiGeometry,
+    affine_source: AffineSource,
+    volume: iris_shared::volume::Volume<f32>,
+    dicom: Option<iris_shared::ingest_report::DicomSeries>,
+    notes: Vec<String>,
 }
 
 /// The input formats ingest recognises by file name.
@@ -85,24 +116,45 @@ pub fn ingest_upload(bytes: &[u8], file_name: &str, limits: &IngestLimits) -> Re
     if bytes.len() as u64 > limits.max_upload_bytes {
         return Err(IngestError::UploadTooLarge { size: bytes.len() as u64, limit: limits.max_upload_bytes });
     }
-    match SourceFormat::from_file_name(file_name) {
-        Some(SourceFormat::Nifti) => {}
-        Some(SourceFormat::DicomZip | SourceFormat::Dicom) => {
-            return Err(IngestError::UnsupportedFormat(format!(
-                "{file_name:?} is DICOM, which this version does not read yet; convert it to NIfTI (.nii.gz) first"
-            )));
+    let source = match SourceFormat::from_file_name(file_name) {
+        Some(SourceFormat::Nifti) => {
+            let decoded = decode_nifti(bytes, &DecodeLimits { max_voxels: limits.max_voxels })?;
+            DecodedSource {
+                format: "nifti",
+                datatype: decoded.datatype,
+                geometry: decoded.geometry,
+                affine_source: decoded.affine_source,
+                volume: decoded.volume,
+                dicom: None,
+                notes: Vec::new(),
+            }
+        }
+        Some(format @ (SourceFormat::DicomZip | SourceFormat::Dicom)) => {
+            let series = if format == SourceFormat::DicomZip {
+                read_dicom_zip(bytes, &limits.dicom())?
+            } else {
+                read_dicom_file(bytes, &limits.dicom())?
+            };
+            DecodedSource {
+                format: "dicom",
+                datatype: "DICOM".into(),
+                geometry: NiftiGeometry::from_affine(series.volume.dims(), series.volume.affine()),
+                affine_source: AffineSource::DicomSlices,
+                volume: series.volume,
+                dicom: Some(series.metadata),
+                notes: series.notes,
+            }
         }
         None => {
             return Err(IngestError::UnsupportedFormat(format!(
-                "{file_name:?} is not a NIfTI file (.nii or .nii.gz); upload a CT volume as NIfTI"
+                "{file_name:?} is neither NIfTI (.nii, .nii.gz) nor DICOM (.dcm, or a .zip of a series)"
             )));
         }
-    }
-    let decoded = decode_nifti(bytes, &DecodeLimits { max_voxels: limits.max_voxels })?;
-    let original_affine = decoded.affine;
-    let dims = decoded.volume.dims();
+    };
+    let original_affine = *source.volume.affine();
+    let dims = source.volume.dims();
     let mut clipped = 0u64;
-    let hounsfield: Vec<i16> = decoded
+    let hounsfield: Vec<i16> = source
         .volume
         .voxels()
         .iter()
@@ -127,15 +179,15 @@ pub fn ingest_upload(bytes: &[u8], file_name: &str, limits: &IngestLimits) -> Re
     }
     let report = IngestReport {
         format_version: INGEST_REPORT_VERSION,
-        source_format: "nifti".to_owned(),
-        source_datatype: decoded.datatype.clone(),
+        source_format: source.format.to_owned(),
+        source_datatype: source.datatype.clone(),
         original: OriginalGrid {
             dims,
             affine: original_affine,
-            affine_source: decoded.affine_source,
+            affine_source: source.affine_source,
             orientation: original_affine.orientation_code()?,
             spacing_mm: original_affine.spacing(),
-            geometry: decoded.geometry.clone(),
+            geometry: source.geometry.clone(),
         },
         canonical: CanonicalGrid {
             dims: canonical.dims(),
@@ -144,6 +196,8 @@ pub fn ingest_upload(bytes: &[u8], file_name: &str, limits: &IngestLimits) -> Re
         },
         reorientation,
         intensity: IntensitySummary { min_hu, max_hu, clipped_voxels: clipped },
+        dicom: source.dicom,
+        notes: source.notes,
         warnings,
     };
     Ok(IngestedVolume { canonical, report })

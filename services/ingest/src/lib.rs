@@ -2,6 +2,8 @@
 //! (`jobs/<id>/volume.nii.gz`) and the ingest report (`jobs/<id>/ingest.json`).
 
 pub mod convert;
+pub mod dicom;
+pub mod synthetic_dicom;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,0 +1,133 @@
+//! Synthetic CT series written as real DICOM files (explicit VR little endian), for tests and
+//! demonstrations: a phantom's slices, with patient attributes filled with a recognisable canary
+//! so tests can prove that no identifier travels past ingest.
+
+use std::io::Write;
+
+use dicom_core::{DataElement, PrimitiveValue, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+/// Appears in every identifying attribute of the synthetic files.
+pub const PHI_CANARY: &str = "CANARYPHI";
+
+const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
+const MR_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.4";
+const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
+
+/// One slice to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyntheticSlice {
+    pub series_number: u32,
+    pub modality: &'static str,
+    pub position: [f64; 3],
+    pub orientation: [f64; 6],
+    /// Row spacing, column spacing (mm).
+    pub pixel_spacing: [f64; 2],
+    pub rows: usize,
+    pub columns: usize,
+    /// Hounsfield units, row-major (columns fastest).
+    pub hounsfield: Vec<i16>,
+    /// False writes the file without PixelData.
+    pub with_pixels: bool,
+}
+
+/// Axial slices (ImageOrientationPatient 1\0\0\0\1\0) of `hounsfield(column, row, slice)`, `spacing`
+/// mm apart starting at `origin`, in series 1.
+pub fn axial_series(
+    rows: usize,
+    columns: usize,
+    slices: usize,
+    pixel_spacing: [f64; 2],
+    slice_spacing: f64,
+    origin: [f64; 3],
+    hounsfield: impl Fn(usize, usize, usize) -> i16,
+) -> Vec<SyntheticSlice> {
+    (0..slices)
+        .map(|k| SyntheticSlice {
+            series_number: 1,
+            modality: "CT",
+            position: [origin[0], origin[1], origin[2] + k as f64 * slice_spacing],
+            orientation: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+            pixel_spacing,
+            rows,
+            columns,
+            hounsfield: (0..rows)
+                .flat_map(|j| (0..columns).map(move |i| (i, j)))
+                .map(|(i, j)| hounsfield(i, j, k))
+                .collect(),
+            with_pixels: true,
+        })
+        .collect()
+}
+
+fn join(values: &[f64]) -> String {
+    values.iter().map(|v| format!("{v}")).collect::<Vec<_>>().join("\\")
+}
+
+/// The DICOM file of one slice (128-byte preamble, file meta group, data set).
+pub fn write_slice(slice: &SyntheticSlice, instance: u32) -> Result<Vec<u8>, String> {
+    let series_uid = format!("1.2.826.0.1.3680043.10.999.{}", slice.series_number);
+    let instance_uid = format!("{series_uid}.{instance}");
+    let class = if slice.modality == "MR" { MR_IMAGE_STORAGE } else { CT_IMAGE_STORAGE };
+    let mut object = InMemDicomObject::new_empty();
+    let mut put = |tag, vr, value: PrimitiveValue| object.put(DataElement::new(tag, vr, value));
+    put(tags::SOP_CLASS_UID, VR::UI, class.into());
+    put(tags::SOP_INSTANCE_UID, VR::UI, instance_uid.as_str().into());
+    put(tags::STUDY_INSTANCE_UID, VR::UI, "1.2.826.0.1.3680043.10.999".into());
+    put(tags::SERIES_INSTANCE_UID, VR::UI, series_uid.as_str().into());
+    put(tags::PATIENT_NAME, VR::PN, format!("{PHI_CANARY}^JANE").into());
+    put(tags::PATIENT_ID, VR::LO, format!("{PHI_CANARY}-ID-0042").into());
+    put(tags::PATIENT_BIRTH_DATE, VR::DA, "19700101".into());
+    put(tags::ACCESSION_NUMBER, VR::SH, format!("{PHI_CANARY}ACC").into());
+    put(tags::INSTITUTION_NAME, VR::LO, format!("{PHI_CANARY} HOSPITAL").into());
+    put(tags::REFERRING_PHYSICIAN_NAME, VR::PN, format!("{PHI_CANARY}^DR").into());
+    put(tags::STUDY_DESCRIPTION, VR::LO, format!("{PHI_CANARY} CHEST").into());
+    put(tags::SERIES_DESCRIPTION, VR::LO, format!("{PHI_CANARY} AXIAL").into());
+    put(tags::MODALITY, VR::CS, slice.modality.into());
+    put(tags::SERIES_NUMBER, VR::IS, slice.series_number.to_string().as_str().into());
+    put(tags::INSTANCE_NUMBER, VR::IS, instance.to_string().as_str().into());
+    put(tags::IMAGE_POSITION_PATIENT, VR::DS, join(&slice.position).as_str().into());
+    put(tags::IMAGE_ORIENTATION_PATIENT, VR::DS, join(&slice.orientation).as_str().into());
+    put(tags::PIXEL_SPACING, VR::DS, join(&slice.pixel_spacing).as_str().into());
+    put(tags::SLICE_THICKNESS, VR::DS, "2".into());
+    put(tags::KVP, VR::DS, "120".into());
+    put(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16));
+    put(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2".into());
+    put(tags::ROWS, VR::US, PrimitiveValue::from(slice.rows as u16));
+    put(tags::COLUMNS, VR::US, PrimitiveValue::from(slice.columns as u16));
+    put(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16));
+    put(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16));
+    put(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16));
+    put(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(1u16));
+    put(tags::RESCALE_INTERCEPT, VR::DS, "-1024".into());
+    put(tags::RESCALE_SLOPE, VR::DS, "1".into());
+    if slice.with_pixels {
+        // Stored values are HU + 1024 (RescaleIntercept -1024), as scanners commonly write them.
+        let stored: Vec<i16> = slice.hounsfield.iter().map(|hu| hu.saturating_add(1024)).collect();
+        put(tags::PIXEL_DATA, VR::OW, PrimitiveValue::I16(stored.into()));
+    }
+    let meta = FileMetaTableBuilder::new()
+        .transfer_syntax(EXPLICIT_VR_LITTLE_ENDIAN)
+        .media_storage_sop_class_uid(class)
+        .media_storage_sop_instance_uid(instance_uid.as_str());
+    let file = object.with_meta(meta).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.write_all(&mut bytes).map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+/// A zip of the slices' files (`series/IM000001.dcm`, …), plus any extra named entries.
+pub fn zip_series(slices: &[SyntheticSlice], extra: &[(&str, Vec<u8>)]) -> Result<Vec<u8>, String> {
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    for (index, slice) in slices.iter().enumerate() {
+        writer.start_file(format!("series/IM{:06}.dcm", index + 1), options).map_err(|e| e.to_string())?;
+        writer.write_all(&write_slice(slice, index as u32 + 1)?).map_err(|e| e.to_string())?;
+    }
+    for (name, body) in extra {
+        writer.start_file(*name, options).map_err(|e| e.to_string())?;
+        writer.write_all(body).map_err(|e| e.to_string())?;
+    }
+    writer.finish().map(|cursor| cursor.into_inner()).map_err(|e| e.to_string())
+}

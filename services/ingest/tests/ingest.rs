@@ -1,0 +1,223 @@
+//! Ingest on real and crafted DICOM: geometry equal to dicom2nifti's on the shared series,
+//! series selection, every DICOM error code, zip safety, and no identifier in the outputs.
+
+use std::path::PathBuf;
+
+use iris_ingest::synthetic_dicom::{PHI_CANARY, SyntheticSlice, axial_series, write_slice, zip_series};
+use iris_ingest::{IngestLimits, encode_outputs, ingest_upload};
+
+const LIMITS: IngestLimits = IngestLimits { max_upload_bytes: 1 << 31, max_voxels: 512 * 512 * 2000 };
+
+fn shared_series() -> Option<PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/totalseg/example_ct_dicom");
+    if path.is_dir() {
+        Some(path)
+    } else {
+        eprintln!("SKIPPED: {} is absent (the kit ../shared is not beside the repository)", path.display());
+        None
+    }
+}
+
+fn zip_directory(directory: &std::path::Path) -> Vec<u8> {
+    use std::io::Write;
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let mut entries: Vec<_> = std::fs::read_dir(directory).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    // Reverse order on purpose: slices are sorted by position, never by file name.
+    entries.reverse();
+    for path in entries {
+        writer
+            .start_file(path.file_name().unwrap().to_string_lossy(), zip::write::SimpleFileOptions::default())
+            .unwrap();
+        writer.write_all(&std::fs::read(&path).unwrap()).unwrap();
+    }
+    writer.finish().unwrap().into_inner()
+}
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    shape: [usize; 3],
+    affine: [[f64; 4]; 4],
+    orientation: String,
+    samples: Vec<Sample>,
+}
+
+#[derive(serde::Deserialize)]
+struct Sample {
+    index: [usize; 3],
+    value: f64,
+}
+
+#[test]
+fn the_shared_jpeg2000_series_matches_dicom2nifti_voxel_for_voxel_and_in_world_space() {
+    let Some(directory) = shared_series() else { return };
+    let reference: Reference =
+        serde_json::from_str(include_str!("fixtures/dicom2nifti_example_ct_dicom.json")).expect("fixture");
+    let ingested = ingest_upload(&zip_directory(&directory), "series.zip", &LIMITS).expect("ingest the series");
+    let report = &ingested.report;
+    assert_eq!(report.source_format, "dicom");
+    assert_eq!(report.original.dims, reference.shape);
+    assert_eq!(report.original.orientation, reference.orientation);
+    let dicom = report.dicom.as_ref().expect("DICOM metadata");
+    assert_eq!(dicom.transfer_syntax, "1.2.840.10008.1.2.4.90", "JPEG 2000 lossless");
+    assert_eq!((dicom.rows, dicom.columns, dicom.slices), (512, 512, 20));
+    assert!((dicom.slice_spacing_mm - 2.0).abs() < 1e-6);
+    // Every voxel centre at the same world position as dicom2nifti's (the grid is affine, so the
+    // eight corners bound every voxel's error).
+    let [nx, ny, nz] = reference.shape;
+    for corner in 0..8 {
+        let index = [
+            if corner & 1 == 0 { 0.0 } else { (nx - 1) as f64 },
+            if corner & 2 == 0 { 0.0 } else { (ny - 1) as f64 },
+            if corner & 4 == 0 { 0.0 } else { (nz - 1) as f64 },
+        ];
+        let ours = report.original.affine.apply(index);
+        for axis in 0..3 {
+            let theirs: f64 =
+                (0..3).map(|c| reference.affine[axis][c] * index[c]).sum::<f64>() + reference.affine[axis][3];
+            assert!((ours[axis] - theirs).abs() < 1e-3, "voxel {index:?} axis {axis}: {} vs {theirs}", ours[axis]);
+        }
+    }
+    // The same values at the same indices (decoding, rescale and slice order).
+    let original = report.reorientation.restore(&ingested.canonical, report.original.affine).expect("restore");
+    for sample in &reference.samples {
+        let [i, j, k] = sample.index;
+        assert_eq!(f64::from(*original.get(i, j, k)), sample.value, "voxel {:?}", sample.index);
+    }
+}
+
+fn slices_with(mut change: impl FnMut(usize, &mut SyntheticSlice)) -> Vec<SyntheticSlice> {
+    let mut slices =
+        axial_series(8, 10, 6, [0.8, 0.7], 2.5, [-30.0, -40.0, 100.0], |i, j, k| (i * 10 + j * 3 + k) as i16 - 1000);
+    for (k, slice) in slices.iter_mut().enumerate() {
+        change(k, slice);
+    }
+    slices
+}
+
+fn ingest_zip(
+    slices: &[SyntheticSlice],
+    extra: &[(&str, Vec<u8>)],
+) -> Result<iris_ingest::convert::IngestedVolume, iris_ingest::IngestError> {
+    ingest_upload(&zip_series(slices, extra).expect("zip"), "upload.zip", &LIMITS)
+}
+
+#[test]
+fn a_synthetic_series_has_the_geometry_and_values_written() {
+    let ingested = ingest_zip(&slices_with(|_, _| {}), &[]).expect("ingest");
+    let report = &ingested.report;
+    assert_eq!(report.original.dims, [10, 8, 6]);
+    assert_eq!(report.original.orientation, "LAS", "dicom2nifti's grid");
+    assert_eq!(report.dicom.as_ref().unwrap().acquisition_orientation, "LPS");
+    let original = report.reorientation.restore(&ingested.canonical, report.original.affine).unwrap();
+    // LAS index (i, j, k) is DICOM column i, row 7 - j (posterior→anterior flipped), slice k.
+    for (i, j, k) in [(0, 0, 0), (9, 7, 5), (3, 2, 4)] {
+        let expected = (i * 10 + (7 - j) * 3 + k) as i16 - 1000;
+        assert_eq!(*original.get(i, j, k), expected, "voxel ({i},{j},{k})");
+        // World position of that voxel from the DICOM attributes (LPS → RAS).
+        let lps = [-30.0 + i as f64 * 0.7, -40.0 + (7 - j) as f64 * 0.8, 100.0 + k as f64 * 2.5];
+        let world = report.original.affine.apply([i as f64, j as f64, k as f64]);
+        let expected_world = [-lps[0], -lps[1], lps[2]];
+        for axis in 0..3 {
+            assert!((world[axis] - expected_world[axis]).abs() < 1e-9, "{world:?} vs {expected_world:?}");
+        }
+    }
+}
+
+#[test]
+fn the_ct_series_with_the_most_slices_is_taken_and_the_choice_recorded() {
+    let mut slices = slices_with(|_, _| {});
+    slices.extend(axial_series(8, 10, 3, [0.8, 0.7], 2.5, [0.0, 0.0, 0.0], |_, _, _| 0).into_iter().map(|mut s| {
+        s.series_number = 2;
+        s
+    }));
+    slices.extend(axial_series(8, 10, 9, [0.8, 0.7], 2.5, [0.0, 0.0, 0.0], |_, _, _| 0).into_iter().map(|mut s| {
+        s.series_number = 3;
+        s.modality = "MR";
+        s
+    }));
+    let ingested = ingest_zip(&slices, &[("README.txt", b"not dicom".to_vec())]).expect("ingest");
+    let dicom = ingested.report.dicom.as_ref().unwrap();
+    assert_eq!((dicom.slices, dicom.series_in_upload), (6, 3));
+    let notes = ingested.report.notes.join(" | ");
+    assert!(notes.contains("CT with 3 images") && notes.contains("MR with 9 images"), "{notes}");
+    assert!(notes.contains("1 non-DICOM"), "{notes}");
+}
+
+#[test]
+fn each_bad_series_fails_with_its_code() {
+    let tilted = slices_with(|k, s| s.position[1] += k as f64 * 1.0);
+    let gap = slices_with(|k, s| {
+        if k >= 3 {
+            s.position[2] += 2.5;
+        }
+    });
+    let mixed = slices_with(|k, s| {
+        if k == 2 {
+            s.orientation = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0];
+        }
+    });
+    let duplicate = slices_with(|k, s| {
+        if k == 1 {
+            s.position[2] -= 2.5;
+        }
+    });
+    let mr = slices_with(|_, s| s.modality = "MR");
+    let no_pixels = slices_with(|_, s| s.with_pixels = false);
+    let single = slices_with(|_, _| {}).into_iter().take(1).collect::<Vec<_>>();
+    let cases: Vec<(&str, Vec<SyntheticSlice>, &str)> = vec![
+        ("gantry tilt", tilted, "gantry_tilt"),
+        ("a missing slice", gap, "uneven_slice_spacing"),
+        ("mixed orientations", mixed, "inconsistent_series"),
+        ("two slices at one position", duplicate, "inconsistent_series"),
+        ("MR only", mr, "no_ct_series"),
+        ("no pixel data", no_pixels, "no_pixel_data"),
+        ("one slice", single, "not_a_volume"),
+    ];
+    for (name, slices, code) in cases {
+        let error = ingest_zip(&slices, &[]).err().unwrap_or_else(|| panic!("{name} was accepted"));
+        assert_eq!(error.code(), code, "{name}: {error}");
+        assert!(!error.to_string().is_empty());
+    }
+    let not_a_zip = ingest_upload(b"PK\x03\x04 broken", "broken.zip", &LIMITS).unwrap_err();
+    assert_eq!(not_a_zip.code(), "corrupt_file");
+    let empty_zip = ingest_zip(&[], &[("notes.txt", b"hello".to_vec())]).unwrap_err();
+    assert_eq!(empty_zip.code(), "no_dicom_images");
+}
+
+#[test]
+fn archive_entries_that_escape_and_zip_bombs_are_refused() {
+    let slices = slices_with(|_, _| {});
+    let escaping = write_slice(&slices[0], 99).unwrap();
+    let ingested =
+        ingest_zip(&slices, &[("../../etc/evil.dcm", escaping.clone()), ("/abs/evil.dcm", escaping)]).expect("ingest");
+    assert_eq!(ingested.report.dicom.as_ref().unwrap().slices, 6, "the escaping entries were not read");
+    assert!(
+        ingested.report.notes.iter().any(|n| n.contains("ignored 2 archive entries")),
+        "{:?}",
+        ingested.report.notes
+    );
+
+    let bomb = ingest_zip(&slices, &[("zeros.dcm", vec![0u8; 16 << 20])]).unwrap_err();
+    assert_eq!(bomb.code(), "too_large", "{bomb}");
+    let small = IngestLimits { max_upload_bytes: 1 << 31, max_voxels: 100 };
+    let too_many_voxels = ingest_upload(&zip_series(&slices, &[]).unwrap(), "series.zip", &small).unwrap_err();
+    assert_eq!(too_many_voxels.code(), "too_large");
+}
+
+#[test]
+fn no_patient_identifier_reaches_the_ingest_report() {
+    let slices = slices_with(|_, _| {});
+    let raw = write_slice(&slices[0], 1).unwrap();
+    assert!(raw.windows(PHI_CANARY.len()).any(|w| w == PHI_CANARY.as_bytes()), "the DICOM files carry the canary");
+    let upload = zip_series(&slices, &[]).unwrap();
+    let ingested = ingest_upload(&upload, "canary.zip", &LIMITS).expect("ingest");
+    let outputs = encode_outputs(&ingested).expect("encode");
+    let report = String::from_utf8(outputs.report_json).unwrap();
+    assert!(!report.contains(PHI_CANARY), "canary in ingest.json: {report}");
+    assert!(!report.contains("1.2.826.0.1.3680043.10.999"), "a UID in ingest.json");
+    let volume = outputs.volume_nii_gz;
+    let mut decoded = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&volume[..]), &mut decoded).unwrap();
+    assert!(!decoded.windows(PHI_CANARY.len()).any(|w| w == PHI_CANARY.as_bytes()), "canary in volume.nii.gz");
+}
