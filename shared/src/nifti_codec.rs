@@ -4,8 +4,9 @@
 
 use std::io::Read;
 
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use nifti::{IntoNdArray, NiftiHeader, NiftiObject};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::volume::{Affine, Volume, VolumeError};
@@ -31,7 +32,7 @@ pub struct NiftiGeometry {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct DecodedNifti {
+pub struct DecodedNifti<T = f32> {
     pub geometry: NiftiGeometry,
     /// The affine the standard says to use: sform if set, else qform, else scaling only.
     pub affine: Affine,
@@ -39,7 +40,7 @@ pub struct DecodedNifti {
     /// Data type name as in the header, e.g. "Int16".
     pub datatype: String,
     /// Intensities after `scl_slope`/`scl_inter`.
-    pub volume: Volume<f32>,
+    pub volume: Volume<T>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +97,8 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const NIFTI1_HEADER_SIZE: usize = 348;
 
 fn source_reader(bytes: &[u8]) -> Box<dyn Read + '_> {
-    if bytes.starts_with(&GZIP_MAGIC) { Box::new(GzDecoder::new(bytes)) } else { Box::new(bytes) }
+    // Multi-member gzip (pigz, and this codec's own parallel writer) is read to the end.
+    if bytes.starts_with(&GZIP_MAGIC) { Box::new(MultiGzDecoder::new(bytes)) } else { Box::new(bytes) }
 }
 
 /// Reads the first bytes of the (possibly gzipped) file: enough for the header.
@@ -114,6 +116,54 @@ fn read_header_bytes(bytes: &[u8]) -> Result<Vec<u8>, NiftiDecodeError> {
 
 /// Decodes a `.nii` or `.nii.gz` held in memory into a 3-D volume of intensities.
 pub fn decode_nifti(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedNifti, NiftiDecodeError> {
+    let (header, dims, object) = read_object(bytes, limits)?;
+    let array =
+        object.into_volume().into_ndarray::<f32>().map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
+    let (mut voxels, _) = array.into_raw_vec_and_offset();
+    for value in voxels.iter_mut().filter(|v| !v.is_finite()) {
+        *value = 0.0;
+    }
+    finish(header, dims, voxels)
+}
+
+/// Decodes a CT as whole Hounsfield units (int16). Int16 data without rescaling is taken as is
+/// (no floating-point copy: half the memory of [`decode_nifti`]); anything else is rescaled,
+/// rounded and clipped to the int16 range. Returns the volume and the number of clipped voxels.
+pub fn decode_nifti_hounsfield(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> Result<(DecodedNifti<i16>, u64), NiftiDecodeError> {
+    let (header, dims, object) = read_object(bytes, limits)?;
+    let identity = (header.scl_slope == 0.0 || header.scl_slope == 1.0) && header.scl_inter == 0.0;
+    if identity && header.datatype == nifti::NiftiType::Int16 as i16 {
+        let voxels = object
+            .into_volume()
+            .into_nifti_typed_data::<i16>()
+            .map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
+        return Ok((finish(header, dims, voxels)?, 0));
+    }
+    let array =
+        object.into_volume().into_ndarray::<f32>().map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
+    let (values, _) = array.into_raw_vec_and_offset();
+    let mut clipped = 0u64;
+    let voxels = values
+        .into_iter()
+        .map(|value| {
+            let rounded = if value.is_finite() { value.round() } else { 0.0 };
+            if rounded < f32::from(i16::MIN) || rounded > f32::from(i16::MAX) {
+                clipped += 1;
+            }
+            rounded.clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16
+        })
+        .collect();
+    Ok((finish(header, dims, voxels)?, clipped))
+}
+
+/// Header checks, then the whole object (data read exactly as the header sizes it).
+fn read_object(
+    bytes: &[u8],
+    limits: &DecodeLimits,
+) -> Result<(NiftiHeader, [usize; 3], nifti::InMemNiftiObject), NiftiDecodeError> {
     let header_bytes = read_header_bytes(bytes)?;
     let size_field_le = i32::from_le_bytes([header_bytes[0], header_bytes[1], header_bytes[2], header_bytes[3]]);
     let size_field_be = i32::from_be_bytes([header_bytes[0], header_bytes[1], header_bytes[2], header_bytes[3]]);
@@ -123,12 +173,11 @@ pub fn decode_nifti(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedNifti,
     let header = NiftiHeader::from_reader(&header_bytes[..]).map_err(|e| NiftiDecodeError::NotNifti(e.to_string()))?;
     let dims = check_dimensions(&header, limits)?;
     check_pixdim(&header)?;
-    let (affine, affine_source) = header_affine(&header)?;
+    let (affine, _) = header_affine(&header)?;
     if !affine.is_usable() {
         return Err(NiftiDecodeError::BadGeometry("the voxel-to-world transform is singular or not finite".into()));
     }
     let datatype = header.data_type().map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
-    let datatype_name = format!("{datatype:?}");
     if matches!(
         datatype,
         nifti::NiftiType::Rgb24
@@ -138,7 +187,7 @@ pub fn decode_nifti(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedNifti,
             | nifti::NiftiType::Complex256
             | nifti::NiftiType::Float128
     ) {
-        return Err(NiftiDecodeError::UnsupportedDataType(datatype_name));
+        return Err(NiftiDecodeError::UnsupportedDataType(format!("{datatype:?}")));
     }
     let object = nifti::InMemNiftiObject::from_reader(source_reader(bytes)).map_err(|e| match e {
         nifti::NiftiError::Io(io) => NiftiDecodeError::Corrupt(io.to_string()),
@@ -147,19 +196,19 @@ pub fn decode_nifti(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedNifti,
         )),
         other => NiftiDecodeError::NotNifti(other.to_string()),
     })?;
-    let array =
-        object.into_volume().into_ndarray::<f32>().map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
+    Ok((header, dims, object))
+}
+
+fn finish<T>(header: NiftiHeader, dims: [usize; 3], voxels: Vec<T>) -> Result<DecodedNifti<T>, NiftiDecodeError> {
     let expected = dims[0] * dims[1] * dims[2];
-    let (mut voxels, _) = array.into_raw_vec_and_offset();
     if voxels.len() != expected {
         return Err(NiftiDecodeError::Corrupt(format!("{} voxels decoded, {expected} expected", voxels.len())));
     }
-    for value in voxels.iter_mut().filter(|v| !v.is_finite()) {
-        *value = 0.0;
-    }
+    let (affine, affine_source) = header_affine(&header)?;
+    let datatype = header.data_type().map(|t| format!("{t:?}")).unwrap_or_default();
     let volume =
         Volume::new(dims, affine, voxels).map_err(|e: VolumeError| NiftiDecodeError::NotAVolume(e.to_string()))?;
-    Ok(DecodedNifti { geometry: geometry_of(&header, dims), affine, affine_source, datatype: datatype_name, volume })
+    Ok(DecodedNifti { geometry: geometry_of(&header, dims), affine, affine_source, datatype, volume })
 }
 
 fn check_dimensions(header: &NiftiHeader, limits: &DecodeLimits) -> Result<[usize; 3], NiftiDecodeError> {
@@ -294,9 +343,23 @@ impl NiftiGeometry {
     }
 }
 
-/// Writes `volume` as gzip-compressed NIfTI-1 with `geometry`'s header fields. Deterministic: the
-/// same volume and geometry give the same bytes (no timestamps in the gzip header).
+/// Bytes per gzip member of the parallel writer.
+pub const GZIP_CHUNK_BYTES: usize = 4 << 20;
+
+/// Writes `volume` as gzip-compressed NIfTI-1 with `geometry`'s header fields. The file is written
+/// uncompressed by the nifti crate, then compressed in fixed 4 MiB chunks in parallel, each a
+/// gzip member of its own (a multi-member gzip file, as pigz writes; every gzip reader reads it).
+/// Deterministic: the same volume and geometry give the same bytes on any number of threads.
 pub fn encode_nifti_gz<T>(volume: &Volume<T>, geometry: &NiftiGeometry) -> Result<Vec<u8>, NiftiEncodeError>
+where
+    T: nifti::DataElement + bytemuck::Pod,
+{
+    let plain = encode_nifti(volume, geometry)?;
+    gzip_parallel(&plain).map_err(|e| NiftiEncodeError::Write(e.to_string()))
+}
+
+/// Uncompressed NIfTI-1 (`.nii`) bytes.
+pub fn encode_nifti<T>(volume: &Volume<T>, geometry: &NiftiGeometry) -> Result<Vec<u8>, NiftiEncodeError>
 where
     T: nifti::DataElement + bytemuck::Pod,
 {
@@ -314,13 +377,36 @@ where
         .map_err(|e| write_error(&e))?;
     // The nifti crate writes to a path only; a private temporary file stands in for a buffer.
     let directory = tempfile::tempdir().map_err(|e| write_error(&e))?;
-    let path = directory.path().join("volume.nii.gz");
+    let path = directory.path().join("volume.nii");
     nifti::writer::WriterOptions::new(&path)
         .reference_header(&header)
-        .compression_level(flate2::Compression::fast())
         .write_nifti(&array)
         .map_err(|e| write_error(&e))?;
     std::fs::read(&path).map_err(|e| write_error(&e))
+}
+
+/// Gzip in independent members of `GZIP_CHUNK_BYTES`, compressed in parallel (fast level, no
+/// timestamps).
+pub fn gzip_parallel(plain: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let members: Vec<std::io::Result<Vec<u8>>> = plain
+        .par_chunks(GZIP_CHUNK_BYTES)
+        .map(|chunk| {
+            let mut encoder =
+                flate2::GzBuilder::new().write(Vec::with_capacity(chunk.len() / 3), flate2::Compression::fast());
+            encoder.write_all(chunk)?;
+            encoder.finish()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(members.iter().map(|m| m.as_ref().map_or(0, Vec::len)).sum());
+    for member in members {
+        out.extend_from_slice(&member?);
+    }
+    if plain.is_empty() {
+        let encoder = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::fast());
+        out = encoder.finish()?;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -350,6 +436,26 @@ mod tests {
             }
         }
         assert_eq!(decoded.geometry, geometry);
+    }
+
+    #[test]
+    fn multi_member_gzip_is_read_to_the_end_and_chunked_writing_is_deterministic() {
+        // Big enough for several gzip members.
+        let dims = [256, 256, 40];
+        let voxels: Vec<i16> = (0..dims.iter().product::<usize>()).map(|n| (n % 2000) as i16 - 1000).collect();
+        let volume = Volume::new(dims, Affine::identity(), voxels).unwrap();
+        let geometry = NiftiGeometry::from_affine(dims, volume.affine());
+        let bytes = encode_nifti_gz(&volume, &geometry).unwrap();
+        let members = bytes.windows(3).filter(|w| w == &[0x1f, 0x8b, 0x08]).count();
+        assert!(members >= 2, "{members} gzip members");
+        let decoded = decode_nifti(&bytes, &DecodeLimits { max_voxels: 1 << 30 }).unwrap();
+        assert_eq!(decoded.volume.voxels().len(), volume.voxel_count());
+        assert_eq!(
+            decoded.volume.voxels()[volume.voxel_count() - 1],
+            f32::from(volume.voxels()[volume.voxel_count() - 1])
+        );
+        let single_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        assert_eq!(single_thread.install(|| encode_nifti_gz(&volume, &geometry).unwrap()), bytes);
     }
 
     #[test]

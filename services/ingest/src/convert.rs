@@ -3,7 +3,7 @@
 
 use iris_shared::ingest_report::{CanonicalGrid, INGEST_REPORT_VERSION, IngestReport, IntensitySummary, OriginalGrid};
 use iris_shared::nifti_codec::{
-    AffineSource, DecodeLimits, NiftiDecodeError, NiftiGeometry, decode_nifti, encode_nifti_gz,
+    AffineSource, DecodeLimits, NiftiDecodeError, NiftiGeometry, decode_nifti_hounsfield, encode_nifti_gz,
 };
 
 use crate::dicom::{DicomError, DicomLimits, read_dicom_file, read_dicom_zip};
@@ -83,7 +83,9 @@ struct DecodedSource {
     datatype: String,
     geometry: NiftiGeometry,
     affine_source: AffineSource,
-    volume: iris_shared::volume::Volume<f32>,
+    volume: Volume<i16>,
+    /// Voxels outside the int16 range, clipped.
+    clipped: u64,
     dicom: Option<iris_shared::ingest_report::DicomSeries>,
     notes: Vec<String>,
 }
@@ -118,8 +120,9 @@ pub fn ingest_upload(bytes: &[u8], file_name: &str, limits: &IngestLimits) -> Re
     }
     let source = match SourceFormat::from_file_name(file_name) {
         Some(SourceFormat::Nifti) => {
-            let decoded = decode_nifti(bytes, &DecodeLimits { max_voxels: limits.max_voxels })?;
+            let (decoded, clipped) = decode_nifti_hounsfield(bytes, &DecodeLimits { max_voxels: limits.max_voxels })?;
             DecodedSource {
+                clipped,
                 format: "nifti",
                 datatype: decoded.datatype,
                 geometry: decoded.geometry,
@@ -135,12 +138,14 @@ pub fn ingest_upload(bytes: &[u8], file_name: &str, limits: &IngestLimits) -> Re
             } else {
                 read_dicom_file(bytes, &limits.dicom())?
             };
+            let (volume, clipped) = round_to_hounsfield(&series.volume)?;
             DecodedSource {
+                clipped,
                 format: "dicom",
                 datatype: "DICOM".into(),
                 geometry: NiftiGeometry::from_affine(series.volume.dims(), series.volume.affine()),
                 affine_source: AffineSource::DicomSlices,
-                volume: series.volume,
+                volume,
                 dicom: Some(series.metadata),
                 notes: series.notes,
             }
@@ -153,21 +158,10 @@ pub fn ingest_upload(bytes: &[u8], file_name: &str, limits: &IngestLimits) -> Re
     };
     let original_affine = *source.volume.affine();
     let dims = source.volume.dims();
-    let mut clipped = 0u64;
-    let hounsfield: Vec<i16> = source
-        .volume
-        .voxels()
-        .iter()
-        .map(|value| {
-            let rounded = value.round();
-            if rounded < f32::from(i16::MIN) || rounded > f32::from(i16::MAX) {
-                clipped += 1;
-            }
-            rounded.clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16
-        })
-        .collect();
-    let (min_hu, max_hu) = hounsfield.iter().fold((i16::MAX, i16::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-    let original = Volume::new(dims, original_affine, hounsfield)?;
+    let clipped = source.clipped;
+    let (min_hu, max_hu) =
+        source.volume.voxels().iter().fold((i16::MAX, i16::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let original = source.volume;
     let reorientation = Reorientation::to_canonical(dims, &original_affine)?;
     let canonical = reorientation.apply(&original)?;
     let mut warnings = Vec::new();
@@ -201,6 +195,23 @@ pub fn ingest_upload(bytes: &[u8], file_name: &str, limits: &IngestLimits) -> Re
         warnings,
     };
     Ok(IngestedVolume { canonical, report })
+}
+
+/// Whole Hounsfield units: rounded, clipped to int16; returns the number clipped.
+fn round_to_hounsfield(values: &Volume<f32>) -> Result<(Volume<i16>, u64), IngestError> {
+    let mut clipped = 0u64;
+    let voxels = values
+        .voxels()
+        .iter()
+        .map(|value| {
+            let rounded = if value.is_finite() { value.round() } else { 0.0 };
+            if rounded < f32::from(i16::MIN) || rounded > f32::from(i16::MAX) {
+                clipped += 1;
+            }
+            rounded.clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16
+        })
+        .collect();
+    Ok((values.with_voxels(voxels)?, clipped))
 }
 
 /// Encodes the canonical volume as `.nii.gz` and the report as JSON. Deterministic.

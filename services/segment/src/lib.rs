@@ -16,7 +16,7 @@ use iris_shared::ingest_report::IngestReport;
 use iris_shared::job::{JobId, Stage};
 use iris_shared::keys::{self, QueueRole, VOLUME_FILE};
 use iris_shared::labels::SegmentationStats;
-use iris_shared::nifti_codec::{DecodeLimits, NiftiDecodeError, decode_nifti, encode_nifti_gz};
+use iris_shared::nifti_codec::{DecodeLimits, NiftiDecodeError, decode_nifti_hounsfield, encode_nifti_gz};
 use iris_shared::ports::ReceivedMessage;
 use iris_shared::runtime::{MessageHandler, Outcome, run_worker};
 use iris_shared::stage::{
@@ -71,8 +71,8 @@ pub fn segment_canonical(
     report: &IngestReport,
     max_voxels: u64,
 ) -> Result<SegmentOutputs, SegmentError> {
-    let decoded = decode_nifti(volume_nii_gz, &DecodeLimits { max_voxels })?;
-    let ct: Volume<i16> = decoded.volume.map(|v| v.round().clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16);
+    let (decoded, _) = decode_nifti_hounsfield(volume_nii_gz, &DecodeLimits { max_voxels })?;
+    let ct: Volume<i16> = decoded.volume;
     let canonical_labels = ct.with_voxels(segment_classical(&ct)?)?;
     let table = classical_label_table();
     // Statistics do not depend on voxel order, so the canonical grid gives the upload's figures.

@@ -1,0 +1,728 @@
+import * as fs from 'fs';
+import * as path from 'path';
+import { Annotations, Aws, CfnOutput, Duration, IgnoreMode, RemovalPolicy, Stack, StackProps } from 'aws-cdk-lib';
+import * as apigwv2 from 'aws-cdk-lib/aws-apigatewayv2';
+import { WebSocketLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
+import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
+import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
+import * as cloudwatchActions from 'aws-cdk-lib/aws-cloudwatch-actions';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as ecrAssets from 'aws-cdk-lib/aws-ecr-assets';
+import * as ecs from 'aws-cdk-lib/aws-ecs';
+import * as events from 'aws-cdk-lib/aws-events';
+import * as eventTargets from 'aws-cdk-lib/aws-events-targets';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as logs from 'aws-cdk-lib/aws-logs';
+import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as sns from 'aws-cdk-lib/aws-sns';
+import * as sqs from 'aws-cdk-lib/aws-sqs';
+import { Construct } from 'constructs';
+import { BacklogScaling } from './backlog-scaling';
+import { PipelineContract, QUEUE_ROLES, QueueContract, QueueRole, TableContract, queueOf, queuePrefix } from './contract';
+import { dockerIgnorePatterns } from './docker-context';
+import { PLACEHOLDER_LAMBDA_DIR, REPO_ROOT, SEGMENT_GPU_DOCKERFILE, SERVICE_DOCKERFILE } from './paths';
+
+export type CpuArchitectureName = 'x86_64' | 'arm64';
+
+export interface IrisStackProps extends StackProps {
+  readonly contract: PipelineContract;
+  /**
+   * The data bucket's name. Bucket names are global, so a real deployment needs its own
+   * (`-c bucketName=...`); default: the contract's. It is also part of every job id.
+   */
+  readonly bucketName?: string;
+  /**
+   * The notify-routes Lambda's code: a directory holding the `bootstrap` executable, or a .zip of
+   * one. Default: the committed placeholder, which fails every invocation (the Lambda is built by
+   * the notify issue), so the WebSocket API is not usable until this is given.
+   */
+  readonly notifyLambdaCodePath?: string;
+  /** CPU architecture of the notify-routes Lambda (default arm64, the cheaper one). */
+  readonly notifyLambdaArchitecture?: CpuArchitectureName;
+  /**
+   * CPU architecture of the Fargate services and their images (default x86_64). arm64 is about 20%
+   * cheaper on Fargate but its images must then be built on an arm64 machine (or under emulation).
+   */
+  readonly fargateArchitecture?: CpuArchitectureName;
+  /** The repository root (Docker build context); tests may stage a copy. Default: this checkout. */
+  readonly repoRoot?: string;
+}
+
+/** Size and scaling limits of each queue worker. */
+interface WorkerSizing {
+  /** Fargate vCPU units (1024 = 1 vCPU) and memory; unused for segment, which runs on a GPU instance. */
+  readonly cpu: number;
+  readonly memoryLimitMiB: number;
+  readonly maxTasks: number;
+  /** A task's start-up time: how long a scale-out waits before adding more. */
+  readonly scaleOutCooldown: Duration;
+  /** Alarm when the oldest message has waited this long (cold start from zero included). */
+  readonly oldestMessageAlarm: Duration;
+}
+
+// Ingest and mesh hold a whole volume in memory (up to IRIS_MAX_VOXELS = 512×512×2000 int16, 1 GiB,
+// plus working copies) and use every core (rayon), hence 2 vCPU / 8 GiB; notify moves small JSON.
+const SIZING: Record<QueueRole, WorkerSizing> = {
+  ingest: { cpu: 2048, memoryLimitMiB: 8192, maxTasks: 4, scaleOutCooldown: Duration.minutes(2), oldestMessageAlarm: Duration.minutes(15) },
+  segment: { cpu: 0, memoryLimitMiB: 0, maxTasks: 2, scaleOutCooldown: Duration.minutes(5), oldestMessageAlarm: Duration.minutes(30) },
+  mesh: { cpu: 2048, memoryLimitMiB: 8192, maxTasks: 4, scaleOutCooldown: Duration.minutes(2), oldestMessageAlarm: Duration.minutes(15) },
+  notify: { cpu: 256, memoryLimitMiB: 512, maxTasks: 2, scaleOutCooldown: Duration.minutes(2), oldestMessageAlarm: Duration.minutes(15) },
+};
+
+/** Minutes a queue must stay empty (nothing visible or in flight) before its service scales to zero. */
+const IDLE_MINUTES_BEFORE_SCALE_IN = 5;
+
+/**
+ * GPU instance types of the segment service, in on-demand priority order (cheapest first). Both
+ * have one NVIDIA GPU (T4 / A10G), 4 vCPUs and 16 GiB of memory.
+ */
+export const GPU_INSTANCE_TYPES = ['g4dn.xlarge', 'g5.xlarge'] as const;
+const GPU_INSTANCES_MAX = 2;
+// The segment container fits one 16 GiB GPU instance with room for the ECS agent and the OS.
+const SEGMENT_CONTAINER = { cpu: 3072, memoryReservationMiB: 12288, memoryLimitMiB: 14336 };
+/**
+ * ECS has no automatic spot → on-demand fallback. The segment service spreads its tasks over a spot
+ * and an on-demand capacity provider by weight, so when spot GPUs are short the tasks placed on
+ * on-demand keep the queue draining (the scale-out policy adds tasks while messages wait).
+ */
+export const SEGMENT_CAPACITY_WEIGHTS = { spot: 3, onDemand: 1 };
+
+/** The bucket prefixes the stages read and write (shared/src/keys.rs). */
+const UPLOADS = 'uploads/';
+const JOBS = 'jobs/';
+const MODELS = 'models/';
+const JOB_OUTPUTS_EXPIRE_AFTER = Duration.days(90); // as the job records' expiresAt (job.rs)
+const WEBSOCKET_STAGE = 'live';
+const WEBSOCKET_ROUTES = ['subscribe', 'unsubscribe', 'list'] as const;
+
+function pascal(role: string): string {
+  return role.charAt(0).toUpperCase() + role.slice(1);
+}
+
+function attributeType(type: 'S' | 'N' | 'B'): dynamodb.AttributeType {
+  return { S: dynamodb.AttributeType.STRING, N: dynamodb.AttributeType.NUMBER, B: dynamodb.AttributeType.BINARY }[type];
+}
+
+function cpuArchitecture(name: CpuArchitectureName): ecs.CpuArchitecture {
+  return name === 'arm64' ? ecs.CpuArchitecture.ARM64 : ecs.CpuArchitecture.X86_64;
+}
+
+function dockerPlatform(name: CpuArchitectureName): ecrAssets.Platform {
+  return name === 'arm64' ? ecrAssets.Platform.LINUX_ARM64 : ecrAssets.Platform.LINUX_AMD64;
+}
+
+/**
+ * An EventBridge pattern from the contract's raw JSON. Only the top-level keys EventBridge matches
+ * on are accepted, so a contract change that this mapping does not know fails the synth.
+ */
+function eventPattern(raw: Readonly<Record<string, unknown>>): events.EventPattern {
+  const keys: Record<string, keyof events.EventPattern> = {
+    source: 'source',
+    'detail-type': 'detailType',
+    detail: 'detail',
+    account: 'account',
+    region: 'region',
+    resources: 'resources',
+    id: 'id',
+    time: 'time',
+    version: 'version',
+  };
+  const pattern: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(raw)) {
+    const field = keys[key];
+    if (!field) throw new Error(`event pattern key ${key} is not supported by the CDK app`);
+    pattern[field] = value;
+  }
+  return pattern as events.EventPattern;
+}
+
+export class IrisStack extends Stack {
+  readonly bucket: s3.Bucket;
+  readonly queues: Record<QueueRole, sqs.Queue>;
+  readonly deadLetterQueues: Record<QueueRole, sqs.Queue>;
+  readonly jobsTable: dynamodb.Table;
+  readonly connectionsTable: dynamodb.Table;
+  readonly services: Record<QueueRole, ecs.BaseService>;
+
+  constructor(scope: Construct, id: string, props: IrisStackProps) {
+    super(scope, id, props);
+    const contract = props.contract;
+    const bucketName = props.bucketName ?? contract.bucket.name;
+    const repoRoot = props.repoRoot ?? REPO_ROOT;
+    const fargateArchitecture = props.fargateArchitecture ?? 'x86_64';
+    const prefix = queuePrefix(contract.queues);
+
+    // ---- Queues: one per stage, each with its dead-letter queue, settings from the contract.
+    const queues = {} as Record<QueueRole, sqs.Queue>;
+    const deadLetterQueues = {} as Record<QueueRole, sqs.Queue>;
+    const queuesByName = new Map<string, sqs.Queue>();
+    for (const q of contract.queues) {
+      const deadLetterQueue = new sqs.Queue(this, `${pascal(q.role)}DeadLetterQueue`, {
+        queueName: q.deadLetterQueue,
+        retentionPeriod: Duration.seconds(q.retentionSeconds),
+        encryption: sqs.QueueEncryption.SQS_MANAGED,
+        enforceSSL: true,
+      });
+      const queue = new sqs.Queue(this, `${pascal(q.role)}Queue`, {
+        queueName: q.name,
+        // The workers extend it with heartbeats every third of IRIS_VISIBILITY_TIMEOUT_SECS, which
+        // the containers get from this same value.
+        visibilityTimeout: Duration.seconds(q.visibilityTimeoutSeconds),
+        retentionPeriod: Duration.seconds(q.retentionSeconds),
+        // SSE-SQS rather than a KMS key: S3 and EventBridge can send to it without key grants.
+        encryption: sqs.QueueEncryption.SQS_MANAGED,
+        enforceSSL: true,
+        deadLetterQueue: { queue: deadLetterQueue, maxReceiveCount: q.maxReceiveCount },
+      });
+      queues[q.role] = queue;
+      deadLetterQueues[q.role] = deadLetterQueue;
+      queuesByName.set(q.name, queue);
+    }
+    this.queues = queues;
+    this.deadLetterQueues = deadLetterQueues;
+
+    // ---- Data bucket.
+    this.bucket = new s3.Bucket(this, 'DataBucket', {
+      bucketName,
+      encryption: s3.BucketEncryption.S3_MANAGED,
+      blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
+      objectOwnership: s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+      enforceSSL: true,
+      minimumTLSVersion: 1.2,
+      lifecycleRules: [
+        { id: 'expire-job-outputs', prefix: JOBS, expiration: JOB_OUTPUTS_EXPIRE_AFTER },
+        // The S3 adapter uploads large outputs in parts; a crashed upload leaves parts behind.
+        { id: 'abort-incomplete-multipart-uploads', abortIncompleteMultipartUploadAfter: Duration.days(7) },
+      ],
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+    this.addBucketNotifications(contract, bucketName, queuesByName);
+
+    // ---- Tables, keys and indexes from the contract.
+    this.jobsTable = this.table('JobsTable', contract.jobsTable, { pointInTimeRecovery: true });
+    this.connectionsTable = this.table('ConnectionsTable', contract.connectionsTable, { pointInTimeRecovery: false });
+
+    // ---- Event bus, its rules to queues, and an archive to replay from.
+    const bus =
+      contract.eventBus.name === 'default'
+        ? events.EventBus.fromEventBusName(this, 'EventBus', 'default')
+        : new events.EventBus(this, 'EventBus', { eventBusName: contract.eventBus.name });
+    for (const rule of contract.eventBus.rules) {
+      const target = queuesByName.get(rule.targetQueue)!;
+      const role = contract.queues.find((q) => q.name === rule.targetQueue)!.role;
+      new events.Rule(this, `${pascal(role)}EventRule`, {
+        eventBus: bus,
+        ruleName: rule.name,
+        eventPattern: eventPattern(rule.eventPattern),
+        // Events EventBridge cannot deliver (after its own 24 h of retries) go to the same
+        // dead-letter queue as the target's failed messages, whose alarm then fires.
+        targets: [new eventTargets.SqsQueue(target, { deadLetterQueue: deadLetterQueues[role] })],
+      });
+    }
+    const archive = new events.Archive(this, 'EventArchive', {
+      sourceEventBus: bus,
+      archiveName: `${contract.eventBus.name}-archive`.slice(0, 48),
+      description: 'Every pipeline event, for replay (e.g. into a new notify queue or an integration)',
+      eventPattern: { source: [contract.eventBus.source] },
+      retention: Duration.days(30),
+    });
+
+    // ---- Alerts: dead letters, stuck queues, failed jobs.
+    const alerts = new sns.Topic(this, 'AlertsTopic', { topicName: `${prefix}alerts`, enforceSSL: true });
+    this.addAlarms(contract, alerts);
+    if (!contract.eventBus.detailTypes.includes('JobFailed')) {
+      throw new Error('the contract has no JobFailed detail type, which the job-failure alert matches');
+    }
+    const jobFailedRule = new events.Rule(this, 'JobFailedRule', {
+      eventBus: bus,
+      ruleName: `${contract.eventBus.name}-job-failed`,
+      description: 'One alert per failed job; AWS/Events MatchedEvents of this rule counts them',
+      eventPattern: { source: [contract.eventBus.source], detailType: ['JobFailed'] },
+      targets: [new eventTargets.SnsTopic(alerts)],
+    });
+
+    // ---- Network: public subnets with no inbound rules, no NAT gateway (a fixed cost a
+    // scale-to-zero pipeline should not carry); S3 and DynamoDB traffic through gateway endpoints.
+    const vpc = new ec2.Vpc(this, 'Vpc', {
+      maxAzs: 2,
+      natGateways: 0,
+      subnetConfiguration: [{ name: 'public', subnetType: ec2.SubnetType.PUBLIC, cidrMask: 20 }],
+      gatewayEndpoints: {
+        S3: { service: ec2.GatewayVpcEndpointAwsService.S3 },
+        DynamoDB: { service: ec2.GatewayVpcEndpointAwsService.DYNAMODB },
+      },
+    });
+    const workerSecurityGroup = new ec2.SecurityGroup(this, 'WorkerSecurityGroup', {
+      vpc,
+      description: 'IRIS queue workers: outbound only (no worker listens on the network)',
+      allowAllOutbound: true,
+    });
+    const cluster = new ecs.Cluster(this, 'Cluster', { vpc });
+
+    // ---- WebSocket API and its notify-routes Lambda.
+    const { api, stage, notifyRoutes } = this.addWebSocketApi(props, contract, prefix, bucketName);
+
+    // ---- Services.
+    const environment = (q: QueueContract): Record<string, string> => ({
+      // Exactly what shared/src/config.rs reads.
+      IRIS_BACKEND: 'aws',
+      IRIS_BUCKET: bucketName,
+      IRIS_QUEUE_PREFIX: prefix,
+      IRIS_JOBS_TABLE: contract.jobsTable.name,
+      IRIS_CONNECTIONS_TABLE: contract.connectionsTable.name,
+      IRIS_EVENT_BUS: contract.eventBus.name,
+      // The redrive policy allows one receive beyond the workers' attempts (bootstrap.rs): a worker
+      // sees an exhausted message first and fails its job with retries_exhausted.
+      IRIS_MAX_ATTEMPTS: String(q.maxReceiveCount - 1),
+      IRIS_VISIBILITY_TIMEOUT_SECS: String(q.visibilityTimeoutSeconds),
+      IRIS_LOG_FORMAT: 'json',
+      RUST_LOG: 'info',
+      AWS_REGION: Aws.REGION,
+    });
+    const healthCheck: ecs.HealthCheck = {
+      // docker/healthcheck.sh, the image's HEALTHCHECK: the worker is PID 1 and holds a live HTTPS
+      // connection to AWS (its SQS long poll).
+      command: ['CMD', '/usr/local/bin/iris-healthcheck'],
+      interval: Duration.seconds(30),
+      timeout: Duration.seconds(5),
+      retries: 3,
+      startPeriod: Duration.seconds(60),
+    };
+    const image = (dockerfile: string, platform: ecrAssets.Platform, buildArgs: Record<string, string>) =>
+      ecs.ContainerImage.fromAsset(repoRoot, {
+        file: dockerfile,
+        buildArgs,
+        platform,
+        // The context is the repository root: only what the Dockerfile's allowlist names is staged
+        // (never cdk.out or node_modules). Images are built at deploy time, not at synth.
+        ignoreMode: IgnoreMode.DOCKER,
+        exclude: dockerIgnorePatterns(dockerfile, repoRoot),
+      });
+    const logGroup = (role: QueueRole) =>
+      new logs.LogGroup(this, `${pascal(role)}Logs`, {
+        logGroupName: `/ecs/${queueOf(contract, role).name}`,
+        retention: logs.RetentionDays.ONE_MONTH,
+        removalPolicy: RemovalPolicy.DESTROY,
+      });
+
+    const services = {} as Record<QueueRole, ecs.BaseService>;
+    const taskRoles = {} as Record<QueueRole, iam.IRole>;
+    for (const role of ['ingest', 'mesh', 'notify'] as const) {
+      const q = queueOf(contract, role);
+      const sizing = SIZING[role];
+      const taskDefinition = new ecs.FargateTaskDefinition(this, `${pascal(role)}TaskDefinition`, {
+        cpu: sizing.cpu,
+        memoryLimitMiB: sizing.memoryLimitMiB,
+        runtimePlatform: {
+          cpuArchitecture: cpuArchitecture(fargateArchitecture),
+          operatingSystemFamily: ecs.OperatingSystemFamily.LINUX,
+        },
+      });
+      const containerEnvironment = environment(q);
+      if (role === 'notify') {
+        // Where the notify consumer posts to WebSocket connections (API Gateway Management API).
+        // Not read by the Rust code yet: the API Gateway gateway arrives with the notify issue.
+        containerEnvironment.IRIS_WS_CALLBACK_URL = stage.callbackUrl;
+      }
+      taskDefinition.addContainer('worker', {
+        image: image(SERVICE_DOCKERFILE, dockerPlatform(fargateArchitecture), { SERVICE: role }),
+        environment: containerEnvironment,
+        logging: ecs.LogDrivers.awsLogs({ streamPrefix: role, logGroup: logGroup(role) }),
+        healthCheck,
+        // SIGTERM lets in-flight messages finish; Fargate allows at most 120 s before SIGKILL.
+        stopTimeout: Duration.seconds(120),
+      });
+      const service = new ecs.FargateService(this, `${pascal(role)}Service`, {
+        cluster,
+        taskDefinition,
+        // No desiredCount: CloudFormation then creates the service with one task (scaled to zero
+        // once the queue has been idle) and never resets the scaled count on later deployments.
+        assignPublicIp: true,
+        vpcSubnets: { subnetType: ec2.SubnetType.PUBLIC },
+        securityGroups: [workerSecurityGroup],
+        minHealthyPercent: 0,
+        maxHealthyPercent: 200,
+        circuitBreaker: { rollback: true },
+      });
+      services[role] = service;
+      taskRoles[role] = taskDefinition.taskRole;
+    }
+
+    const segment = this.addSegmentService(vpc, cluster, environment(queueOf(contract, 'segment')), healthCheck, image, logGroup('segment'));
+    services.segment = segment.service;
+    taskRoles.segment = segment.taskRole;
+    this.services = services;
+
+    for (const role of QUEUE_ROLES) {
+      new BacklogScaling(this, `${pascal(role)}Scaling`, {
+        service: services[role],
+        queue: queues[role],
+        maxTasks: role === 'segment' ? GPU_INSTANCES_MAX : SIZING[role].maxTasks,
+        scaleOutCooldown: SIZING[role].scaleOutCooldown,
+        idleMinutes: IDLE_MINUTES_BEFORE_SCALE_IN,
+      });
+    }
+
+    // ---- Least privilege: each task role gets only what its service does.
+    this.grantWorkerAccess(contract, taskRoles, bus);
+    stage.grantManagementApiAccess(taskRoles.notify);
+
+    // ---- Outputs: every endpoint and name.
+    const output = (id: string, value: string, description: string) => new CfnOutput(this, id, { value, description });
+    output('BucketName', this.bucket.bucketName, 'Data bucket (IRIS_BUCKET); uploads go to uploads/<user>/<name>');
+    for (const q of contract.queues) {
+      output(`${pascal(q.role)}QueueUrl`, queues[q.role].queueUrl, `${q.role} queue`);
+      output(`${pascal(q.role)}DeadLetterQueueUrl`, deadLetterQueues[q.role].queueUrl, `${q.role} dead-letter queue`);
+    }
+    output('QueuePrefix', prefix, 'IRIS_QUEUE_PREFIX');
+    output('JobsTableName', this.jobsTable.tableName, 'IRIS_JOBS_TABLE');
+    output('ConnectionsTableName', this.connectionsTable.tableName, 'IRIS_CONNECTIONS_TABLE');
+    output('EventBusName', bus.eventBusName, 'IRIS_EVENT_BUS');
+    output('EventBusArn', bus.eventBusArn, 'Pipeline event bus');
+    output('EventArchiveName', archive.archiveName, 'Archive of every pipeline event (replay)');
+    output('JobFailedRuleName', jobFailedRule.ruleName, 'Rule matching JobFailed events (alerts topic)');
+    output('AlertsTopicArn', alerts.topicArn, 'Alarms and failed jobs; subscribe an email or chat endpoint');
+    output('WebSocketUrl', stage.url, 'WebSocket endpoint for clients');
+    output('WebSocketCallbackUrl', stage.callbackUrl, 'API Gateway Management API endpoint (posting to connections)');
+    output('WebSocketApiId', api.apiId, 'WebSocket API id');
+    output('NotifyRoutesFunctionName', notifyRoutes.functionName, 'Lambda behind the WebSocket routes');
+    output('ClusterName', cluster.clusterName, 'ECS cluster of the queue workers');
+    for (const role of QUEUE_ROLES) {
+      output(`${pascal(role)}ServiceName`, services[role].serviceName, `ECS service of the ${role} worker`);
+    }
+  }
+
+  /**
+   * S3 → SQS notifications exactly as the contract lists them. They are declared on the bucket
+   * itself (CloudFormation's NotificationConfiguration) rather than through CDK's custom resource,
+   * so no Lambda is involved; S3 checks the destinations when it creates the bucket, so the bucket
+   * depends on the queue policies that let it send. CloudFormation has no field for a rule's id:
+   * S3 assigns ids, and only the contract's ids differ from what `iris aws bootstrap` creates.
+   */
+  private addBucketNotifications(contract: PipelineContract, bucketName: string, queuesByName: Map<string, sqs.Queue>): void {
+    // The bucket's ARN from its name, not from the bucket resource: the queue policies must exist
+    // before the bucket, so they cannot refer to it.
+    const bucketArn = `arn:${Aws.PARTITION}:s3:::${bucketName}`;
+    const cfnBucket = this.bucket.node.defaultChild as s3.CfnBucket;
+    const configurations: s3.CfnBucket.QueueConfigurationProperty[] = [];
+    const notifiedQueues = new Set<sqs.Queue>();
+    for (const rule of contract.bucket.notifications) {
+      const queue = queuesByName.get(rule.queue)!;
+      const filterRules = [
+        ...(rule.prefix ? [{ name: 'prefix', value: rule.prefix }] : []),
+        ...(rule.suffix ? [{ name: 'suffix', value: rule.suffix }] : []),
+      ];
+      for (const event of rule.events) {
+        configurations.push({
+          event,
+          queue: queue.queueArn,
+          ...(filterRules.length > 0 ? { filter: { s3Key: { rules: filterRules } } } : {}),
+        });
+      }
+      notifiedQueues.add(queue);
+    }
+    cfnBucket.notificationConfiguration = { queueConfigurations: configurations };
+    for (const queue of notifiedQueues) {
+      queue.addToResourcePolicy(
+        new iam.PolicyStatement({
+          sid: 'BucketNotifications',
+          principals: [new iam.ServicePrincipal('s3.amazonaws.com')],
+          actions: ['sqs:SendMessage'],
+          resources: [queue.queueArn],
+          conditions: { ArnEquals: { 'aws:SourceArn': bucketArn }, StringEquals: { 'aws:SourceAccount': Aws.ACCOUNT_ID } },
+        }),
+      );
+      // A dependency on the queue construct covers its QueuePolicy child.
+      cfnBucket.node.addDependency(queue);
+    }
+  }
+
+  private table(id: string, spec: TableContract, options: { pointInTimeRecovery: boolean }): dynamodb.Table {
+    const table = new dynamodb.Table(this, id, {
+      tableName: spec.name,
+      partitionKey: { name: spec.partitionKey.name, type: attributeType(spec.partitionKey.type) },
+      ...(spec.sortKey ? { sortKey: { name: spec.sortKey.name, type: attributeType(spec.sortKey.type) } } : {}),
+      billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
+      timeToLiveAttribute: spec.timeToLiveAttribute,
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: options.pointInTimeRecovery },
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+    for (const index of spec.indexes) {
+      table.addGlobalSecondaryIndex({
+        indexName: index.name,
+        partitionKey: { name: index.partitionKey.name, type: attributeType(index.partitionKey.type) },
+        ...(index.sortKey ? { sortKey: { name: index.sortKey.name, type: attributeType(index.sortKey.type) } } : {}),
+        // As `iris aws bootstrap` creates them: the services read whole items from the index.
+        projectionType: dynamodb.ProjectionType.ALL,
+      });
+    }
+    return table;
+  }
+
+  private addAlarms(contract: PipelineContract, alerts: sns.ITopic): void {
+    const action = new cloudwatchActions.SnsAction(alerts);
+    for (const q of contract.queues) {
+      new cloudwatch.Alarm(this, `${pascal(q.role)}DeadLetterAlarm`, {
+        alarmName: `${q.deadLetterQueue}-not-empty`,
+        alarmDescription: `${q.deadLetterQueue} holds messages: a ${q.role} message was given up (its job failed with retries_exhausted) or an event could not be delivered`,
+        metric: this.deadLetterQueues[q.role].metricApproximateNumberOfMessagesVisible({ period: Duration.minutes(1), statistic: 'Maximum' }),
+        threshold: 0,
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+        evaluationPeriods: 1,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      }).addAlarmAction(action);
+      const limit = SIZING[q.role].oldestMessageAlarm;
+      new cloudwatch.Alarm(this, `${pascal(q.role)}OldestMessageAlarm`, {
+        alarmName: `${q.name}-oldest-message-age`,
+        alarmDescription: `A message has waited in ${q.name} for more than ${limit.toMinutes()} minutes: workers are not keeping up or not starting`,
+        metric: this.queues[q.role].metricApproximateAgeOfOldestMessage({ period: Duration.minutes(1), statistic: 'Maximum' }),
+        threshold: limit.toSeconds(),
+        comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+        evaluationPeriods: 1,
+        treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+      }).addAlarmAction(action);
+    }
+  }
+
+  private addWebSocketApi(props: IrisStackProps, contract: PipelineContract, prefix: string, bucketName: string) {
+    const codePath = props.notifyLambdaCodePath ?? PLACEHOLDER_LAMBDA_DIR;
+    if (props.notifyLambdaCodePath === undefined) {
+      Annotations.of(this).addWarningV2(
+        'iris:notifyLambdaPlaceholder',
+        'The notify-routes Lambda is the placeholder that fails every invocation: the WebSocket API is not usable until the notify issue builds the Lambda (deploy with -c notifyLambdaCodePath=DIR).',
+      );
+    } else {
+      const isZip = codePath.endsWith('.zip') && fs.existsSync(codePath) && fs.statSync(codePath).isFile();
+      if (!isZip && !fs.existsSync(path.join(codePath, 'bootstrap'))) {
+        throw new Error(`notifyLambdaCodePath ${codePath} must be a .zip or a directory containing the Lambda's bootstrap executable`);
+      }
+    }
+    const architecture = props.notifyLambdaArchitecture === 'x86_64' ? lambda.Architecture.X86_64 : lambda.Architecture.ARM_64;
+    const notifyRoutes = new lambda.Function(this, 'NotifyRoutesFunction', {
+      description: 'WebSocket routes ($connect, $disconnect, subscribe, unsubscribe, list) of the notify service',
+      runtime: lambda.Runtime.PROVIDED_AL2023,
+      architecture,
+      handler: 'bootstrap',
+      code: lambda.Code.fromAsset(codePath),
+      memorySize: 256,
+      timeout: Duration.seconds(10),
+      environment: {
+        IRIS_BACKEND: 'aws',
+        IRIS_BUCKET: bucketName,
+        IRIS_QUEUE_PREFIX: prefix,
+        IRIS_JOBS_TABLE: contract.jobsTable.name,
+        IRIS_CONNECTIONS_TABLE: contract.connectionsTable.name,
+        IRIS_EVENT_BUS: contract.eventBus.name,
+        IRIS_LOG_FORMAT: 'json',
+      },
+      logGroup: new logs.LogGroup(this, 'NotifyRoutesLogs', {
+        retention: logs.RetentionDays.ONE_MONTH,
+        removalPolicy: RemovalPolicy.DESTROY,
+      }),
+    });
+    const integration = new WebSocketLambdaIntegration('NotifyRoutes', notifyRoutes);
+    const api = new apigwv2.WebSocketApi(this, 'WebSocketApi', {
+      apiName: `${prefix}websocket`,
+      description: 'IRIS job state notifications (README: WebSocket protocol)',
+      routeSelectionExpression: '$request.body.action',
+      connectRouteOptions: { integration },
+      disconnectRouteOptions: { integration },
+      // Anything without a known action still reaches the Lambda, which answers bad_request.
+      defaultRouteOptions: { integration },
+    });
+    for (const action of WEBSOCKET_ROUTES) api.addRoute(action, { integration });
+    const stage = new apigwv2.WebSocketStage(this, 'WebSocketStage', {
+      webSocketApi: api,
+      stageName: WEBSOCKET_STAGE,
+      autoDeploy: true,
+    });
+    // The Lambda answers on the connection itself (Management API), and reads/writes connections.
+    stage.grantManagementApiAccess(notifyRoutes);
+    this.connectionsStatements(contract).forEach((s) => notifyRoutes.addToRolePolicy(s));
+    return { api, stage, notifyRoutes };
+  }
+
+  private addSegmentService(
+    vpc: ec2.IVpc,
+    cluster: ecs.Cluster,
+    environment: Record<string, string>,
+    healthCheck: ecs.HealthCheck,
+    image: (dockerfile: string, platform: ecrAssets.Platform, buildArgs: Record<string, string>) => ecs.ContainerImage,
+    logGroup: logs.ILogGroup,
+  ): { service: ecs.BaseService; taskRole: iam.IRole } {
+    const securityGroup = new ec2.SecurityGroup(this, 'GpuInstanceSecurityGroup', {
+      vpc,
+      description: 'IRIS GPU container instances: outbound only',
+      allowAllOutbound: true,
+    });
+    const instanceRole = new iam.Role(this, 'GpuInstanceRole', { assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com') });
+    // One launch template per group: ECS adds the cluster's name to each one's user data, and the
+    // spot group's instances also drain their tasks when EC2 announces a spot interruption.
+    const launchTemplate = (id: string, options: { spot: boolean }) => {
+      const userData = ec2.UserData.forLinux();
+      if (options.spot) userData.addCommands('echo ECS_ENABLE_SPOT_INSTANCE_DRAINING=true >> /etc/ecs/ecs.config');
+      return new ec2.LaunchTemplate(this, id, {
+        // The ECS-optimized GPU AMI, resolved from its public SSM parameter when CloudFormation
+        // deploys (a template parameter, not a synth-time lookup).
+        machineImage: ecs.EcsOptimizedImage.amazonLinux2023(ecs.AmiHardwareType.GPU),
+        userData,
+        role: instanceRole,
+        securityGroup,
+        associatePublicIpAddress: true,
+        requireImdsv2: true,
+        // One hop: containers (bridge network, one hop further) cannot reach the instance's
+        // metadata and its role; they use their task role through the ECS agent.
+        httpPutResponseHopLimit: 1,
+        blockDevices: [
+          {
+            // The CUDA image is several GB; the AMI's default root volume is 30 GB.
+            deviceName: '/dev/xvda',
+            volume: ec2.BlockDeviceVolume.ebs(100, { volumeType: ec2.EbsDeviceVolumeType.GP3, encrypted: true }),
+          },
+        ],
+      });
+    };
+    const group = (id: string, options: { spot: boolean }, distribution: autoscaling.InstancesDistribution) =>
+      new autoscaling.AutoScalingGroup(this, id, {
+        vpc,
+        vpcSubnets: { subnetType: ec2.SubnetType.PUBLIC },
+        minCapacity: 0,
+        maxCapacity: GPU_INSTANCES_MAX,
+        mixedInstancesPolicy: {
+          launchTemplate: launchTemplate(`${id}LaunchTemplate`, options),
+          launchTemplateOverrides: GPU_INSTANCE_TYPES.map((t) => ({ instanceType: new ec2.InstanceType(t) })),
+          instancesDistribution: distribution,
+        },
+      });
+    const spotGroup = group('GpuSpotGroup', { spot: true }, {
+      onDemandBaseCapacity: 0,
+      onDemandPercentageAboveBaseCapacity: 0,
+      spotAllocationStrategy: autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED,
+    });
+    const onDemandGroup = group('GpuOnDemandGroup', { spot: false }, {
+      onDemandBaseCapacity: 0,
+      onDemandPercentageAboveBaseCapacity: 100,
+      onDemandAllocationStrategy: autoscaling.OnDemandAllocationStrategy.PRIORITIZED,
+    });
+    // ECS managed scaling starts instances for pending tasks and, with managed termination
+    // protection, only ever stops instances that run none.
+    const spotProvider = new ecs.AsgCapacityProvider(this, 'GpuSpotCapacityProvider', { autoScalingGroup: spotGroup });
+    const onDemandProvider = new ecs.AsgCapacityProvider(this, 'GpuOnDemandCapacityProvider', {
+      autoScalingGroup: onDemandGroup,
+    });
+    cluster.addAsgCapacityProvider(spotProvider);
+    cluster.addAsgCapacityProvider(onDemandProvider);
+    // The ECS agent marks its instance DRAINING itself on a spot interruption notice (the
+    // statements CDK adds for joining the cluster do not cover that call).
+    instanceRole.addToPrincipalPolicy(
+      new iam.PolicyStatement({
+        sid: 'SpotInstanceDraining',
+        actions: ['ecs:UpdateContainerInstancesState'],
+        resources: ['*'],
+        conditions: { ArnEquals: { 'ecs:cluster': cluster.clusterArn } },
+      }),
+    );
+
+    // Bridge networking: the task uses the instance's public address (awsvpc tasks on EC2 get
+    // no public IP, and there is no NAT gateway).
+    const taskDefinition = new ecs.Ec2TaskDefinition(this, 'SegmentTaskDefinition', { networkMode: ecs.NetworkMode.BRIDGE });
+    taskDefinition.addContainer('worker', {
+      image: image(SEGMENT_GPU_DOCKERFILE, ecrAssets.Platform.LINUX_AMD64, {}),
+      gpuCount: 1,
+      ...SEGMENT_CONTAINER,
+      environment,
+      logging: ecs.LogDrivers.awsLogs({ streamPrefix: 'segment', logGroup }),
+      healthCheck,
+      stopTimeout: Duration.seconds(120),
+    });
+    const service = new ecs.Ec2Service(this, 'SegmentService', {
+      cluster,
+      taskDefinition,
+      capacityProviderStrategies: [
+        { capacityProvider: spotProvider.capacityProviderName, weight: SEGMENT_CAPACITY_WEIGHTS.spot },
+        { capacityProvider: onDemandProvider.capacityProviderName, weight: SEGMENT_CAPACITY_WEIGHTS.onDemand },
+      ],
+      // A deployment stops the old task before starting the new one: no second GPU instance.
+      minHealthyPercent: 0,
+      maxHealthyPercent: 100,
+      circuitBreaker: { rollback: true },
+    });
+    // The capacity providers must be associated with the cluster before a service may name them;
+    // a dependency on the cluster construct covers its ClusterCapacityProviderAssociations child.
+    service.node.addDependency(cluster);
+    return { service, taskRole: taskDefinition.taskRole };
+  }
+
+  /** Connection-table and job-table access of the WebSocket side (the notify consumer and the Lambda). */
+  private connectionsStatements(contract: PipelineContract): iam.PolicyStatement[] {
+    return [
+      new iam.PolicyStatement({
+        sid: 'Connections',
+        actions: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem', 'dynamodb:DeleteItem', 'dynamodb:Query'],
+        resources: [this.connectionsTable.tableArn, `${this.connectionsTable.tableArn}/index/*`],
+      }),
+      // A subscriber gets the job's current state; `list` reads the user's jobs (userId-createdAt).
+      new iam.PolicyStatement({
+        sid: 'ReadJobs',
+        actions: ['dynamodb:GetItem', 'dynamodb:Query'],
+        resources: [this.jobsTable.tableArn, ...contract.jobsTable.indexes.map((i) => `${this.jobsTable.tableArn}/index/${i.name}`)],
+      }),
+    ];
+  }
+
+  private grantWorkerAccess(contract: PipelineContract, taskRoles: Record<QueueRole, iam.IRole>, bus: events.IEventBus): void {
+    const allQueueArns = QUEUE_ROLES.flatMap((r) => [this.queues[r].queueArn, this.deadLetterQueues[r].queueArn]);
+    const objects = (prefix: string) => this.bucket.arnForObjects(`${prefix}*`);
+    const add = (role: QueueRole, statements: iam.PolicyStatement[]) =>
+      statements.forEach((s) => taskRoles[role].addToPrincipalPolicy(s));
+
+    for (const role of QUEUE_ROLES) {
+      add(role, [
+        new iam.PolicyStatement({
+          sid: 'ConsumeOwnQueue',
+          actions: ['sqs:ReceiveMessage', 'sqs:ChangeMessageVisibility', 'sqs:DeleteMessage', 'sqs:GetQueueUrl'],
+          resources: [this.queues[role].queueArn],
+        }),
+        // The runtime moves a message it gives up to <queue>-dlq itself (SqsWorkQueue::dead_letter).
+        new iam.PolicyStatement({
+          sid: 'DeadLetterOwnQueue',
+          actions: ['sqs:SendMessage', 'sqs:GetQueueUrl'],
+          resources: [this.deadLetterQueues[role].queueArn],
+        }),
+        // Every binary opens all four queues and their dead-letter queues at start
+        // (iris_aws::open_backends looks each URL up by name), so each may resolve every URL;
+        // GetQueueUrl reveals an address, not a message.
+        new iam.PolicyStatement({ sid: 'ResolveQueueUrls', actions: ['sqs:GetQueueUrl'], resources: allQueueArns }),
+      ]);
+    }
+
+    // Reads and writes by prefix. ListBucket (bucket level: no prefix condition could apply to the
+    // GetObject/HeadObject it is checked for) makes a missing object a 404 rather than a 403, which
+    // the stages turn into missing_input / upload_replaced instead of a permanent storage error.
+    const listBucket = () =>
+      new iam.PolicyStatement({ sid: 'MissingObjectsAre404', actions: ['s3:ListBucket'], resources: [this.bucket.bucketArn] });
+    const read = (sid: string, ...prefixes: string[]) =>
+      new iam.PolicyStatement({ sid, actions: ['s3:GetObject'], resources: prefixes.map(objects) });
+    // PutObject covers multipart uploads (the S3 adapter's path above 16 MiB); Abort cleans up one.
+    const writeJobs = () =>
+      new iam.PolicyStatement({ sid: 'WriteJobOutputs', actions: ['s3:PutObject', 's3:AbortMultipartUpload'], resources: [objects(JOBS)] });
+    add('ingest', [read('ReadUploads', UPLOADS), writeJobs(), listBucket()]);
+    add('segment', [read('ReadVolumesAndModels', JOBS, MODELS), writeJobs(), listBucket()]);
+    add('mesh', [read('ReadLabels', JOBS), writeJobs(), listBucket()]);
+
+    // Job records: ingest creates them (PutItem if absent); every stage reads its job and moves it
+    // forward with one conditional UpdateItem. No stage lists jobs.
+    const jobs = this.jobsTable.tableArn;
+    add('ingest', [new iam.PolicyStatement({ sid: 'JobRecords', actions: ['dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem'], resources: [jobs] })]);
+    for (const role of ['segment', 'mesh'] as const) {
+      add(role, [new iam.PolicyStatement({ sid: 'JobRecords', actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'], resources: [jobs] })]);
+    }
+    // Stages publish every transition; notify only consumes events and never fails a job.
+    for (const role of ['ingest', 'segment', 'mesh'] as const) {
+      add(role, [new iam.PolicyStatement({ sid: 'PublishEvents', actions: ['events:PutEvents'], resources: [bus.eventBusArn] })]);
+    }
+    add('notify', this.connectionsStatements(contract));
+  }
+}
