@@ -158,7 +158,10 @@ describe('services', () => {
       // Same visibility timeout as the queue; heartbeats every third of it keep a message hidden.
       assert.equal(Number(env.IRIS_VISIBILITY_TIMEOUT_SECS), queues[q.name].properties.VisibilityTimeout);
     }
-    assert.match(resolve(json, services.notify.environment.IRIS_WS_CALLBACK_URL['Fn::Join'] ? services.notify.environment.IRIS_WS_CALLBACK_URL : ''), /^https:\/\/api-.*\.execute-api\..*\/live$/);
+    // The notify consumer posts to connections through the WebSocket stage's management endpoint.
+    const apiId = resourcesOfType(json, 'AWS::ApiGatewayV2::Api')[0][0];
+    assert.equal(resolve(json, services.notify.environment.IRIS_WS_CALLBACK_URL), `https://api-${apiId}.execute-api.${REGION}.amazonaws.com/live`);
+    for (const role of ['ingest', 'segment', 'mesh']) assert.equal(services[role].environment.IRIS_WS_CALLBACK_URL, undefined);
   });
 
   test('containers are health-checked by the image\'s script and get two minutes to finish on SIGTERM', () => {

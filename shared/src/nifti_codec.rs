@@ -95,17 +95,18 @@ impl NiftiDecodeError {
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const NIFTI1_HEADER_SIZE: usize = 348;
+const NIFTI2_HEADER_SIZE: usize = 540;
 
 fn source_reader(bytes: &[u8]) -> Box<dyn Read + '_> {
     // Multi-member gzip (pigz, and this codec's own parallel writer) is read to the end.
     if bytes.starts_with(&GZIP_MAGIC) { Box::new(MultiGzDecoder::new(bytes)) } else { Box::new(bytes) }
 }
 
-/// Reads the first bytes of the (possibly gzipped) file: enough for the header.
-fn read_header_bytes(bytes: &[u8]) -> Result<Vec<u8>, NiftiDecodeError> {
-    let mut header = Vec::with_capacity(NIFTI1_HEADER_SIZE);
+/// Reads the first bytes of the (possibly gzipped) file: enough for either header.
+fn read_header_bytes(bytes: &[u8], size: usize) -> Result<Vec<u8>, NiftiDecodeError> {
+    let mut header = Vec::with_capacity(size);
     source_reader(bytes)
-        .take(NIFTI1_HEADER_SIZE as u64)
+        .take(size as u64)
         .read_to_end(&mut header)
         .map_err(|e| NiftiDecodeError::Corrupt(format!("cannot decompress: {e}")))?;
     if header.len() < NIFTI1_HEADER_SIZE {
@@ -116,9 +117,8 @@ fn read_header_bytes(bytes: &[u8]) -> Result<Vec<u8>, NiftiDecodeError> {
 
 /// Decodes a `.nii` or `.nii.gz` held in memory into a 3-D volume of intensities.
 pub fn decode_nifti(bytes: &[u8], limits: &DecodeLimits) -> Result<DecodedNifti, NiftiDecodeError> {
-    let (header, dims, object) = read_object(bytes, limits)?;
-    let array =
-        object.into_volume().into_ndarray::<f32>().map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
+    let (header, dims, volume) = read_object(bytes, limits)?;
+    let array = volume.into_ndarray::<f32>().map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
     let (mut voxels, _) = array.into_raw_vec_and_offset();
     for value in voxels.iter_mut().filter(|v| !v.is_finite()) {
         *value = 0.0;
@@ -133,17 +133,14 @@ pub fn decode_nifti_hounsfield(
     bytes: &[u8],
     limits: &DecodeLimits,
 ) -> Result<(DecodedNifti<i16>, u64), NiftiDecodeError> {
-    let (header, dims, object) = read_object(bytes, limits)?;
+    let (header, dims, volume) = read_object(bytes, limits)?;
     let identity = (header.scl_slope == 0.0 || header.scl_slope == 1.0) && header.scl_inter == 0.0;
     if identity && header.datatype == nifti::NiftiType::Int16 as i16 {
-        let voxels = object
-            .into_volume()
-            .into_nifti_typed_data::<i16>()
-            .map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
+        let voxels =
+            volume.into_nifti_typed_data::<i16>().map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
         return Ok((finish(header, dims, voxels)?, 0));
     }
-    let array =
-        object.into_volume().into_ndarray::<f32>().map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
+    let array = volume.into_ndarray::<f32>().map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
     let (values, _) = array.into_raw_vec_and_offset();
     let mut clipped = 0u64;
     let voxels = values
@@ -163,14 +160,17 @@ pub fn decode_nifti_hounsfield(
 fn read_object(
     bytes: &[u8],
     limits: &DecodeLimits,
-) -> Result<(NiftiHeader, [usize; 3], nifti::InMemNiftiObject), NiftiDecodeError> {
-    let header_bytes = read_header_bytes(bytes)?;
-    let size_field_le = i32::from_le_bytes([header_bytes[0], header_bytes[1], header_bytes[2], header_bytes[3]]);
-    let size_field_be = i32::from_be_bytes([header_bytes[0], header_bytes[1], header_bytes[2], header_bytes[3]]);
-    if size_field_le == 540 || size_field_be == 540 {
-        return Err(NiftiDecodeError::NotNifti("it is NIfTI-2, which this version does not read yet".into()));
-    }
-    let header = NiftiHeader::from_reader(&header_bytes[..]).map_err(|e| NiftiDecodeError::NotNifti(e.to_string()))?;
+) -> Result<(NiftiHeader, [usize; 3], nifti::volume::InMemNiftiVolume), NiftiDecodeError> {
+    let header_bytes = read_header_bytes(bytes, NIFTI2_HEADER_SIZE)?;
+    let nifti2 = nifti2::is_nifti2(&header_bytes);
+    let (header, data_offset) = if nifti2 {
+        nifti2::header(&header_bytes)?
+    } else {
+        let header =
+            NiftiHeader::from_reader(&header_bytes[..]).map_err(|e| NiftiDecodeError::NotNifti(e.to_string()))?;
+        let offset = header.vox_offset.max(352.0) as u64;
+        (header, offset)
+    };
     let dims = check_dimensions(&header, limits)?;
     check_pixdim(&header)?;
     let (affine, _) = header_affine(&header)?;
@@ -189,14 +189,24 @@ fn read_object(
     ) {
         return Err(NiftiDecodeError::UnsupportedDataType(format!("{datatype:?}")));
     }
-    let object = nifti::InMemNiftiObject::from_reader(source_reader(bytes)).map_err(|e| match e {
+    let map_error = |e: nifti::NiftiError| match e {
         nifti::NiftiError::Io(io) => NiftiDecodeError::Corrupt(io.to_string()),
         nifti::NiftiError::IncompatibleLength(got, expected) => NiftiDecodeError::Corrupt(format!(
             "the file holds {got} bytes of voxel data, the header promises {expected}"
         )),
         other => NiftiDecodeError::NotNifti(other.to_string()),
-    })?;
-    Ok((header, dims, object))
+    };
+    let volume = if nifti2 {
+        // The nifti crate reads NIfTI-1 only: skip the NIfTI-2 header and extensions, and let it
+        // read the voxel data with the equivalent NIfTI-1 header.
+        let mut source = source_reader(bytes);
+        std::io::copy(&mut (&mut source).take(data_offset), &mut std::io::sink())
+            .map_err(|e| NiftiDecodeError::Corrupt(e.to_string()))?;
+        nifti::volume::InMemNiftiVolume::from_reader(source, &header).map_err(map_error)?
+    } else {
+        nifti::InMemNiftiObject::from_reader(source_reader(bytes)).map_err(map_error)?.into_volume()
+    };
+    Ok((header, dims, volume))
 }
 
 fn finish<T>(header: NiftiHeader, dims: [usize; 3], voxels: Vec<T>) -> Result<DecodedNifti<T>, NiftiDecodeError> {
@@ -409,6 +419,97 @@ pub fn gzip_parallel(plain: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// NIfTI-2 headers (540 bytes, 64-bit dims and offsets, double precision geometry), which the
+/// nifti crate does not read. They are translated into the crate's NIfTI-1 header type, which is
+/// what reading the voxel data needs; volumes beyond NIfTI-1's 32767 voxels per axis are refused.
+mod nifti2 {
+    use super::{NIFTI1_HEADER_SIZE, NiftiDecodeError, NiftiHeader};
+
+    pub fn is_nifti2(header: &[u8]) -> bool {
+        header.len() >= 4 && (header[..4] == 540i32.to_le_bytes() || header[..4] == 540i32.to_be_bytes())
+    }
+
+    struct Fields<'a> {
+        bytes: &'a [u8],
+        little_endian: bool,
+    }
+
+    impl Fields<'_> {
+        fn take<const N: usize>(&self, offset: usize) -> [u8; N] {
+            let mut out = [0u8; N];
+            out.copy_from_slice(&self.bytes[offset..offset + N]);
+            if !self.little_endian {
+                out.reverse();
+            }
+            out
+        }
+        fn i16(&self, offset: usize) -> i16 {
+            i16::from_le_bytes(self.take(offset))
+        }
+        fn i32(&self, offset: usize) -> i32 {
+            i32::from_le_bytes(self.take(offset))
+        }
+        fn i64(&self, offset: usize) -> i64 {
+            i64::from_le_bytes(self.take(offset))
+        }
+        fn f64(&self, offset: usize) -> f64 {
+            f64::from_le_bytes(self.take(offset))
+        }
+    }
+
+    /// The equivalent NIfTI-1 header and the offset of the voxel data.
+    pub fn header(bytes: &[u8]) -> Result<(NiftiHeader, u64), NiftiDecodeError> {
+        if bytes.len() < 540 {
+            return Err(NiftiDecodeError::Corrupt("the NIfTI-2 header is incomplete".into()));
+        }
+        let little_endian = bytes[..4] == 540i32.to_le_bytes();
+        let fields = Fields { bytes, little_endian };
+        if &bytes[4..8] != b"n+2\0" && &bytes[4..8] != b"ni2\0" {
+            return Err(NiftiDecodeError::NotNifti("NIfTI-2 magic is missing".into()));
+        }
+        if &bytes[4..8] == b"ni2\0" {
+            return Err(NiftiDecodeError::NotNifti("a NIfTI-2 header without data (.hdr/.img pair)".into()));
+        }
+        let mut header = NiftiHeader { sizeof_hdr: NIFTI1_HEADER_SIZE as i32, ..NiftiHeader::default() };
+        header.datatype = fields.i16(12);
+        header.bitpix = fields.i16(14);
+        for axis in 0..8 {
+            let extent = fields.i64(16 + 8 * axis);
+            header.dim[axis] = u16::try_from(extent)
+                .ok()
+                .filter(|e| *e <= i16::MAX as u16)
+                .ok_or_else(|| NiftiDecodeError::TooLarge { voxels: extent.max(0) as u64, limit: i16::MAX as u64 })?;
+        }
+        for axis in 0..8 {
+            header.pixdim[axis] = fields.f64(104 + 8 * axis) as f32;
+        }
+        let offset = fields.i64(168);
+        header.scl_slope = fields.f64(176) as f32;
+        header.scl_inter = fields.f64(184) as f32;
+        header.qform_code = fields.i32(344) as i16;
+        header.sform_code = fields.i32(348) as i16;
+        header.quatern_b = fields.f64(352) as f32;
+        header.quatern_c = fields.f64(360) as f32;
+        header.quatern_d = fields.f64(368) as f32;
+        header.quatern_x = fields.f64(376) as f32;
+        header.quatern_y = fields.f64(384) as f32;
+        header.quatern_z = fields.f64(392) as f32;
+        for column in 0..4 {
+            header.srow_x[column] = fields.f64(400 + 8 * column) as f32;
+            header.srow_y[column] = fields.f64(432 + 8 * column) as f32;
+            header.srow_z[column] = fields.f64(464 + 8 * column) as f32;
+        }
+        header.xyzt_units = fields.i32(500) as u8;
+        header.endianness = if little_endian { nifti::Endianness::Little } else { nifti::Endianness::Big };
+        header.vox_offset = offset as f32;
+        header.magic = *b"n+1\0";
+        if offset < 540 {
+            return Err(NiftiDecodeError::Corrupt(format!("voxel data offset {offset} lies inside the header")));
+        }
+        Ok((header, offset as u64))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,6 +557,73 @@ mod tests {
         );
         let single_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
         assert_eq!(single_thread.install(|| encode_nifti_gz(&volume, &geometry).unwrap()), bytes);
+    }
+
+    /// Expected values of the nibabel fixtures: stored 7n - 50, scaled by 2 and -1024.
+    fn fixture_value(i: usize, j: usize, k: usize) -> f32 {
+        let n = (i + 4 * j + 12 * k) as f32;
+        2.0 * (7.0 * n - 50.0) - 1024.0
+    }
+
+    fn assert_fixture(decoded: &DecodedNifti) {
+        assert_eq!(decoded.volume.dims(), [4, 3, 2]);
+        for (i, j, k) in [(0, 0, 0), (3, 2, 1), (1, 2, 0)] {
+            assert_eq!(*decoded.volume.get(i, j, k), fixture_value(i, j, k), "voxel ({i},{j},{k})");
+        }
+        let expected = [[-1.5, 0.0, 0.0, 90.25], [0.0, 1.25, 0.0, -120.5], [0.0, 0.0, 2.5, -40.0]];
+        for (row, values) in expected.iter().enumerate() {
+            for (column, value) in values.iter().enumerate() {
+                assert!((decoded.affine.0[row][column] - value).abs() < 1e-6, "affine[{row}][{column}]");
+            }
+        }
+        assert_eq!(decoded.affine.orientation_code().unwrap(), "LAS");
+    }
+
+    #[test]
+    fn reads_nifti2_written_by_nibabel_with_scaling_and_sform() {
+        let decoded =
+            decode_nifti(include_bytes!("../tests/fixtures/nifti2_las_4x3x2.nii"), &DecodeLimits { max_voxels: 100 })
+                .expect("NIfTI-2");
+        assert_eq!(decoded.affine_source, AffineSource::Sform);
+        assert_fixture(&decoded);
+        let (hounsfield, clipped) = decode_nifti_hounsfield(
+            include_bytes!("../tests/fixtures/nifti2_las_4x3x2.nii"),
+            &DecodeLimits { max_voxels: 100 },
+        )
+        .unwrap();
+        assert_eq!((*hounsfield.volume.get(3, 2, 1), clipped), (fixture_value(3, 2, 1) as i16, 0));
+    }
+
+    #[test]
+    fn falls_back_to_the_qform_when_the_sform_is_unset() {
+        let decoded = decode_nifti(
+            include_bytes!("../tests/fixtures/nifti1_qform_only_4x3x2.nii.gz"),
+            &DecodeLimits { max_voxels: 100 },
+        )
+        .expect("NIfTI-1");
+        assert_eq!(decoded.affine_source, AffineSource::Qform);
+        assert_fixture(&decoded);
+    }
+
+    #[test]
+    fn reads_every_common_voxel_type() {
+        let dims = [3, 2, 2];
+        let affine = Affine::identity();
+        let geometry = NiftiGeometry::from_affine(dims, &affine);
+        let limits = DecodeLimits { max_voxels: 100 };
+        let u8_bytes = encode_nifti_gz(&Volume::new(dims, affine, (0..12u8).collect()).unwrap(), &geometry).unwrap();
+        let f32_bytes = encode_nifti_gz(
+            &Volume::new(dims, affine, (0..12).map(|v| v as f32 * 0.5 - 3.0).collect()).unwrap(),
+            &geometry,
+        )
+        .unwrap();
+        assert_eq!(decode_nifti(&u8_bytes, &limits).unwrap().volume.voxels()[11], 11.0);
+        assert_eq!(decode_nifti(&f32_bytes, &limits).unwrap().volume.voxels()[11], 2.5);
+        let (rounded, clipped) = decode_nifti_hounsfield(&f32_bytes, &limits).unwrap();
+        assert_eq!((rounded.volume.voxels()[1], clipped), (-3, 0), "-2.5 rounds away from zero");
+        let huge = encode_nifti_gz(&Volume::new(dims, affine, vec![1.0e6f32; 12]).unwrap(), &geometry).unwrap();
+        let (clamped, clipped) = decode_nifti_hounsfield(&huge, &limits).unwrap();
+        assert_eq!((clamped.volume.voxels()[0], clipped), (i16::MAX, 12));
     }
 
     #[test]
