@@ -275,7 +275,7 @@ export class IrisStack extends Stack {
       IRIS_EVENT_BUS: contract.eventBus.name,
       // The redrive policy allows one receive beyond the workers' attempts (bootstrap.rs): a worker
       // sees an exhausted message first and fails its job with retries_exhausted.
-      IRIS_MAX_ATTEMPTS: String(q.maxReceiveCount),
+      IRIS_MAX_ATTEMPTS: String(q.maxReceiveCount - 1),
       IRIS_VISIBILITY_TIMEOUT_SECS: String(q.visibilityTimeoutSeconds),
       IRIS_LOG_FORMAT: 'json',
       RUST_LOG: 'info',

@@ -38,6 +38,8 @@ pub struct IrisConfig {
     pub max_upload_bytes: u64,
     /// `IRIS_MAX_VOXELS` (default 512×512×2000).
     pub max_voxels: u64,
+    /// `IRIS_PROCESSING_LIMIT_SECS` (default 1800): longest a stage may work on one study.
+    pub processing_limit: Duration,
     /// `IRIS_FAULT_PAUSE_BEFORE_FINISH_MS` (unset by default): fault injection for crash tests; each
     /// stage pauses this long after writing its outputs and before recording itself finished.
     pub fault_pause_before_finish: Option<Duration>,
@@ -137,6 +139,7 @@ impl IrisConfig {
             websocket_bind: parse(&lookup, "IRIS_WS_BIND", SocketAddr::from(([127, 0, 0, 1], 8765)))?,
             max_upload_bytes: parse(&lookup, "IRIS_MAX_UPLOAD_BYTES", 2u64 << 30)?,
             max_voxels: parse(&lookup, "IRIS_MAX_VOXELS", 512u64 * 512 * 2000)?,
+            processing_limit: Duration::from_secs(parse(&lookup, "IRIS_PROCESSING_LIMIT_SECS", 1800u64)?.max(1)),
             fault_pause_before_finish: (fault_pause > 0).then(|| Duration::from_millis(fault_pause)),
         })
     }
@@ -158,6 +161,7 @@ impl IrisConfig {
             max_attempts: self.max_attempts,
             retry_backoff_base: self.retry_backoff_base,
             retry_backoff_max: Duration::from_secs(30),
+            processing_limit: self.processing_limit,
         }
     }
 

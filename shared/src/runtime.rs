@@ -57,6 +57,8 @@ pub struct WorkerSettings {
     pub max_attempts: u32,
     pub retry_backoff_base: Duration,
     pub retry_backoff_max: Duration,
+    /// Longest a message may be worked on; past it the job fails with `timed_out`.
+    pub processing_limit: Duration,
 }
 
 /// Applies job transitions and publishes the matching events: the one place that does both.
@@ -76,6 +78,7 @@ impl Default for WorkerSettings {
             max_attempts: 4,
             retry_backoff_base: Duration::from_millis(500),
             retry_backoff_max: Duration::from_secs(30),
+            processing_limit: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -204,7 +207,23 @@ async fn handle_message(
         tokio::spawn(async move { handler.process_one(&message).await })
     };
     let outcome = match with_heartbeat(work, queue, &message, settings).await {
-        Ok(outcome) => outcome,
+        Ok(Some(outcome)) => outcome,
+        Ok(None) => {
+            error!(stage = handler.name(), message_id = %message.message_id, limit_s = settings.processing_limit.as_secs(), "processing limit reached");
+            match handler.job_of(&message) {
+                Some((job_id, stage)) => Outcome::Fail {
+                    job_id,
+                    stage,
+                    code: "timed_out".to_owned(),
+                    message: format!(
+                        "the {} stage took longer than its limit of {} s for this study",
+                        handler.name(),
+                        settings.processing_limit.as_secs()
+                    ),
+                },
+                None => Outcome::Reject { reason: "processing limit reached".into() },
+            }
+        }
         Err(panic) => {
             error!(stage = handler.name(), message_id = %message.message_id, %panic, "handler panicked");
             match handler.job_of(&message) {
@@ -221,18 +240,25 @@ async fn handle_message(
     settle(handler, queue, ledger, settings, &message, outcome).await;
 }
 
-/// Awaits the work while extending the message's visibility every heartbeat interval.
+/// Awaits the work while extending the message's visibility every heartbeat interval; `None` when
+/// the processing limit passed first (the work is aborted).
 async fn with_heartbeat(
     mut work: tokio::task::JoinHandle<Outcome>,
     queue: &Arc<dyn WorkQueue>,
     message: &ReceivedMessage,
     settings: &WorkerSettings,
-) -> Result<Outcome, tokio::task::JoinError> {
+) -> Result<Option<Outcome>, tokio::task::JoinError> {
     let mut heartbeat = tokio::time::interval(settings.heartbeat_interval);
     heartbeat.tick().await;
+    let deadline = tokio::time::sleep(settings.processing_limit);
+    tokio::pin!(deadline);
     loop {
         tokio::select! {
-            result = &mut work => return result,
+            result = &mut work => return result.map(Some),
+            _ = &mut deadline => {
+                work.abort();
+                return Ok(None);
+            }
             _ = heartbeat.tick() => {
                 if let Err(error) = queue.extend_visibility(&message.receipt, settings.visibility_timeout).await {
                     warn!(message_id = %message.message_id, %error, "visibility heartbeat failed");

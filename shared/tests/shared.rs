@@ -159,6 +159,7 @@ mod runtime {
             max_attempts: 3,
             retry_backoff_base: Duration::from_millis(50),
             retry_backoff_max: Duration::from_millis(200),
+            processing_limit: Duration::from_secs(10),
         }
     }
 
@@ -320,6 +321,46 @@ mod runtime {
         assert_eq!(handler.calls.load(Ordering::SeqCst), 1, "processed once, never redelivered meanwhile");
         let depth = queue.depth().await.unwrap();
         assert_eq!((depth.visible, depth.in_flight, depth.dead_lettered), (0, 0, 0), "acked after finishing");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_past_the_processing_limit_fails_the_job_with_timed_out() {
+        let (_dir, backends) = open();
+        let job_id = job(&backends).await;
+        let queue = backends.queues[&QueueRole::Segment].clone();
+        queue.send("endless").await.unwrap();
+        let handler = Arc::new(StandInStage {
+            job_id: job_id.clone(),
+            behaviour: Behaviour::SlowThenDone(Duration::from_secs(600)),
+            calls: AtomicU32::new(0),
+        });
+        let shutdown = CancellationToken::new();
+        let ports = backends.ports();
+        let limited = WorkerSettings { processing_limit: Duration::from_millis(700), ..settings() };
+        let worker = tokio::spawn(run_worker(
+            handler.clone(),
+            ports.queue(QueueRole::Segment),
+            ports.ledger(),
+            limited,
+            shutdown.clone(),
+        ));
+        let started = std::time::Instant::now();
+        loop {
+            let record = backends.jobs.get(&job_id).await.unwrap().unwrap();
+            if record.status == JobStatus::Failed {
+                assert_eq!(record.error.unwrap().code, "timed_out");
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "the limit was not enforced");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        shutdown.cancel();
+        worker.await.unwrap();
+        assert_eq!(
+            queue.depth().await.unwrap().visible + queue.depth().await.unwrap().in_flight,
+            0,
+            "the message was settled"
+        );
     }
 
     /// Runs a future to completion from a synchronous predicate (the polling loop above).

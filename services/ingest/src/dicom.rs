@@ -238,7 +238,10 @@ fn planes_of(index: usize, object: &InMemDicomObject) -> Result<Vec<Plane>, Dico
                     .into(),
             ));
         };
-        if position.len() < 3 || orientation.len() < 6 || spacing.len() < 2 || spacing[..2].iter().any(|s| !(*s > 0.0))
+        if position.len() < 3
+            || orientation.len() < 6
+            || spacing.len() < 2
+            || spacing[..2].iter().any(|s| s.is_nan() || *s <= 0.0)
         {
             return Err(DicomError::InconsistentSeries("an image has malformed geometry attributes".into()));
         }
@@ -407,34 +410,46 @@ fn assemble(files: Vec<Vec<u8>>, limits: &DicomLimits, mut notes: Vec<String>) -
     }
     lps[3][3] = 1.0;
     let mut ras = lps;
-    for column in 0..4 {
-        ras[0][column] = -ras[0][column];
-        ras[1][column] = -ras[1][column];
+    for row in &mut ras[..2] {
+        for value in row.iter_mut() {
+            *value = -*value;
+        }
     }
     let slice_affine = Affine(ras);
     let acquisition_orientation =
         slice_affine.orientation_code().map_err(|e| DicomError::InconsistentSeries(e.to_string()))?;
     // Decode every plane, in sorted order.
     let transfer_syntax = files[0].object.meta().transfer_syntax().trim_end_matches('\0').to_owned();
+    // Objects are decoded once and freed after their last frame is placed (one-frame slices at once).
+    let mut frames_left: BTreeMap<usize, usize> = BTreeMap::new();
+    for plane in &planes {
+        *frames_left.entry(plane.object).or_default() += 1;
+    }
     let mut decoded_objects: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
     let frame_size = rows * columns;
     let mut voxels_out = Vec::with_capacity(frame_size * planes.len());
     for plane in &planes {
-        if !decoded_objects.contains_key(&plane.object) {
-            let decoded =
-                files[plane.object].object.decode_pixel_data().map_err(|e| decode_error(&transfer_syntax, e))?;
-            if decoded.samples_per_pixel() != 1 {
-                return Err(DicomError::InconsistentSeries("colour images are not CT".into()));
+        let values = match decoded_objects.entry(plane.object) {
+            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                let decoded =
+                    files[plane.object].object.decode_pixel_data().map_err(|e| decode_error(&transfer_syntax, e))?;
+                if decoded.samples_per_pixel() != 1 {
+                    return Err(DicomError::InconsistentSeries("colour images are not CT".into()));
+                }
+                entry.insert(decoded.to_vec().map_err(|e| decode_error(&transfer_syntax, e))?)
             }
-            let values: Vec<f32> = decoded.to_vec().map_err(|e| decode_error(&transfer_syntax, e))?;
-            decoded_objects.insert(plane.object, values);
-        }
-        let values = &decoded_objects[&plane.object];
+        };
         let start = plane.frame as usize * frame_size;
         let frame = values
             .get(start..start + frame_size)
             .ok_or_else(|| DicomError::Corrupt("pixel data is shorter than Rows × Columns × frames".into()))?;
         voxels_out.extend_from_slice(frame);
+        let left = frames_left.entry(plane.object).or_default();
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            decoded_objects.remove(&plane.object);
+        }
     }
     let slice_volume = Volume::new([columns, rows, planes.len()], slice_affine, voxels_out)
         .map_err(|e| DicomError::InconsistentSeries(e.to_string()))?;

@@ -72,10 +72,9 @@ fn the_shared_jpeg2000_series_matches_dicom2nifti_voxel_for_voxel_and_in_world_s
             if corner & 4 == 0 { 0.0 } else { (nz - 1) as f64 },
         ];
         let ours = report.original.affine.apply(index);
-        for axis in 0..3 {
-            let theirs: f64 =
-                (0..3).map(|c| reference.affine[axis][c] * index[c]).sum::<f64>() + reference.affine[axis][3];
-            assert!((ours[axis] - theirs).abs() < 1e-3, "voxel {index:?} axis {axis}: {} vs {theirs}", ours[axis]);
+        for (axis, (ours, row)) in ours.iter().zip(&reference.affine).enumerate() {
+            let theirs: f64 = (0..3).map(|c| row[c] * index[c]).sum::<f64>() + row[3];
+            assert!((ours - theirs).abs() < 1e-3, "voxel {index:?} axis {axis}: {ours} vs {theirs}");
         }
     }
     // The same values at the same indices (decoding, rescale and slice order).
