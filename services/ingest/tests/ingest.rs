@@ -220,3 +220,29 @@ fn no_patient_identifier_reaches_the_ingest_report() {
     std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&volume[..]), &mut decoded).unwrap();
     assert!(!decoded.windows(PHI_CANARY.len()).any(|w| w == PHI_CANARY.as_bytes()), "canary in volume.nii.gz");
 }
+
+/// Series encoded by pydicom in other transfer syntaxes (fixtures/transfer-syntaxes/README.md).
+#[test]
+fn series_in_each_transfer_syntax_decode_to_the_same_values_or_fail_with_a_code() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transfer-syntaxes");
+    let expected_hu = |i: usize, j: usize, k: usize| (-1000 + 37 * i as i32 + 101 * j as i32 + 503 * k as i32) as i16;
+    for (folder, uid) in [
+        ("implicit-little-endian", "1.2.840.10008.1.2"),
+        ("deflated-explicit-little-endian", "1.2.840.10008.1.2.1.99"),
+        ("rle-lossless", "1.2.840.10008.1.2.5"),
+    ] {
+        let ingested = ingest_upload(&zip_directory(&root.join(folder)), "series.zip", &LIMITS)
+            .unwrap_or_else(|e| panic!("{folder}: {e}"));
+        let report = &ingested.report;
+        assert_eq!(report.dicom.as_ref().unwrap().transfer_syntax, uid, "{folder}");
+        assert_eq!(report.original.dims, [10, 12, 3], "{folder}");
+        let original = report.reorientation.restore(&ingested.canonical, report.original.affine).unwrap();
+        // dicom2nifti's LAS grid flips DICOM rows: LAS (i, j, k) is column i, row 11 - j.
+        for (i, j, k) in [(0, 0, 0), (9, 11, 2), (4, 3, 1)] {
+            assert_eq!(*original.get(i, j, k), expected_hu(i, 11 - j, k), "{folder} voxel ({i},{j},{k})");
+        }
+    }
+    let jpeg_ls = ingest_upload(&zip_directory(&root.join("jpeg-ls-lossless")), "series.zip", &LIMITS).unwrap_err();
+    assert_eq!(jpeg_ls.code(), "unsupported_transfer_syntax", "{jpeg_ls}");
+    assert!(jpeg_ls.to_string().contains("1.2.840.10008.1.2.4.80"), "{jpeg_ls}");
+}
