@@ -138,6 +138,10 @@ if [[ "${BENCH_TIMER:-}" != python ]] && [[ -x /usr/bin/time ]] && /usr/bin/time
     TIMER=gnu-time
 fi
 say "timing with $TIMER; runs per tool: $REPS"
+LOAD_START="$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo unknown)"
+if awk -v l="$LOAD_START" -v n="$(nproc)" 'BEGIN { exit !(l + 0 > n / 2) }'; then
+    say "WARNING: load average $LOAD_START on $(nproc) cores before starting; other work will skew the timings"
+fi
 
 now() { if [[ -n "${EPOCHREALTIME:-}" ]]; then echo "${EPOCHREALTIME/,/.}"; else date +%s.%N; fi; }
 
@@ -234,7 +238,7 @@ CPU="$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null 
 MEM="$(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo 2>/dev/null || true)"
 META="$WORK/meta.json"
 (
-    export VERSIONS CPU MEM COMMAND IRIS_DESC TIMER REPS NIFTI_RAW DICOM_RAW HAVE_DICOM SERIES
+    export VERSIONS CPU MEM LOAD_START COMMAND IRIS_DESC TIMER REPS NIFTI_RAW DICOM_RAW HAVE_DICOM SERIES
     NPROC="$(nproc)"
     DATE="$(date -u +%Y-%m-%d)"
     CHECKS_TEXT="$(printf '%s\n' "${CHECKS[@]}")"
@@ -265,7 +269,7 @@ commands = [
 ]
 meta = {
     "date": e["DATE"], "nproc": e["NPROC"], "cpu": e["CPU"] or "unknown CPU", "mem": e["MEM"] or "unknown memory",
-    "command": e["COMMAND"], "iris": e["IRIS_DESC"], "timer": e["TIMER"],
+    "command": e["COMMAND"], "iris": e["IRIS_DESC"], "timer": e["TIMER"], "load": e["LOAD_START"],
     "reps": int(e["REPS"]), "versions": versions, "raw_bytes": raw, "skipped": skipped,
     "checks": [c for c in e["CHECKS_TEXT"].splitlines() if c], "commands": commands,
 }

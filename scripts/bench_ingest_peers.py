@@ -240,7 +240,7 @@ def report(results_path, meta_path):
     peak = "GNU time's %M" if meta["timer"] == "gnu-time" else "getrusage of the child"
     out.append(
         f"Measured by `{meta['command']}` on {meta['date']} ({meta['nproc']} cores, {meta['cpu']}, "
-        f"{meta['mem']}): {meta['iris']} against its peers, "
+        f"{meta['mem']}, load average {meta['load']} at the start): {meta['iris']} against its peers, "
         f"each run as its own process, {reps} run{'s' if reps != 1 else ''} per tool, interleaved. Wall time is the whole process "
         "(start, imports, read, convert, write), median of the runs; peak RSS is the largest maximum "
         f"resident set of the runs ({peak}). Ratios are the peer's figure over iris's: above 1× means "

@@ -242,7 +242,7 @@ async fn bad_inputs_fail_with_their_codes_and_the_pipeline_keeps_serving() {
         ("truncated.nii.gz", good[..good.len() / 3].to_vec(), "corrupt_file"),
         ("empty.nii", Vec::new(), "unsupported_format"),
         ("slice.nii.gz", flat, "not_a_volume"),
-        ("series.zip", b"PK\x03\x04".to_vec(), "unsupported_format"),
+        ("series.zip", b"PK\x03\x04".to_vec(), "corrupt_file"),
         ("notes.txt", b"hello".to_vec(), "unsupported_format"),
         ("phantom-water.nii.gz", uniform, "not_ct_like"),
     ];

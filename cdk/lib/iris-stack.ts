@@ -50,25 +50,34 @@ export interface IrisStackProps extends StackProps {
   readonly repoRoot?: string;
 }
 
-/** Size and scaling limits of each queue worker. */
-interface WorkerSizing {
-  /** Fargate vCPU units (1024 = 1 vCPU) and memory; unused for segment, which runs on a GPU instance. */
-  readonly cpu: number;
-  readonly memoryLimitMiB: number;
+/** Fargate size of the CPU workers (1024 cpu units = 1 vCPU). */
+// Ingest and mesh hold a whole volume in memory (up to IRIS_MAX_VOXELS = 512×512×2000 int16, 1 GiB,
+// plus working copies) and use every core (rayon), hence 2 vCPU / 8 GiB; notify moves small JSON.
+const FARGATE_SIZE: Record<'ingest' | 'mesh' | 'notify', { cpu: number; memoryLimitMiB: number }> = {
+  ingest: { cpu: 2048, memoryLimitMiB: 8192 },
+  mesh: { cpu: 2048, memoryLimitMiB: 8192 },
+  notify: { cpu: 256, memoryLimitMiB: 512 },
+};
+
+/** Segment tasks at most: one per GPU instance. */
+const GPU_INSTANCES_MAX = 2;
+
+interface WorkerScaling {
   readonly maxTasks: number;
   /** A task's start-up time: how long a scale-out waits before adding more. */
   readonly scaleOutCooldown: Duration;
-  /** Alarm when the oldest message has waited this long (cold start from zero included). */
+  /**
+   * Alarm when the oldest message has waited this long. Above the worst cold start: SQS metrics of
+   * a long-idle queue can take ~15 minutes to resume, and a GPU instance must boot and pull.
+   */
   readonly oldestMessageAlarm: Duration;
 }
 
-// Ingest and mesh hold a whole volume in memory (up to IRIS_MAX_VOXELS = 512×512×2000 int16, 1 GiB,
-// plus working copies) and use every core (rayon), hence 2 vCPU / 8 GiB; notify moves small JSON.
-const SIZING: Record<QueueRole, WorkerSizing> = {
-  ingest: { cpu: 2048, memoryLimitMiB: 8192, maxTasks: 4, scaleOutCooldown: Duration.minutes(2), oldestMessageAlarm: Duration.minutes(15) },
-  segment: { cpu: 0, memoryLimitMiB: 0, maxTasks: 2, scaleOutCooldown: Duration.minutes(5), oldestMessageAlarm: Duration.minutes(30) },
-  mesh: { cpu: 2048, memoryLimitMiB: 8192, maxTasks: 4, scaleOutCooldown: Duration.minutes(2), oldestMessageAlarm: Duration.minutes(15) },
-  notify: { cpu: 256, memoryLimitMiB: 512, maxTasks: 2, scaleOutCooldown: Duration.minutes(2), oldestMessageAlarm: Duration.minutes(15) },
+const SCALING: Record<QueueRole, WorkerScaling> = {
+  ingest: { maxTasks: 4, scaleOutCooldown: Duration.minutes(2), oldestMessageAlarm: Duration.minutes(20) },
+  segment: { maxTasks: GPU_INSTANCES_MAX, scaleOutCooldown: Duration.minutes(5), oldestMessageAlarm: Duration.minutes(30) },
+  mesh: { maxTasks: 4, scaleOutCooldown: Duration.minutes(2), oldestMessageAlarm: Duration.minutes(20) },
+  notify: { maxTasks: 2, scaleOutCooldown: Duration.minutes(2), oldestMessageAlarm: Duration.minutes(20) },
 };
 
 /** Minutes a queue must stay empty (nothing visible or in flight) before its service scales to zero. */
@@ -79,7 +88,6 @@ const IDLE_MINUTES_BEFORE_SCALE_IN = 5;
  * have one NVIDIA GPU (T4 / A10G), 4 vCPUs and 16 GiB of memory.
  */
 export const GPU_INSTANCE_TYPES = ['g4dn.xlarge', 'g5.xlarge'] as const;
-const GPU_INSTANCES_MAX = 2;
 // The segment container fits one 16 GiB GPU instance with room for the ECS agent and the OS.
 const SEGMENT_CONTAINER = { cpu: 3072, memoryReservationMiB: 12288, memoryLimitMiB: 14336 };
 /**
@@ -311,10 +319,8 @@ export class IrisStack extends Stack {
     const taskRoles = {} as Record<QueueRole, iam.IRole>;
     for (const role of ['ingest', 'mesh', 'notify'] as const) {
       const q = queueOf(contract, role);
-      const sizing = SIZING[role];
       const taskDefinition = new ecs.FargateTaskDefinition(this, `${pascal(role)}TaskDefinition`, {
-        cpu: sizing.cpu,
-        memoryLimitMiB: sizing.memoryLimitMiB,
+        ...FARGATE_SIZE[role],
         runtimePlatform: {
           cpuArchitecture: cpuArchitecture(fargateArchitecture),
           operatingSystemFamily: ecs.OperatingSystemFamily.LINUX,
@@ -359,8 +365,8 @@ export class IrisStack extends Stack {
       new BacklogScaling(this, `${pascal(role)}Scaling`, {
         service: services[role],
         queue: queues[role],
-        maxTasks: role === 'segment' ? GPU_INSTANCES_MAX : SIZING[role].maxTasks,
-        scaleOutCooldown: SIZING[role].scaleOutCooldown,
+        maxTasks: SCALING[role].maxTasks,
+        scaleOutCooldown: SCALING[role].scaleOutCooldown,
         idleMinutes: IDLE_MINUTES_BEFORE_SCALE_IN,
       });
     }
@@ -473,7 +479,7 @@ export class IrisStack extends Stack {
         evaluationPeriods: 1,
         treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
       }).addAlarmAction(action);
-      const limit = SIZING[q.role].oldestMessageAlarm;
+      const limit = SCALING[q.role].oldestMessageAlarm;
       new cloudwatch.Alarm(this, `${pascal(q.role)}OldestMessageAlarm`, {
         alarmName: `${q.name}-oldest-message-age`,
         alarmDescription: `A message has waited in ${q.name} for more than ${limit.toMinutes()} minutes: workers are not keeping up or not starting`,

@@ -26,6 +26,9 @@ function cdkJsonContext(): Record<string, unknown> {
 }
 
 const cache = new Map<string, Synthesised>();
+const outdirs: string[] = [];
+// Each synthesis stages the Docker contexts (a few MB); remove them when the test file is done.
+process.on('exit', () => outdirs.forEach((dir) => fs.rmSync(dir, { recursive: true, force: true })));
 
 /** Synthesises the app with extra context (e.g. `{ bucketName: 'x' }`), once per distinct context. */
 export function synth(context: Record<string, unknown> = {}, contractPath: string = CONTRACT_PATH): Synthesised {
@@ -33,6 +36,7 @@ export function synth(context: Record<string, unknown> = {}, contractPath: strin
   const cached = cache.get(key);
   if (cached) return cached;
   const outdir = fs.mkdtempSync(path.join(os.tmpdir(), 'iris-cdk-test-'));
+  outdirs.push(outdir);
   const app = new App({ outdir, context: { ...cdkJsonContext(), ...context } });
   const stack = buildIrisApp(app, contractPath);
   const assembly = app.synth();

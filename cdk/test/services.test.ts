@@ -411,7 +411,7 @@ describe('container images', () => {
       const copied = [...dockerfile.matchAll(/^COPY\s+(?!.*--from=)(?:--\S+\s+)*(.+)$/gm)].flatMap((m) => m[1].trim().split(/\s+/).slice(0, -1));
       assert.ok(copied.includes('Cargo.lock') && copied.includes('docker/healthcheck.sh'), `${source.dockerFile}: parsed ${copied}`);
       for (const entry of copied) assert.ok(fs.existsSync(path.join(context, entry)), `${source.dockerFile}: ${entry} missing from the staged context`);
-      for (const absent of ['cdk', 'target', '.git', 'iris-out', '.iris', 'README.md']) {
+      for (const absent of ['cdk', 'target', '.git', 'iris-out', '.iris', 'README.md', 'docker/README.md']) {
         assert.ok(!fs.existsSync(path.join(context, absent)), `${absent} must not be in the build context`);
       }
       assert.ok(fs.existsSync(path.join(context, 'services', 'ingest', 'Cargo.toml')));

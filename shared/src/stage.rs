@@ -201,6 +201,73 @@ pub fn outcome_of_port_error(error: &PortError, job_id: &JobId, stage: Stage, wh
     }
 }
 
+/// A stage started by a job output object (segment by `volume.nii.gz`, mesh by `labels.nii.gz`).
+/// [`TriggeredStageHandler`] turns it into a queue message handler.
+#[async_trait::async_trait]
+pub trait TriggeredStage: Send + Sync {
+    fn stage(&self) -> Stage;
+    /// File name of the trigger object under `jobs/<id>/`.
+    fn trigger_file(&self) -> &'static str;
+    /// Does the stage's work for one job.
+    async fn run_job(&self, job_id: JobId, receive_count: u32, triggered_at: Option<Timestamp>) -> Outcome;
+}
+
+/// The queue message handler of a [`TriggeredStage`].
+pub struct TriggeredStageHandler<S>(pub S);
+
+#[async_trait::async_trait]
+impl<S: TriggeredStage> crate::runtime::MessageHandler for TriggeredStageHandler<S> {
+    fn name(&self) -> &'static str {
+        self.0.stage().as_str()
+    }
+
+    async fn process_one(&self, message: &crate::ports::ReceivedMessage) -> Outcome {
+        let triggers = match stage_triggers(&message.body, self.0.trigger_file()) {
+            Ok(Some(triggers)) if !triggers.is_empty() => triggers,
+            Ok(_) => return Outcome::Skipped { reason: format!("no {} in this notification", self.0.trigger_file()) },
+            Err(error) => return Outcome::Reject { reason: error.to_string() },
+        };
+        for trigger in triggers {
+            let outcome = self.0.run_job(trigger.job_id, message.receive_count, trigger.triggered_at).await;
+            if !matches!(outcome, Outcome::Done | Outcome::Skipped { .. }) {
+                return outcome;
+            }
+        }
+        Outcome::Done
+    }
+
+    fn job_of(&self, message: &crate::ports::ReceivedMessage) -> Option<(JobId, Option<Stage>)> {
+        let trigger = stage_triggers(&message.body, self.0.trigger_file()).ok().flatten()?.into_iter().next()?;
+        Some((trigger.job_id, Some(self.0.stage())))
+    }
+}
+
+/// Writes a stage's outputs in order (the trigger of the next stage last), then records the stage
+/// finished. The outcome of the first failure, or `Done`.
+pub async fn write_outputs_and_finish(
+    context: &StageContext,
+    job_id: &JobId,
+    stage: Stage,
+    receive_count: u32,
+    outputs: Vec<(ObjectKey, Vec<u8>)>,
+) -> Outcome {
+    let no_metadata = crate::ports::ObjectMetadata::new();
+    for (key, body) in outputs {
+        if let Err(error) = context.objects.put(&key, body, &no_metadata).await {
+            return outcome_of_port_error(&error, job_id, stage, &format!("writing {key}"));
+        }
+    }
+    match finish_stage(context, job_id, stage, receive_count).await {
+        Ok(()) => Outcome::Done,
+        Err(error) => outcome_of_port_error(&error, job_id, stage, &format!("recording {stage} finished")),
+    }
+}
+
+/// The outcome for bad input: the job fails at once with `code`.
+pub fn failure(job_id: &JobId, stage: Stage, code: &str, message: String) -> Outcome {
+    Outcome::Fail { job_id: job_id.clone(), stage: Some(stage), code: code.to_owned(), message }
+}
+
 /// The outcome when a stage's computation panicked (a bug): the job fails with `internal_error`
 /// at once instead of crashing again on every redelivery.
 pub fn outcome_of_task_panic(error: &tokio::task::JoinError, job_id: &JobId, stage: Stage) -> Outcome {

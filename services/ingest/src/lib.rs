@@ -5,7 +5,6 @@ pub mod convert;
 pub mod dicom;
 pub mod synthetic_dicom;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -16,8 +15,8 @@ use iris_shared::keys::{self, QueueRole};
 use iris_shared::ports::ReceivedMessage;
 use iris_shared::runtime::{MessageHandler, Outcome, run_worker};
 use iris_shared::stage::{
-    CreatedObject, Notification, StageContext, StageStart, begin_stage, finish_stage, outcome_of_port_error,
-    outcome_of_task_panic, parse_notification,
+    CreatedObject, Notification, StageContext, StageStart, begin_stage, failure, outcome_of_port_error,
+    outcome_of_task_panic, parse_notification, write_outputs_and_finish,
 };
 use iris_shared::time::Timestamp;
 use tokio_util::sync::CancellationToken;
@@ -110,30 +109,17 @@ impl IngestHandler {
             Ok(Err(error)) => return fail(&job_id, &error),
             Err(panic) => return outcome_of_task_panic(&panic, &job_id, Stage::Ingest),
         };
-        let no_metadata = BTreeMap::new();
         // The report first, the volume last: the volume's notification starts segmentation.
-        for (key, body) in [
+        let outputs = vec![
             (keys::ingest_report_key(&job_id), outputs.report_json),
             (keys::volume_key(&job_id), outputs.volume_nii_gz),
-        ] {
-            if let Err(error) = self.context.objects.put(&key, body, &no_metadata).await {
-                return outcome_of_port_error(&error, &job_id, Stage::Ingest, "writing ingest outputs");
-            }
-        }
-        match finish_stage(&self.context, &job_id, Stage::Ingest, receive_count).await {
-            Ok(()) => Outcome::Done,
-            Err(error) => outcome_of_port_error(&error, &job_id, Stage::Ingest, "recording ingest finished"),
-        }
+        ];
+        write_outputs_and_finish(&self.context, &job_id, Stage::Ingest, receive_count, outputs).await
     }
 }
 
 fn fail(job_id: &JobId, error: &IngestError) -> Outcome {
-    Outcome::Fail {
-        job_id: job_id.clone(),
-        stage: Some(Stage::Ingest),
-        code: error.code().into(),
-        message: error.to_string(),
-    }
+    failure(job_id, Stage::Ingest, error.code(), error.to_string())
 }
 
 fn upload_of(object: &CreatedObject) -> UploadSource {

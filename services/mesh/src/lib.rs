@@ -4,7 +4,6 @@
 pub mod export;
 pub mod surface;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,10 +13,11 @@ use iris_shared::job::{JobId, Stage};
 use iris_shared::keys::{self, LABELS_FILE, QueueRole};
 use iris_shared::labels::{LabelTable, SegmentationStats};
 use iris_shared::nifti_codec::{DecodeLimits, NiftiDecodeError, decode_nifti};
-use iris_shared::ports::{PortError, ReceivedMessage};
-use iris_shared::runtime::{MessageHandler, Outcome, run_worker};
+use iris_shared::ports::PortError;
+use iris_shared::runtime::{Outcome, run_worker};
 use iris_shared::stage::{
-    StageContext, StageStart, begin_stage, finish_stage, outcome_of_port_error, outcome_of_task_panic, stage_triggers,
+    StageContext, StageStart, TriggeredStage, TriggeredStageHandler, begin_stage, failure, outcome_of_port_error,
+    outcome_of_task_panic, write_outputs_and_finish,
 };
 use iris_shared::time::Timestamp;
 use iris_shared::volume::Volume;
@@ -93,9 +93,20 @@ impl MeshHandler {
             max_voxels: config.max_voxels,
         }
     }
+}
+
+#[async_trait]
+impl TriggeredStage for MeshHandler {
+    fn stage(&self) -> Stage {
+        Stage::Mesh
+    }
+
+    fn trigger_file(&self) -> &'static str {
+        LABELS_FILE
+    }
 
     #[instrument(skip_all, fields(job_id))]
-    async fn mesh_job(&self, job_id: JobId, receive_count: u32, triggered_at: Option<Timestamp>) -> Outcome {
+    async fn run_job(&self, job_id: JobId, receive_count: u32, triggered_at: Option<Timestamp>) -> Outcome {
         Span::current().record("job_id", job_id.as_str());
         match begin_stage(&self.context.ledger, &job_id, Stage::Mesh, receive_count, triggered_at).await {
             Ok(StageStart::Proceed(_)) => {}
@@ -130,61 +141,21 @@ impl MeshHandler {
             }
             Err(error) => return Outcome::Retry { reason: format!("encoding manifest: {error}") },
         };
-        let no_metadata = BTreeMap::new();
-        for (key, body) in [
+        let outputs = vec![
             (keys::mesh_mtl_key(&job_id), artifacts.mtl),
             (keys::mesh_obj_key(&job_id), artifacts.obj),
             (keys::mesh_manifest_key(&job_id), manifest),
-        ] {
-            if let Err(error) = self.context.objects.put(&key, body, &no_metadata).await {
-                return outcome_of_port_error(&error, &job_id, Stage::Mesh, "writing mesh outputs");
-            }
-        }
-        match finish_stage(&self.context, &job_id, Stage::Mesh, receive_count).await {
-            Ok(()) => Outcome::Done,
-            Err(error) => outcome_of_port_error(&error, &job_id, Stage::Mesh, "recording mesh finished"),
-        }
+        ];
+        write_outputs_and_finish(&self.context, &job_id, Stage::Mesh, receive_count, outputs).await
     }
 }
 
 fn fail(job_id: &JobId, error: &MeshError) -> Outcome {
-    Outcome::Fail {
-        job_id: job_id.clone(),
-        stage: Some(Stage::Mesh),
-        code: error.code().into(),
-        message: error.to_string(),
-    }
-}
-
-#[async_trait]
-impl MessageHandler for MeshHandler {
-    fn name(&self) -> &'static str {
-        "mesh"
-    }
-
-    async fn process_one(&self, message: &ReceivedMessage) -> Outcome {
-        let triggers = match stage_triggers(&message.body, LABELS_FILE) {
-            Ok(Some(triggers)) if !triggers.is_empty() => triggers,
-            Ok(_) => return Outcome::Skipped { reason: "no labels to mesh in this notification".into() },
-            Err(error) => return Outcome::Reject { reason: error.to_string() },
-        };
-        for trigger in triggers {
-            let outcome = self.mesh_job(trigger.job_id, message.receive_count, trigger.triggered_at).await;
-            if !matches!(outcome, Outcome::Done | Outcome::Skipped { .. }) {
-                return outcome;
-            }
-        }
-        Outcome::Done
-    }
-
-    fn job_of(&self, message: &ReceivedMessage) -> Option<(JobId, Option<Stage>)> {
-        let trigger = stage_triggers(&message.body, LABELS_FILE).ok().flatten()?.into_iter().next()?;
-        Some((trigger.job_id, Some(Stage::Mesh)))
-    }
+    failure(job_id, Stage::Mesh, error.code(), error.to_string())
 }
 
 /// Runs the mesh worker until `shutdown`.
 pub async fn run_service(backends: &Backends, config: &IrisConfig, shutdown: CancellationToken) {
-    let handler = Arc::new(MeshHandler::from_config(backends, config));
+    let handler = Arc::new(TriggeredStageHandler(MeshHandler::from_config(backends, config)));
     run_worker(handler, backends.queue(QueueRole::Mesh), backends.ledger(), config.worker_settings(), shutdown).await;
 }

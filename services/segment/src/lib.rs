@@ -6,7 +6,6 @@
 pub mod classical;
 pub mod stats;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,10 +16,10 @@ use iris_shared::job::{JobId, Stage};
 use iris_shared::keys::{self, QueueRole, VOLUME_FILE};
 use iris_shared::labels::SegmentationStats;
 use iris_shared::nifti_codec::{DecodeLimits, NiftiDecodeError, decode_nifti_hounsfield, encode_nifti_gz};
-use iris_shared::ports::ReceivedMessage;
-use iris_shared::runtime::{MessageHandler, Outcome, run_worker};
+use iris_shared::runtime::{Outcome, run_worker};
 use iris_shared::stage::{
-    StageContext, StageStart, begin_stage, finish_stage, outcome_of_port_error, outcome_of_task_panic, stage_triggers,
+    StageContext, StageStart, TriggeredStage, TriggeredStageHandler, begin_stage, failure, outcome_of_port_error,
+    outcome_of_task_panic, write_outputs_and_finish,
 };
 use iris_shared::time::Timestamp;
 use iris_shared::volume::{Volume, VolumeError};
@@ -103,9 +102,20 @@ impl SegmentHandler {
             max_voxels: config.max_voxels,
         }
     }
+}
+
+#[async_trait]
+impl TriggeredStage for SegmentHandler {
+    fn stage(&self) -> Stage {
+        Stage::Segment
+    }
+
+    fn trigger_file(&self) -> &'static str {
+        VOLUME_FILE
+    }
 
     #[instrument(skip_all, fields(job_id))]
-    async fn segment_job(&self, job_id: JobId, receive_count: u32, triggered_at: Option<Timestamp>) -> Outcome {
+    async fn run_job(&self, job_id: JobId, receive_count: u32, triggered_at: Option<Timestamp>) -> Outcome {
         Span::current().record("job_id", job_id.as_str());
         match begin_stage(&self.context.ledger, &job_id, Stage::Segment, receive_count, triggered_at).await {
             Ok(StageStart::Proceed(_)) => {}
@@ -131,61 +141,20 @@ impl SegmentHandler {
             Err(panic) => return outcome_of_task_panic(&panic, &job_id, Stage::Segment),
         };
         info!(model = %outputs.stats.model, "segmented");
-        let no_metadata = BTreeMap::new();
         // Statistics first, labels last: the label map's notification starts meshing.
-        for (key, body) in
-            [(keys::stats_key(&job_id), outputs.stats_json), (keys::labels_key(&job_id), outputs.labels_nii_gz)]
-        {
-            if let Err(error) = self.context.objects.put(&key, body, &no_metadata).await {
-                return outcome_of_port_error(&error, &job_id, Stage::Segment, "writing segment outputs");
-            }
-        }
-        match finish_stage(&self.context, &job_id, Stage::Segment, receive_count).await {
-            Ok(()) => Outcome::Done,
-            Err(error) => outcome_of_port_error(&error, &job_id, Stage::Segment, "recording segment finished"),
-        }
+        let outputs =
+            vec![(keys::stats_key(&job_id), outputs.stats_json), (keys::labels_key(&job_id), outputs.labels_nii_gz)];
+        write_outputs_and_finish(&self.context, &job_id, Stage::Segment, receive_count, outputs).await
     }
 }
 
 fn fail(job_id: &JobId, error: &SegmentError) -> Outcome {
-    Outcome::Fail {
-        job_id: job_id.clone(),
-        stage: Some(Stage::Segment),
-        code: error.code().into(),
-        message: error.to_string(),
-    }
-}
-
-#[async_trait]
-impl MessageHandler for SegmentHandler {
-    fn name(&self) -> &'static str {
-        "segment"
-    }
-
-    async fn process_one(&self, message: &ReceivedMessage) -> Outcome {
-        let triggers = match stage_triggers(&message.body, VOLUME_FILE) {
-            Ok(Some(triggers)) if !triggers.is_empty() => triggers,
-            Ok(_) => return Outcome::Skipped { reason: "no volume to segment in this notification".into() },
-            Err(error) => return Outcome::Reject { reason: error.to_string() },
-        };
-        for trigger in triggers {
-            let outcome = self.segment_job(trigger.job_id, message.receive_count, trigger.triggered_at).await;
-            if !matches!(outcome, Outcome::Done | Outcome::Skipped { .. }) {
-                return outcome;
-            }
-        }
-        Outcome::Done
-    }
-
-    fn job_of(&self, message: &ReceivedMessage) -> Option<(JobId, Option<Stage>)> {
-        let trigger = stage_triggers(&message.body, VOLUME_FILE).ok().flatten()?.into_iter().next()?;
-        Some((trigger.job_id, Some(Stage::Segment)))
-    }
+    failure(job_id, Stage::Segment, error.code(), error.to_string())
 }
 
 /// Runs the segment worker until `shutdown`.
 pub async fn run_service(backends: &Backends, config: &IrisConfig, shutdown: CancellationToken) {
-    let handler = Arc::new(SegmentHandler::from_config(backends, config));
+    let handler = Arc::new(TriggeredStageHandler(SegmentHandler::from_config(backends, config)));
     run_worker(handler, backends.queue(QueueRole::Segment), backends.ledger(), config.worker_settings(), shutdown)
         .await;
 }
