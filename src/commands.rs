@@ -241,7 +241,7 @@ pub fn ingest_file(config: &IrisConfig, input: &Path, out: &Path) -> anyhow::Res
     let started = Instant::now();
     let limits = iris_ingest::IngestLimits { max_upload_bytes: config.max_upload_bytes, max_voxels: config.max_voxels };
     let name = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let ingested = match iris_ingest::ingest_upload(&bytes, &name, &limits) {
+    let ingested = match iris_ingest::ingest_upload(bytes, &name, &limits) {
         Ok(ingested) => ingested,
         Err(error) => return stage_failure(error.code(), &error.to_string()),
     };
@@ -263,7 +263,7 @@ pub fn segment_file(config: &IrisConfig, input: &Path, out: &Path) -> anyhow::Re
     let started = Instant::now();
     let limits = iris_ingest::IngestLimits { max_upload_bytes: config.max_upload_bytes, max_voxels: config.max_voxels };
     let name = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let ingested = match iris_ingest::ingest_upload(&bytes, &name, &limits) {
+    let ingested = match iris_ingest::ingest_upload(bytes, &name, &limits) {
         Ok(ingested) => ingested,
         Err(error) => return stage_failure(error.code(), &error.to_string()),
     };

@@ -5,7 +5,7 @@
 use std::io::Read;
 
 use flate2::read::MultiGzDecoder;
-use nifti::{IntoNdArray, NiftiHeader, NiftiObject};
+use nifti::{IntoNdArray, NiftiHeader};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -133,13 +133,26 @@ pub fn decode_nifti_hounsfield(
     bytes: &[u8],
     limits: &DecodeLimits,
 ) -> Result<(DecodedNifti<i16>, u64), NiftiDecodeError> {
-    let (header, dims, volume) = read_object(bytes, limits)?;
+    let (header, dims, data_offset) = read_header(bytes, limits)?;
     let identity = (header.scl_slope == 0.0 || header.scl_slope == 1.0) && header.scl_inter == 0.0;
-    if identity && header.datatype == nifti::NiftiType::Int16 as i16 {
-        let voxels =
-            volume.into_nifti_typed_data::<i16>().map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
+    if identity
+        && header.datatype == nifti::NiftiType::Int16 as i16
+        && header.endianness == nifti::Endianness::Little
+        && cfg!(target_endian = "little")
+    {
+        // The common CT case: the voxel bytes are already int16 in memory order. Reading them
+        // straight into the destination avoids the nifti crate's byte buffer plus typed copy
+        // (half the peak memory, and no per-voxel conversion).
+        let mut voxels = vec![0i16; dims[0] * dims[1] * dims[2]];
+        let mut source = source_reader(bytes);
+        std::io::copy(&mut (&mut source).take(data_offset), &mut std::io::sink())
+            .map_err(|e| NiftiDecodeError::Corrupt(e.to_string()))?;
+        source.read_exact(bytemuck::cast_slice_mut(&mut voxels)).map_err(|e| {
+            NiftiDecodeError::Corrupt(format!("the file holds less voxel data than its header promises ({e})"))
+        })?;
         return Ok((finish(header, dims, voxels)?, 0));
     }
+    let volume = read_volume(bytes, &header, data_offset)?;
     let array = volume.into_ndarray::<f32>().map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
     let (values, _) = array.into_raw_vec_and_offset();
     let mut clipped = 0u64;
@@ -156,14 +169,21 @@ pub fn decode_nifti_hounsfield(
     Ok((finish(header, dims, voxels)?, clipped))
 }
 
-/// Header checks, then the whole object (data read exactly as the header sizes it).
+/// Header checks, then the voxel data (read exactly as the header sizes it).
 fn read_object(
     bytes: &[u8],
     limits: &DecodeLimits,
 ) -> Result<(NiftiHeader, [usize; 3], nifti::volume::InMemNiftiVolume), NiftiDecodeError> {
+    let (header, dims, data_offset) = read_header(bytes, limits)?;
+    let volume = read_volume(bytes, &header, data_offset)?;
+    Ok((header, dims, volume))
+}
+
+/// The header (NIfTI-1, or NIfTI-2 translated), checked: dimensions, caps, geometry, data type.
+/// Returns it with the dimensions and the offset of the voxel data.
+fn read_header(bytes: &[u8], limits: &DecodeLimits) -> Result<(NiftiHeader, [usize; 3], u64), NiftiDecodeError> {
     let header_bytes = read_header_bytes(bytes, NIFTI2_HEADER_SIZE)?;
-    let nifti2 = nifti2::is_nifti2(&header_bytes);
-    let (header, data_offset) = if nifti2 {
+    let (header, data_offset) = if nifti2::is_nifti2(&header_bytes) {
         nifti2::header(&header_bytes)?
     } else {
         let header =
@@ -189,24 +209,25 @@ fn read_object(
     ) {
         return Err(NiftiDecodeError::UnsupportedDataType(format!("{datatype:?}")));
     }
-    let map_error = |e: nifti::NiftiError| match e {
+    Ok((header, dims, data_offset))
+}
+
+/// The voxel data, read by the nifti crate after skipping header and extensions.
+fn read_volume(
+    bytes: &[u8],
+    header: &NiftiHeader,
+    data_offset: u64,
+) -> Result<nifti::volume::InMemNiftiVolume, NiftiDecodeError> {
+    let mut source = source_reader(bytes);
+    std::io::copy(&mut (&mut source).take(data_offset), &mut std::io::sink())
+        .map_err(|e| NiftiDecodeError::Corrupt(e.to_string()))?;
+    nifti::volume::InMemNiftiVolume::from_reader(source, header).map_err(|e| match e {
         nifti::NiftiError::Io(io) => NiftiDecodeError::Corrupt(io.to_string()),
         nifti::NiftiError::IncompatibleLength(got, expected) => NiftiDecodeError::Corrupt(format!(
             "the file holds {got} bytes of voxel data, the header promises {expected}"
         )),
         other => NiftiDecodeError::NotNifti(other.to_string()),
-    };
-    let volume = if nifti2 {
-        // The nifti crate reads NIfTI-1 only: skip the NIfTI-2 header and extensions, and let it
-        // read the voxel data with the equivalent NIfTI-1 header.
-        let mut source = source_reader(bytes);
-        std::io::copy(&mut (&mut source).take(data_offset), &mut std::io::sink())
-            .map_err(|e| NiftiDecodeError::Corrupt(e.to_string()))?;
-        nifti::volume::InMemNiftiVolume::from_reader(source, &header).map_err(map_error)?
-    } else {
-        nifti::InMemNiftiObject::from_reader(source_reader(bytes)).map_err(map_error)?.into_volume()
-    };
-    Ok((header, dims, volume))
+    })
 }
 
 fn finish<T>(header: NiftiHeader, dims: [usize; 3], voxels: Vec<T>) -> Result<DecodedNifti<T>, NiftiDecodeError> {
@@ -353,23 +374,12 @@ impl NiftiGeometry {
     }
 }
 
-/// Bytes per gzip member of the parallel writer.
-pub const GZIP_CHUNK_BYTES: usize = 4 << 20;
-
-/// Writes `volume` as gzip-compressed NIfTI-1 with `geometry`'s header fields. The file is written
-/// uncompressed by the nifti crate, then compressed in fixed 4 MiB chunks in parallel, each a
-/// gzip member of its own (a multi-member gzip file, as pigz writes; every gzip reader reads it).
+/// Writes `volume` as gzip-compressed NIfTI-1 with `geometry`'s header fields. The nifti crate
+/// writes the file uncompressed to a private temporary file; it is then compressed in fixed 4 MiB
+/// chunks, a few at a time in parallel, each a gzip member of its own (a multi-member gzip file, as
+/// pigz writes; every gzip reader reads it). The uncompressed bytes are never all in memory.
 /// Deterministic: the same volume and geometry give the same bytes on any number of threads.
 pub fn encode_nifti_gz<T>(volume: &Volume<T>, geometry: &NiftiGeometry) -> Result<Vec<u8>, NiftiEncodeError>
-where
-    T: nifti::DataElement + bytemuck::Pod,
-{
-    let plain = encode_nifti(volume, geometry)?;
-    gzip_parallel(&plain).map_err(|e| NiftiEncodeError::Write(e.to_string()))
-}
-
-/// Uncompressed NIfTI-1 (`.nii`) bytes.
-pub fn encode_nifti<T>(volume: &Volume<T>, geometry: &NiftiGeometry) -> Result<Vec<u8>, NiftiEncodeError>
 where
     T: nifti::DataElement + bytemuck::Pod,
 {
@@ -392,29 +402,46 @@ where
         .reference_header(&header)
         .write_nifti(&array)
         .map_err(|e| write_error(&e))?;
-    std::fs::read(&path).map_err(|e| write_error(&e))
+    let file = std::fs::File::open(&path).map_err(|e| write_error(&e))?;
+    gzip_parallel(file).map_err(|e| write_error(&e))
 }
 
-/// Gzip in independent members of `GZIP_CHUNK_BYTES`, compressed in parallel (fast level, no
-/// timestamps).
-pub fn gzip_parallel(plain: &[u8]) -> std::io::Result<Vec<u8>> {
+/// Bytes per gzip member of the parallel writer.
+pub const GZIP_CHUNK_BYTES: usize = 4 << 20;
+
+/// Gzip of everything `source` yields, in independent members of `GZIP_CHUNK_BYTES` compressed in
+/// parallel (fast level, no timestamps), reading only a few chunks ahead.
+pub fn gzip_parallel(mut source: impl Read) -> std::io::Result<Vec<u8>> {
     use std::io::Write;
-    let members: Vec<std::io::Result<Vec<u8>>> = plain
-        .par_chunks(GZIP_CHUNK_BYTES)
-        .map(|chunk| {
-            let mut encoder =
-                flate2::GzBuilder::new().write(Vec::with_capacity(chunk.len() / 3), flate2::Compression::fast());
-            encoder.write_all(chunk)?;
-            encoder.finish()
-        })
-        .collect();
-    let mut out = Vec::with_capacity(members.iter().map(|m| m.as_ref().map_or(0, Vec::len)).sum());
-    for member in members {
-        out.extend_from_slice(&member?);
-    }
-    if plain.is_empty() {
-        let encoder = flate2::GzBuilder::new().write(Vec::new(), flate2::Compression::fast());
-        out = encoder.finish()?;
+    let batch = rayon::current_num_threads().max(1) * 2;
+    let mut out = Vec::new();
+    let mut finished = false;
+    while !finished {
+        let mut chunks = Vec::with_capacity(batch);
+        while chunks.len() < batch {
+            let mut chunk = Vec::with_capacity(GZIP_CHUNK_BYTES);
+            (&mut source).take(GZIP_CHUNK_BYTES as u64).read_to_end(&mut chunk)?;
+            let short = chunk.len() < GZIP_CHUNK_BYTES;
+            if !chunk.is_empty() || (out.is_empty() && chunks.is_empty()) {
+                chunks.push(chunk);
+            }
+            if short {
+                finished = true;
+                break;
+            }
+        }
+        let members: Vec<std::io::Result<Vec<u8>>> = chunks
+            .par_iter()
+            .map(|chunk| {
+                let mut encoder =
+                    flate2::GzBuilder::new().write(Vec::with_capacity(chunk.len() / 3), flate2::Compression::fast());
+                encoder.write_all(chunk)?;
+                encoder.finish()
+            })
+            .collect();
+        for member in members {
+            out.extend_from_slice(&member?);
+        }
     }
     Ok(out)
 }

@@ -114,13 +114,14 @@ impl SourceFormat {
 }
 
 /// Decodes an upload and brings it to canonical RAS orientation.
-pub fn ingest_upload(bytes: &[u8], file_name: &str, limits: &IngestLimits) -> Result<IngestedVolume, IngestError> {
+/// Takes the upload's bytes by value and frees them once decoded (peak memory matters for large CT).
+pub fn ingest_upload(bytes: Vec<u8>, file_name: &str, limits: &IngestLimits) -> Result<IngestedVolume, IngestError> {
     if bytes.len() as u64 > limits.max_upload_bytes {
         return Err(IngestError::UploadTooLarge { size: bytes.len() as u64, limit: limits.max_upload_bytes });
     }
     let source = match SourceFormat::from_file_name(file_name) {
         Some(SourceFormat::Nifti) => {
-            let (decoded, clipped) = decode_nifti_hounsfield(bytes, &DecodeLimits { max_voxels: limits.max_voxels })?;
+            let (decoded, clipped) = decode_nifti_hounsfield(&bytes, &DecodeLimits { max_voxels: limits.max_voxels })?;
             DecodedSource {
                 clipped,
                 format: "nifti",
@@ -134,9 +135,9 @@ pub fn ingest_upload(bytes: &[u8], file_name: &str, limits: &IngestLimits) -> Re
         }
         Some(format @ (SourceFormat::DicomZip | SourceFormat::Dicom)) => {
             let series = if format == SourceFormat::DicomZip {
-                read_dicom_zip(bytes, &limits.dicom())?
+                read_dicom_zip(&bytes, &limits.dicom())?
             } else {
-                read_dicom_file(bytes, &limits.dicom())?
+                read_dicom_file(&bytes, &limits.dicom())?
             };
             let (volume, clipped) = round_to_hounsfield(&series.volume)?;
             DecodedSource {
@@ -156,6 +157,7 @@ pub fn ingest_upload(bytes: &[u8], file_name: &str, limits: &IngestLimits) -> Re
             )));
         }
     };
+    drop(bytes);
     let original_affine = *source.volume.affine();
     let dims = source.volume.dims();
     let clipped = source.clipped;
@@ -164,6 +166,7 @@ pub fn ingest_upload(bytes: &[u8], file_name: &str, limits: &IngestLimits) -> Re
     let original = source.volume;
     let reorientation = Reorientation::to_canonical(dims, &original_affine)?;
     let canonical = reorientation.apply(&original)?;
+    drop(original);
     let mut warnings = Vec::new();
     if clipped > 0 {
         warnings.push(format!("{clipped} voxels were outside the int16 range and were clipped"));

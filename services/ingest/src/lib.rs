@@ -101,7 +101,7 @@ impl IngestHandler {
         let file_name = object.key.file_name().to_owned();
         let limits = self.limits;
         let converted = tokio::task::spawn_blocking(move || {
-            ingest_upload(&bytes, &file_name, &limits).and_then(|v| encode_outputs(&v))
+            ingest_upload(bytes, &file_name, &limits).and_then(|v| encode_outputs(&v))
         })
         .await;
         let outputs = match converted {

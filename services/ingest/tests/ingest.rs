@@ -53,7 +53,7 @@ fn the_shared_jpeg2000_series_matches_dicom2nifti_voxel_for_voxel_and_in_world_s
     let Some(directory) = shared_series() else { return };
     let reference: Reference =
         serde_json::from_str(include_str!("fixtures/dicom2nifti_example_ct_dicom.json")).expect("fixture");
-    let ingested = ingest_upload(&zip_directory(&directory), "series.zip", &LIMITS).expect("ingest the series");
+    let ingested = ingest_upload(zip_directory(&directory), "series.zip", &LIMITS).expect("ingest the series");
     let report = &ingested.report;
     assert_eq!(report.source_format, "dicom");
     assert_eq!(report.original.dims, reference.shape);
@@ -98,7 +98,7 @@ fn ingest_zip(
     slices: &[SyntheticSlice],
     extra: &[(&str, Vec<u8>)],
 ) -> Result<iris_ingest::convert::IngestedVolume, iris_ingest::IngestError> {
-    ingest_upload(&zip_series(slices, extra).expect("zip"), "upload.zip", &LIMITS)
+    ingest_upload(zip_series(slices, extra).expect("zip"), "upload.zip", &LIMITS)
 }
 
 #[test]
@@ -178,7 +178,7 @@ fn each_bad_series_fails_with_its_code() {
         assert_eq!(error.code(), code, "{name}: {error}");
         assert!(!error.to_string().is_empty());
     }
-    let not_a_zip = ingest_upload(b"PK\x03\x04 broken", "broken.zip", &LIMITS).unwrap_err();
+    let not_a_zip = ingest_upload(b"PK\x03\x04 broken".to_vec(), "broken.zip", &LIMITS).unwrap_err();
     assert_eq!(not_a_zip.code(), "corrupt_file");
     let empty_zip = ingest_zip(&[], &[("notes.txt", b"hello".to_vec())]).unwrap_err();
     assert_eq!(empty_zip.code(), "no_dicom_images");
@@ -200,7 +200,7 @@ fn archive_entries_that_escape_and_zip_bombs_are_refused() {
     let bomb = ingest_zip(&slices, &[("zeros.dcm", vec![0u8; 16 << 20])]).unwrap_err();
     assert_eq!(bomb.code(), "too_large", "{bomb}");
     let small = IngestLimits { max_upload_bytes: 1 << 31, max_voxels: 100 };
-    let too_many_voxels = ingest_upload(&zip_series(&slices, &[]).unwrap(), "series.zip", &small).unwrap_err();
+    let too_many_voxels = ingest_upload(zip_series(&slices, &[]).unwrap(), "series.zip", &small).unwrap_err();
     assert_eq!(too_many_voxels.code(), "too_large");
 }
 
@@ -210,7 +210,7 @@ fn no_patient_identifier_reaches_the_ingest_report() {
     let raw = write_slice(&slices[0], 1).unwrap();
     assert!(raw.windows(PHI_CANARY.len()).any(|w| w == PHI_CANARY.as_bytes()), "the DICOM files carry the canary");
     let upload = zip_series(&slices, &[]).unwrap();
-    let ingested = ingest_upload(&upload, "canary.zip", &LIMITS).expect("ingest");
+    let ingested = ingest_upload(upload, "canary.zip", &LIMITS).expect("ingest");
     let outputs = encode_outputs(&ingested).expect("encode");
     let report = String::from_utf8(outputs.report_json).unwrap();
     assert!(!report.contains(PHI_CANARY), "canary in ingest.json: {report}");
@@ -231,7 +231,7 @@ fn series_in_each_transfer_syntax_decode_to_the_same_values_or_fail_with_a_code(
         ("deflated-explicit-little-endian", "1.2.840.10008.1.2.1.99"),
         ("rle-lossless", "1.2.840.10008.1.2.5"),
     ] {
-        let ingested = ingest_upload(&zip_directory(&root.join(folder)), "series.zip", &LIMITS)
+        let ingested = ingest_upload(zip_directory(&root.join(folder)), "series.zip", &LIMITS)
             .unwrap_or_else(|e| panic!("{folder}: {e}"));
         let report = &ingested.report;
         assert_eq!(report.dicom.as_ref().unwrap().transfer_syntax, uid, "{folder}");
@@ -242,7 +242,7 @@ fn series_in_each_transfer_syntax_decode_to_the_same_values_or_fail_with_a_code(
             assert_eq!(*original.get(i, j, k), expected_hu(i, 11 - j, k), "{folder} voxel ({i},{j},{k})");
         }
     }
-    let jpeg_ls = ingest_upload(&zip_directory(&root.join("jpeg-ls-lossless")), "series.zip", &LIMITS).unwrap_err();
+    let jpeg_ls = ingest_upload(zip_directory(&root.join("jpeg-ls-lossless")), "series.zip", &LIMITS).unwrap_err();
     assert_eq!(jpeg_ls.code(), "unsupported_transfer_syntax", "{jpeg_ls}");
     assert!(jpeg_ls.to_string().contains("1.2.840.10008.1.2.4.80"), "{jpeg_ls}");
 }
