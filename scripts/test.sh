@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every test: formatting, lints, and the whole workspace's tests (debug build), the AWS adapters'
-# against a moto server this script installs (pinned, in a virtualenv) and starts on a free port.
+# against a moto server this script installs (pinned, in a virtualenv) and starts on a free port,
+# the CDK app's tests with an offline `cdk synth`, and the Dockerfiles' lint.
 # Tests that need ../shared/data skip with a message when it is absent.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -19,3 +20,7 @@ export IRIS_MOTO_URL
 trap 'bash scripts/moto.sh stop "$IRIS_MOTO_URL" || true' EXIT
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== CDK app: tests and an offline cdk synth"
+bash scripts/cdk-test.sh
+echo "== Dockerfiles: lint"
+bash scripts/lint-docker.sh
