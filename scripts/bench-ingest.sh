@@ -166,7 +166,7 @@ measure() {
         "$PY" "$PEERS" measure "$tf" -- "$@" >"$log" 2>&1 || status=failed
         read -r wall rss <"$tf"
     fi
-    # iris prints its own timing ("... in 1.234 s → DIR"): from after reading the input to after writing.
+    # iris prints its own timing ("... in 1.234 s → DIR"): from before reading the input to after writing.
     local own=""
     if [[ $tool == iris ]]; then
         own="$(sed -n 's/.* in \([0-9.]*\) s → .*/\1/p' "$log" | tail -n 1)"

@@ -309,8 +309,8 @@ def report(results_path, meta_path):
     if own:
         out.append("")
         out.append(
-            "iris's own timer (from after reading the input to after writing the outputs, so without process "
-            "start and the read), median: " + "; ".join(own) + "."
+            "iris's own timer (from before reading the input to after writing the outputs, so without process "
+            "start), median: " + "; ".join(own) + "."
         )
     out.append("")
     out.append("Goals (from the issue):")

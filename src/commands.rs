@@ -237,13 +237,10 @@ pub async fn watch(config: &IrisConfig, job: &str, user: &UserId, url: Option<St
 
 /// `iris ingest INPUT --out DIR`: ingest's logic on a local file.
 pub fn ingest_file(config: &IrisConfig, input: &Path, out: &Path) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
     let started = Instant::now();
-    let limits = iris_ingest::IngestLimits { max_upload_bytes: config.max_upload_bytes, max_voxels: config.max_voxels };
-    let name = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let ingested = match iris_ingest::ingest_upload(bytes, &name, &limits) {
+    let ingested = match ingest_local_file(config, input)? {
         Ok(ingested) => ingested,
-        Err(error) => return stage_failure(error.code(), &error.to_string()),
+        Err(code) => return Ok(code),
     };
     let outputs = iris_ingest::encode_outputs(&ingested)?;
     write_outputs(out, &[("volume.nii.gz", &outputs.volume_nii_gz), ("ingest.json", &outputs.report_json)])?;
@@ -259,13 +256,10 @@ pub fn ingest_file(config: &IrisConfig, input: &Path, out: &Path) -> anyhow::Res
 
 /// `iris segment INPUT --out DIR`: canonicalise and segment a local CT, labels on its own grid.
 pub fn segment_file(config: &IrisConfig, input: &Path, out: &Path) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
     let started = Instant::now();
-    let limits = iris_ingest::IngestLimits { max_upload_bytes: config.max_upload_bytes, max_voxels: config.max_voxels };
-    let name = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let ingested = match iris_ingest::ingest_upload(bytes, &name, &limits) {
+    let ingested = match ingest_local_file(config, input)? {
         Ok(ingested) => ingested,
-        Err(error) => return stage_failure(error.code(), &error.to_string()),
+        Err(code) => return Ok(code),
     };
     let canonical = iris_ingest::encode_outputs(&ingested)?;
     let outputs = match iris_segment::segment_canonical(&canonical.volume_nii_gz, &ingested.report, config.max_voxels) {
@@ -310,6 +304,20 @@ pub fn mesh_file(config: &IrisConfig, input: &Path, stats: Option<&Path>, out: &
         out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ingest's logic on a local file: the ingested volume, or the exit code of a reported failure.
+fn ingest_local_file(
+    config: &IrisConfig,
+    input: &Path,
+) -> anyhow::Result<Result<iris_ingest::convert::IngestedVolume, ExitCode>> {
+    let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let limits = iris_ingest::IngestLimits { max_upload_bytes: config.max_upload_bytes, max_voxels: config.max_voxels };
+    let name = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    match iris_ingest::ingest_upload(bytes, &name, &limits) {
+        Ok(ingested) => Ok(Ok(ingested)),
+        Err(error) => Ok(Err(stage_failure(error.code(), &error.to_string())?)),
+    }
 }
 
 fn stage_failure(code: &str, message: &str) -> anyhow::Result<ExitCode> {

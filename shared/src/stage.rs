@@ -166,6 +166,24 @@ pub async fn begin_stage(
     }
 }
 
+/// [`begin_stage`] for a job output trigger, with the outcome for a job that is not to be worked
+/// on: `Err(outcome)` when the stage is already settled (ack), the job is unknown (dead-letter) or
+/// the job table failed.
+pub async fn enter_stage(
+    context: &StageContext,
+    job_id: &JobId,
+    stage: Stage,
+    receive_count: u32,
+    triggered_at: Option<Timestamp>,
+) -> Result<JobRecord, Outcome> {
+    match begin_stage(&context.ledger, job_id, stage, receive_count, triggered_at).await {
+        Ok(StageStart::Proceed(job)) => Ok(job),
+        Ok(StageStart::Settled(job)) => Err(Outcome::Skipped { reason: format!("job already {}", job.status) }),
+        Ok(StageStart::UnknownJob) => Err(Outcome::Reject { reason: format!("no job {job_id}") }),
+        Err(error) => Err(outcome_of_port_error(&error, job_id, stage, &format!("starting {stage}"))),
+    }
+}
+
 /// Records the stage finished (after its outputs are written) and publishes the event.
 pub async fn finish_stage(
     context: &StageContext,

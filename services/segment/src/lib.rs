@@ -18,7 +18,7 @@ use iris_shared::labels::SegmentationStats;
 use iris_shared::nifti_codec::{DecodeLimits, NiftiDecodeError, decode_nifti_hounsfield, encode_nifti_gz};
 use iris_shared::runtime::{Outcome, run_worker};
 use iris_shared::stage::{
-    StageContext, StageStart, TriggeredStage, TriggeredStageHandler, begin_stage, failure, outcome_of_port_error,
+    StageContext, TriggeredStage, TriggeredStageHandler, enter_stage, failure, outcome_of_port_error,
     outcome_of_task_panic, write_outputs_and_finish,
 };
 use iris_shared::time::Timestamp;
@@ -117,11 +117,8 @@ impl TriggeredStage for SegmentHandler {
     #[instrument(skip_all, fields(job_id))]
     async fn run_job(&self, job_id: JobId, receive_count: u32, triggered_at: Option<Timestamp>) -> Outcome {
         Span::current().record("job_id", job_id.as_str());
-        match begin_stage(&self.context.ledger, &job_id, Stage::Segment, receive_count, triggered_at).await {
-            Ok(StageStart::Proceed(_)) => {}
-            Ok(StageStart::Settled(job)) => return Outcome::Skipped { reason: format!("job already {}", job.status) },
-            Ok(StageStart::UnknownJob) => return Outcome::Reject { reason: format!("no job {job_id}") },
-            Err(error) => return outcome_of_port_error(&error, &job_id, Stage::Segment, "starting segment"),
+        if let Err(outcome) = enter_stage(&self.context, &job_id, Stage::Segment, receive_count, triggered_at).await {
+            return outcome;
         }
         let report = match self.context.objects.get(&keys::ingest_report_key(&job_id)).await {
             Ok(bytes) => match serde_json::from_slice::<IngestReport>(&bytes) {
