@@ -22,6 +22,17 @@ pub struct StageContext {
     pub pause_before_finish: Option<Duration>,
 }
 
+impl StageContext {
+    /// The context of a stage running on `backends` with `config`'s settings.
+    pub fn from_config(backends: &crate::backends::Backends, config: &crate::config::IrisConfig) -> StageContext {
+        StageContext {
+            objects: Arc::clone(&backends.objects),
+            ledger: backends.ledger(),
+            pause_before_finish: config.fault_pause_before_finish,
+        }
+    }
+}
+
 /// One object named by a notification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreatedObject {

@@ -36,11 +36,7 @@ impl IngestHandler {
 
     pub fn from_config(backends: &Backends, config: &IrisConfig) -> IngestHandler {
         IngestHandler::new(
-            StageContext {
-                objects: Arc::clone(&backends.objects),
-                ledger: backends.ledger(),
-                pause_before_finish: config.fault_pause_before_finish,
-            },
+            StageContext::from_config(backends, config),
             IngestLimits { max_upload_bytes: config.max_upload_bytes, max_voxels: config.max_voxels },
         )
     }

@@ -84,14 +84,7 @@ pub struct MeshHandler {
 
 impl MeshHandler {
     pub fn from_config(backends: &Backends, config: &IrisConfig) -> MeshHandler {
-        MeshHandler {
-            context: StageContext {
-                objects: Arc::clone(&backends.objects),
-                ledger: backends.ledger(),
-                pause_before_finish: config.fault_pause_before_finish,
-            },
-            max_voxels: config.max_voxels,
-        }
+        MeshHandler { context: StageContext::from_config(backends, config), max_voxels: config.max_voxels }
     }
 }
 

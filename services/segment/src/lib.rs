@@ -93,14 +93,7 @@ pub struct SegmentHandler {
 
 impl SegmentHandler {
     pub fn from_config(backends: &Backends, config: &IrisConfig) -> SegmentHandler {
-        SegmentHandler {
-            context: StageContext {
-                objects: Arc::clone(&backends.objects),
-                ledger: backends.ledger(),
-                pause_before_finish: config.fault_pause_before_finish,
-            },
-            max_voxels: config.max_voxels,
-        }
+        SegmentHandler { context: StageContext::from_config(backends, config), max_voxels: config.max_voxels }
     }
 }
 
