@@ -161,12 +161,18 @@ pub async fn begin_stage(
             .await?;
         return Ok(StageStart::Settled(job));
     }
-    if let Some(previous) = stage.previous()
-        && job.status.rank() < previous.finished_status().rank()
-    {
-        let catch_up = Transition::to(previous.finished_status(), Timestamp::now(), 0)
-            .with_artifacts(stage_artifacts(previous, job_id));
-        ledger.advance(job_id, catch_up, 1).await?;
+    if let Some(previous) = stage.previous() {
+        if job.status.rank() < previous.finished_status().rank() {
+            let catch_up = Transition::to(previous.finished_status(), Timestamp::now(), 0)
+                .with_artifacts(stage_artifacts(previous, job_id));
+            ledger.advance(job_id, catch_up, 1).await?;
+        } else if job.status == previous.finished_status() {
+            // The previous stage recorded its finish, but its event may still be on its way: the
+            // previous stage publishes after writing, and this stage's start event could overtake
+            // it. Publishing it again here (same stable id) puts it before this stage's start
+            // event; consumers drop the duplicate by id (WebSocket subscribers by rank).
+            ledger.publish(&job).await?;
+        }
     }
     let start = Transition::to(stage.started_status(), Timestamp::now(), receive_count).triggered_at(triggered_at);
     match ledger.advance(job_id, start, receive_count).await? {
