@@ -43,6 +43,45 @@ pub struct IrisConfig {
     /// `IRIS_FAULT_PAUSE_BEFORE_FINISH_MS` (unset by default): fault injection for crash tests; each
     /// stage pauses this long after writing its outputs and before recording itself finished.
     pub fault_pause_before_finish: Option<Duration>,
+    /// The segment service's model settings.
+    pub segment: SegmentSettings,
+}
+
+/// How the segment service finds and runs models (see docs/segmentation.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentSettings {
+    /// `IRIS_SEGMENT_MODEL` (default `total`): the task or model run when a job names none; when it
+    /// is not in the object store the built-in classical model runs. `classical` always runs that.
+    pub default_model: String,
+    /// `IRIS_DEVICE`: `auto` (default: CUDA when the library and a GPU allow it, else CPU), `cpu`, `gpu`.
+    pub device: DeviceChoice,
+    /// `IRIS_MODEL_CACHE_DIR` (default `<data dir>/model-cache`): downloaded models, by checksum.
+    pub model_cache_dir: PathBuf,
+    /// `ORT_DYLIB_PATH`: ONNX Runtime's shared library. Unset: the one `scripts/onnx-env.sh install`
+    /// puts in `~/.cache/iris-onnx-venv`, if present.
+    pub onnx_runtime_library: Option<PathBuf>,
+    /// `IRIS_ORT_THREADS` (default 0: ONNX Runtime's choice, one per core): intra-op threads.
+    pub onnx_threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<DeviceChoice, String> {
+        match text {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "gpu" | "cuda" => Ok(DeviceChoice::Gpu),
+            other => Err(format!("'{other}' is not auto, cpu or gpu")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,14 +160,24 @@ impl IrisConfig {
             });
         }
         let fault_pause: u64 = parse(&lookup, "IRIS_FAULT_PAUSE_BEFORE_FINISH_MS", 0)?;
+        let data_dir =
+            PathBuf::from(lookup("IRIS_DATA_DIR").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| ".iris".into()));
+        let segment = SegmentSettings {
+            default_model: named("IRIS_SEGMENT_MODEL", "total"),
+            device: parse(&lookup, "IRIS_DEVICE", DeviceChoice::Auto)?,
+            model_cache_dir: lookup("IRIS_MODEL_CACHE_DIR")
+                .filter(|v| !v.trim().is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| data_dir.join("model-cache")),
+            onnx_runtime_library: lookup("ORT_DYLIB_PATH").filter(|v| !v.trim().is_empty()).map(PathBuf::from),
+            onnx_threads: parse(&lookup, "IRIS_ORT_THREADS", 0usize)?,
+        };
         Ok(IrisConfig {
             backend,
             jobs_table: named("IRIS_JOBS_TABLE", "iris-jobs"),
             connections_table: named("IRIS_CONNECTIONS_TABLE", "iris-connections"),
             event_bus: named("IRIS_EVENT_BUS", "iris-pipeline"),
-            data_dir: PathBuf::from(
-                lookup("IRIS_DATA_DIR").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| ".iris".into()),
-            ),
+            data_dir,
             bucket: lookup("IRIS_BUCKET").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| "iris-local".into()),
             queue_prefix: lookup("IRIS_QUEUE_PREFIX").unwrap_or_else(|| "iris-".into()),
             log_format,
@@ -141,6 +190,7 @@ impl IrisConfig {
             max_voxels: parse(&lookup, "IRIS_MAX_VOXELS", 512u64 * 512 * 2000)?,
             processing_limit: Duration::from_secs(parse(&lookup, "IRIS_PROCESSING_LIMIT_SECS", 1800u64)?.max(1)),
             fault_pause_before_finish: (fault_pause > 0).then(|| Duration::from_millis(fault_pause)),
+            segment,
         })
     }
 
@@ -188,6 +238,11 @@ mod tests {
         let config = IrisConfig::from_lookup(|_| None).unwrap();
         assert_eq!(config.data_dir, PathBuf::from(".iris"));
         assert_eq!(config.max_attempts, 4);
+        assert_eq!(config.segment.default_model, "total");
+        assert_eq!(config.segment.device, DeviceChoice::Auto);
+        assert_eq!(config.segment.model_cache_dir, PathBuf::from(".iris/model-cache"));
+        let error = IrisConfig::from_lookup(|name| (name == "IRIS_DEVICE").then(|| "tpu".into())).unwrap_err();
+        assert_eq!(error.name, "IRIS_DEVICE");
         let config = IrisConfig::from_lookup(|name| match name {
             "IRIS_DATA_DIR" => Some("/tmp/x".into()),
             "IRIS_VISIBILITY_TIMEOUT_SECS" => Some("3".into()),

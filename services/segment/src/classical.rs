@@ -140,7 +140,7 @@ const BONE_MINIMUM_COMPONENT_ML: f64 = 0.5;
 /// least this (HU); the spinal canal (cerebrospinal fluid and cord, about 0–40 HU) stays open.
 const MARROW_MINIMUM_MEAN_HU: i64 = 40;
 
-fn check_ct_like(ct: &Volume<i16>) -> Result<(), ClassicalModelError> {
+pub fn check_ct_like(ct: &Volume<i16>) -> Result<(), ClassicalModelError> {
     let refuse = |reason: String| Err(ClassicalModelError::NotCtLike { reason });
     if u32::try_from(ct.voxel_count()).is_err() {
         return refuse(format!("{} voxels are more than the classical model handles", ct.voxel_count()));
