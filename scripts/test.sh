@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Every test: formatting, lints, and the whole workspace's tests (debug build), the AWS adapters'
 # against a moto server this script installs (pinned, in a virtualenv) and starts on a free port,
+# the segment tests against ONNX Runtime from the pinned PyPI wheel (installed in a venv, with the
+# Python reference of the sliding window),
 # the CDK app's tests with an offline `cdk synth`, and the Dockerfiles' lint.
 # Tests that need ../shared/data skip with a message when it is absent.
 set -euo pipefail
@@ -18,6 +20,12 @@ bash scripts/moto.sh install
 IRIS_MOTO_URL="$(bash scripts/moto.sh start)"
 export IRIS_MOTO_URL
 trap 'bash scripts/moto.sh stop "$IRIS_MOTO_URL" || true' EXIT
+echo "== ONNX Runtime 1.31.1 (the PyPI wheel's shared library) and the Python reference's venv"
+bash scripts/onnx-env.sh install
+ORT_DYLIB_PATH="$(bash scripts/onnx-env.sh lib)"
+IRIS_ONNX_PYTHON="$(bash scripts/onnx-env.sh python)"
+# The segment tests fail, rather than skip, when ONNX Runtime is missing.
+export ORT_DYLIB_PATH IRIS_ONNX_PYTHON IRIS_REQUIRE_ONNX=1
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== CDK app: tests and an offline cdk synth"

@@ -255,14 +255,41 @@ pub fn ingest_file(config: &IrisConfig, input: &Path, out: &Path) -> anyhow::Res
 }
 
 /// `iris segment INPUT --out DIR`: canonicalise and segment a local CT, labels on its own grid.
-pub fn segment_file(config: &IrisConfig, input: &Path, out: &Path) -> anyhow::Result<ExitCode> {
+pub fn segment_file(
+    config: &IrisConfig,
+    input: &Path,
+    out: &Path,
+    model: Option<&Path>,
+    fast: bool,
+) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let (segmenter, runtime) = match model {
+        None => (iris_segment::Segmenter::Classical { reason: None }, None),
+        Some(model) => {
+            let options = iris_segment::SegmentOptions { fast, ..Default::default() };
+            let plan = match iris_segment::load_local_plan(model, &options) {
+                Ok(plan) => plan,
+                Err(error) => return stage_failure(error.code(), &error.to_string()),
+            };
+            match iris_segment::onnx_runtime(&config.segment) {
+                Ok(runtime) => (iris_segment::Segmenter::Onnx(plan), Some(runtime)),
+                Err(error) => return stage_failure(error.code(), &error.to_string()),
+            }
+        }
+    };
     let ingested = match ingest_local_file(config, input)? {
         Ok(ingested) => ingested,
         Err(code) => return Ok(code),
     };
     let canonical = iris_ingest::encode_outputs(&ingested)?;
-    let outputs = match iris_segment::segment_canonical(&canonical.volume_nii_gz, &ingested.report, config.max_voxels) {
+    let outputs = match iris_segment::segment_canonical(
+        &canonical.volume_nii_gz,
+        &ingested.report,
+        config.max_voxels,
+        &segmenter,
+        runtime,
+        &|_, _, _| {},
+    ) {
         Ok(outputs) => outputs,
         Err(error) => return stage_failure(error.code(), &error.to_string()),
     };

@@ -93,6 +93,15 @@ enum Command {
         input: PathBuf,
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// An ONNX model directory (card.json + model.onnx) or a task.json; default: the classical model.
+        #[arg(long, value_name = "DIR|TASK_JSON")]
+        model: Option<PathBuf>,
+        /// Where ONNX models run (overrides IRIS_DEVICE).
+        #[arg(long, value_name = "auto|cpu|gpu")]
+        device: Option<iris_shared::config::DeviceChoice>,
+        /// Run the task's fast models.
+        #[arg(long)]
+        fast: bool,
     },
     /// Run mesh's logic on a local label map (no queues).
     Mesh {
@@ -224,7 +233,13 @@ async fn dispatch(command: Command, config: IrisConfig) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         Command::Ingest { input, out } => commands::ingest_file(&config, &input, &out),
-        Command::Segment { input, out } => commands::segment_file(&config, &input, &out),
+        Command::Segment { input, out, model, device, fast } => {
+            let mut config = config;
+            if let Some(device) = device {
+                config.segment.device = device;
+            }
+            commands::segment_file(&config, &input, &out, model.as_deref(), fast)
+        }
         Command::Mesh { input, out, stats } => commands::mesh_file(&config, &input, stats.as_deref(), &out),
     }
 }

@@ -39,6 +39,9 @@ fn config_for(directory: &Path, extra: &[(&str, &str)]) -> IrisConfig {
     let mut variables: BTreeMap<String, String> =
         extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     variables.insert("IRIS_DATA_DIR".into(), directory.display().to_string());
+    if let Ok(library) = std::env::var("ORT_DYLIB_PATH") {
+        variables.entry("ORT_DYLIB_PATH".into()).or_insert(library);
+    }
     variables.entry("IRIS_VISIBILITY_TIMEOUT_SECS".into()).or_insert_with(|| "5".into());
     variables.entry("IRIS_RETRY_BACKOFF_MS".into()).or_insert_with(|| "100".into());
     IrisConfig::from_lookup(|name| variables.get(name).cloned()).expect("test configuration")
@@ -168,7 +171,33 @@ async fn shared_ct_completes_with_labels_on_the_upload_grid() {
 /// the same world position as in the RAS upload of the same anatomy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labels_are_identical_in_world_space_for_ras_lps_and_las_uploads() {
+    labels_in_world_space_for_ras_lps_and_las(None).await;
+}
+
+/// The same with an ONNX model from the object store, chosen by the upload's `model` option.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn onnx_model_labels_are_identical_in_world_space_for_ras_lps_and_las_uploads() {
+    let probe = config_for(Path::new("/nonexistent"), &[]);
+    if let Err(error) = iris_segment::onnx_runtime(&probe.segment) {
+        assert!(std::env::var("IRIS_REQUIRE_ONNX").as_deref() != Ok("1"), "IRIS_REQUIRE_ONNX=1 but {error}");
+        eprintln!("SKIP: {error}");
+        return;
+    }
+    labels_in_world_space_for_ras_lps_and_las(Some("tiny-threshold")).await;
+}
+
+async fn labels_in_world_space_for_ras_lps_and_las(model: Option<&str>) {
     let harness = Harness::new(&[]);
+    let mut metadata = BTreeMap::new();
+    if let Some(model) = model {
+        let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("services/segment/tests/models").join(model);
+        for file in ["card.json", "model.onnx"] {
+            let key = ObjectKey::parse(&format!("models/{model}/{file}")).unwrap();
+            let body = std::fs::read(directory.join(file)).unwrap();
+            harness.backends.objects.put(&key, body, &BTreeMap::new()).await.unwrap();
+        }
+        metadata.insert("model".to_owned(), model.to_owned());
+    }
     let pipeline = harness.start().await;
     let phantom = synthetic_ct(&PhantomSpec::small());
     let reorientation = iris_shared::volume::Reorientation::to_canonical(phantom.dims(), phantom.affine()).unwrap();
@@ -193,10 +222,17 @@ async fn labels_are_identical_in_world_space_for_ras_lps_and_las_uploads() {
     for (name, volume) in [("ras.nii.gz", &ras), ("lps.nii.gz", &phantom), ("las.nii.gz", &las)] {
         assert_eq!(&volume.affine().orientation_code().unwrap(), &name[..3].to_uppercase());
         let upload = encode_nifti_gz(volume, &NiftiGeometry::from_affine(volume.dims(), volume.affine())).unwrap();
-        let job_id = harness.submit("local", name, upload.clone()).await;
-        let job = harness.wait(&job_id).await;
+        let user = UserId::parse("local").unwrap();
+        let submission =
+            submit_bytes(harness.backends.objects.as_ref(), &user, name, upload.clone(), &metadata).await.unwrap();
+        let job = harness.wait(&submission.job_id).await;
         check_completed_job(&harness.backends, &job, &upload).await;
-        let labels = decode_nifti(&harness.object(iris_shared::keys::labels_key(&job_id)).await, &LIMITS).unwrap();
+        let stats: serde_json::Value =
+            serde_json::from_slice(&harness.object(iris_shared::keys::stats_key(&job.job_id)).await).unwrap();
+        assert_eq!(stats["model"], model.unwrap_or("classical-ct-v1"));
+        let labels = decode_nifti(&harness.object(iris_shared::keys::labels_key(&job.job_id)).await, &LIMITS).unwrap();
+        let distinct: std::collections::BTreeSet<_> = labels.volume.voxels().iter().map(|v| *v as i64).collect();
+        assert!(distinct.len() >= 3, "{name}: labels {distinct:?}");
         results.push(labels);
     }
     // Sample voxels of the RAS result; the other two must hold the same label at the same world point.

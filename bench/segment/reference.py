@@ -87,7 +87,7 @@ def load_card(model_dir: Path) -> dict:
     return card
 
 
-def open_session(model_dir: Path, card: dict, threads: int) -> ort.InferenceSession:
+def open_session(model_dir: Path, card: dict, threads: int, provider: str = "cpu") -> ort.InferenceSession:
     onnx_path = model_dir / "model.onnx"
     digest = sha256_of(onnx_path)
     if digest != card["onnx_sha256"]:
@@ -96,7 +96,11 @@ def open_session(model_dir: Path, card: dict, threads: int) -> ort.InferenceSess
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
+    providers = ["CUDAExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(onnx_path), sess_options=so, providers=providers)
+    if session.get_providers()[0] != providers[0]:
+        raise Failure("provider_unavailable", f"{providers[0]} is not available: {session.get_providers()}")
+    return session
 
 
 def plan_task(args: argparse.Namespace) -> tuple[dict, list[tuple[Path, dict, dict[int, int]]]]:
@@ -345,6 +349,7 @@ def main() -> int:
     ap.add_argument("--out", required=True, help="labels.nii.gz to write")
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     ap.add_argument("--timings", help="also write the timings JSON here")
+    ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu", help="ONNX Runtime execution provider")
     ap.add_argument("--fast", action="store_true", help="run the task's fast_models")
     ap.add_argument("--roi-subset", help="comma-separated task label names")
     args = ap.parse_args()
@@ -372,7 +377,7 @@ def main() -> int:
         entries, keep = apply_roi_subset(task, entries, args.roi_subset)
         sessions = []
         for model_dir, card, label_map in entries:
-            sessions.append(open_session(model_dir, card, args.threads))
+            sessions.append(open_session(model_dir, card, args.threads, args.provider))
         t0 = timer.add("read_s", t0)
 
         if any(card.get("ct_only") for _, card, _ in entries):
