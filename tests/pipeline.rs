@@ -364,6 +364,59 @@ async fn next_json(socket: &mut Socket) -> serde_json::Value {
     }
 }
 
+/// An ONNX model's tiles reach a subscriber as progress messages between SEGMENTING and SEGMENTED,
+/// the last one saying every tile is done; the state stream is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_sees_segmentation_progress_between_the_states() {
+    let probe = config_for(Path::new("/nonexistent"), &[]);
+    if let Err(error) = iris_segment::onnx_runtime(&probe.segment) {
+        assert!(std::env::var("IRIS_REQUIRE_ONNX").as_deref() != Ok("1"), "IRIS_REQUIRE_ONNX=1 but {error}");
+        eprintln!("SKIP: {error}");
+        return;
+    }
+    let harness = Harness::new(&[("IRIS_SEGMENT_MODEL", "tiny-random-a")]);
+    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("services/segment/tests/models/tiny-random-a");
+    for file in ["card.json", "model.onnx"] {
+        let key = ObjectKey::parse(&format!("models/tiny-random-a/{file}")).unwrap();
+        harness
+            .backends
+            .objects
+            .put(&key, std::fs::read(directory.join(file)).unwrap(), &BTreeMap::new())
+            .await
+            .unwrap();
+    }
+    let pipeline = harness.start().await;
+    let upload = small_phantom();
+    let key = "uploads/alice/scan.nii.gz";
+    let job_id = JobId::derive(harness.backends.objects.bucket(), key, &DirectoryObjectStore::etag_for(&upload));
+    let mut alice = connect(pipeline.websocket_address, "alice").await;
+    send(&mut alice, serde_json::json!({"action": "subscribe", "jobId": job_id})).await;
+    assert_eq!(next_json(&mut alice).await["type"], "subscribed");
+    harness.submit("alice", "scan.nii.gz", upload).await;
+    let mut states = Vec::new();
+    let mut progress = Vec::new();
+    while states.last().map(String::as_str) != Some("COMPLETED") {
+        let message = next_json(&mut alice).await;
+        match message["type"].as_str() {
+            Some("jobState") => states.push(message["event"]["status"].as_str().unwrap().to_owned()),
+            Some("progress") => {
+                assert_eq!(states.last().map(String::as_str), Some("SEGMENTING"), "{message}");
+                let detail = &message["event"]["progress"];
+                assert_eq!(detail["unit"], "tiles");
+                assert_eq!((detail["step"].as_u64(), detail["steps"].as_u64()), (Some(1), Some(1)));
+                progress.push((detail["done"].as_u64().unwrap(), detail["total"].as_u64().unwrap()));
+            }
+            _ => panic!("unexpected message {message}"),
+        }
+    }
+    assert_eq!(states, LADDER, "progress does not disturb the state stream");
+    assert!(!progress.is_empty(), "progress messages arrive");
+    let total = progress[0].1;
+    assert!(progress.windows(2).all(|pair| pair[0].0 < pair[1].0), "done only grows: {progress:?}");
+    assert_eq!(progress.last(), Some(&(total, total)), "the last says every tile is done");
+    pipeline.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_subscribers_see_every_state_in_order_and_only_their_own_jobs() {
     let harness = Harness::new(&[]);

@@ -19,6 +19,8 @@ pub enum DetailType {
     JobStateChanged,
     JobCompleted,
     JobFailed,
+    /// Advisory progress inside a long stage (e.g. segmentation tiles); no state change.
+    JobProgress,
 }
 
 /// An event as an EventBridge rule delivers it to an SQS target (the same JSON in embedded mode).
@@ -54,7 +56,22 @@ pub struct JobEventDetail {
     pub timings_ms: BTreeMap<Stage, i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
+    /// Only on `JobProgress` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<StageProgress>,
     pub occurred_at: Timestamp,
+}
+
+/// How far a stage has got: `done` of `total` units (e.g. tiles) of step `step` of `steps`
+/// (e.g. the second of five models).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageProgress {
+    pub done: u64,
+    pub total: u64,
+    pub unit: String,
+    pub step: u32,
+    pub steps: u32,
 }
 
 impl DetailType {
@@ -71,6 +88,7 @@ impl DetailType {
             DetailType::JobStateChanged => "JobStateChanged",
             DetailType::JobCompleted => "JobCompleted",
             DetailType::JobFailed => "JobFailed",
+            DetailType::JobProgress => "JobProgress",
         }
     }
 }
@@ -92,12 +110,22 @@ impl JobEventDetail {
             artifacts: job.artifacts.clone(),
             timings_ms: job.stage_durations_ms(),
             error: job.error.clone(),
+            progress: None,
             occurred_at: job.updated_at,
         }
     }
 
+    /// A progress event of `job` (in its current status), id `<jobId>:<STATUS>:progress:<step>:<done>`.
+    pub fn progress_of(job: &JobRecord, progress: StageProgress, at: Timestamp) -> JobEventDetail {
+        let mut detail = JobEventDetail::from_job(job);
+        detail.event_id = format!("{}:progress:{}:{}", detail.event_id, progress.step, progress.done);
+        detail.progress = Some(progress);
+        detail.occurred_at = at;
+        detail
+    }
+
     pub fn detail_type(&self) -> DetailType {
-        DetailType::for_status(self.status)
+        if self.progress.is_some() { DetailType::JobProgress } else { DetailType::for_status(self.status) }
     }
 }
 

@@ -42,6 +42,23 @@ pub struct LabelStatistics {
     /// Mean and standard deviation of the CT intensity (HU) inside the label; absent when empty.
     pub mean_hu: Option<f64>,
     pub std_hu: Option<f64>,
+    /// Mean world position (RAS mm) of the label's voxel centres; absent when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub centroid_mm: Option<[f64; 3]>,
+    /// Smallest box in world RAS mm holding every voxel centre of the label; absent when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounding_box_mm: Option<BoundingBox>,
+    /// The label reaches the edge of the volume, so the structure may continue outside the scan
+    /// and its volume and centroid describe only the part that was imaged.
+    #[serde(default)]
+    pub touches_border: bool,
+}
+
+/// An axis-aligned box in world RAS millimetres.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BoundingBox {
+    pub min: [f64; 3],
+    pub max: [f64; 3],
 }
 
 impl LabelTable {

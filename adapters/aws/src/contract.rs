@@ -61,7 +61,7 @@ pub fn pipeline_contract(config: &IrisConfig) -> Value {
         "eventBus": {
             "name": config.event_bus,
             "source": EVENT_SOURCE,
-            "detailTypes": ["JobStateChanged", "JobCompleted", "JobFailed"],
+            "detailTypes": ["JobStateChanged", "JobCompleted", "JobFailed", "JobProgress"],
             "rules": [{"name": event_rule_name(config, &notify_queue), "eventPattern": {"source": [EVENT_SOURCE]}, "targetQueue": notify_queue}],
         },
     })

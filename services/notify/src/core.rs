@@ -43,7 +43,12 @@ impl NotifyCore {
                 warn!(job_id = %event.job_id, connection_id = %subscription.connection_id, "subscriber of another user: not sent");
                 continue;
             }
-            if self.send_state(&subscription.connection_id, event).await? {
+            let delivered = if event.progress.is_some() {
+                self.send_progress(&subscription.connection_id, event).await?
+            } else {
+                self.send_state(&subscription.connection_id, event).await?
+            };
+            if delivered {
                 sent += 1;
             }
         }
@@ -58,7 +63,18 @@ impl NotifyCore {
             return Ok(false);
         }
         let payload = ServerMessage::job_state(event.clone()).to_json();
-        match self.gateway.post_to_connection(connection_id, &payload).await {
+        self.post(connection_id, &payload).await
+    }
+
+    /// Sends a progress event as it is: progress is advisory and not recorded per subscriber.
+    async fn send_progress(&self, connection_id: &str, event: &JobEventDetail) -> Result<bool, PortError> {
+        let payload = ServerMessage::Progress { job_id: event.job_id.clone(), event: event.clone() }.to_json();
+        self.post(connection_id, &payload).await
+    }
+
+    /// Posts to one connection; a connection that is gone is removed.
+    async fn post(&self, connection_id: &str, payload: &str) -> Result<bool, PortError> {
+        match self.gateway.post_to_connection(connection_id, payload).await {
             Ok(()) => Ok(true),
             Err(PortError::Gone(_)) => {
                 info!(connection_id, "connection gone: removed");

@@ -42,6 +42,13 @@ pub enum ServerMessage {
         detail_type: DetailType,
         event: JobEventDetail,
     },
+    /// Advisory progress inside a stage (`event.progress`: done of total units). Not part of the
+    /// ordered state stream: a client ignores one for a job whose state has already moved on.
+    Progress {
+        #[serde(rename = "jobId")]
+        job_id: JobId,
+        event: JobEventDetail,
+    },
     Jobs {
         jobs: Vec<JobSummary>,
     },

@@ -453,12 +453,21 @@ impl TriggeredStage for SegmentHandler {
         };
         let max_voxels = self.max_voxels;
         let runtime = onnx_runtime(&self.settings).ok();
+        let steps = match &segmenter {
+            Segmenter::Onnx(plan) => plan.models.len(),
+            Segmenter::Classical { .. } => 0,
+        };
+        let (progress_sender, progress_receiver) = tokio::sync::mpsc::unbounded_channel();
+        let forwarder = tokio::spawn(forward_progress(self.context.ledger.clone(), job, steps, progress_receiver));
         let work = move || {
             segment_canonical(&volume, &report, max_voxels, &segmenter, runtime, &|model, done, total| {
-                tracing::debug!(model, done, total, "tiles done");
+                let _ = progress_sender.send((model, done, total));
             })
         };
-        let outputs = match tokio::task::spawn_blocking(work).await {
+        let outputs = tokio::task::spawn_blocking(work).await;
+        // Every progress event is out before the stage's next state.
+        let _ = forwarder.await;
+        let outputs = match outputs {
             Ok(Ok(outputs)) => outputs,
             Ok(Err(error)) => return fail(&job_id, &error),
             Err(panic) => return outcome_of_task_panic(&panic, &job_id, Stage::Segment),
@@ -468,6 +477,39 @@ impl TriggeredStage for SegmentHandler {
         let outputs =
             vec![(keys::stats_key(&job_id), outputs.stats_json), (keys::labels_key(&job_id), outputs.labels_nii_gz)];
         write_outputs_and_finish(&self.context, &job_id, Stage::Segment, receive_count, outputs).await
+    }
+}
+
+/// Least time between two progress events of one model (its first and last are always sent).
+pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Publishes `JobProgress` events (tiles done of total, model step of steps) for `job`, throttled
+/// to one per [`PROGRESS_INTERVAL`]; advisory, so a failed publish is logged and not retried.
+async fn forward_progress(
+    ledger: iris_shared::runtime::JobLedger,
+    job: iris_shared::job::JobRecord,
+    steps: usize,
+    mut receiver: tokio::sync::mpsc::UnboundedReceiver<(usize, usize, usize)>,
+) {
+    let mut last_sent: Option<(usize, std::time::Instant)> = None;
+    while let Some((model, done, total)) = receiver.recv().await {
+        let first_of_model = last_sent.is_none_or(|(sent_model, _)| sent_model != model);
+        let due = last_sent.is_none_or(|(_, at)| at.elapsed() >= PROGRESS_INTERVAL);
+        if !(first_of_model || due || done == total) {
+            continue;
+        }
+        let progress = iris_shared::events::StageProgress {
+            done: done as u64,
+            total: total as u64,
+            unit: "tiles".to_owned(),
+            step: model as u32 + 1,
+            steps: steps as u32,
+        };
+        let detail = iris_shared::events::JobEventDetail::progress_of(&job, progress, Timestamp::now());
+        if let Err(error) = ledger.events.publish(&[iris_shared::events::EventEnvelope::new(detail)]).await {
+            tracing::warn!(%error, "progress event not published");
+        }
+        last_sent = Some((model, std::time::Instant::now()));
     }
 }
 

@@ -1,7 +1,8 @@
 //! Per-label statistics of a label map (`stats.json`): voxel counts, volumes and the mean and
-//! standard deviation of the CT intensity inside each label of the model's table.
+//! standard deviation of the CT intensity, centroid and bounding box in world millimetres, and
+//! whether the label touches the volume's border, for each label of the model's table.
 
-use iris_shared::labels::{LabelStatistics, LabelTable, SegmentationStats};
+use iris_shared::labels::{BoundingBox, LabelStatistics, LabelTable, SegmentationStats};
 use iris_shared::volume::Volume;
 
 /// Why statistics could not be computed.
@@ -29,16 +30,23 @@ pub fn compute_statistics(
         return Err(StatsError::GridMismatch { labels: labels.dims(), intensities: intensities.dims() });
     }
     let mut sums = [IntensitySums::default(); 256];
-    for (&label, &value) in labels.voxels().iter().zip(intensities.voxels()) {
+    let mut extents = [IndexExtent::default(); 256];
+    let [nx, ny, _] = labels.dims();
+    for (index, (&label, &value)) in labels.voxels().iter().zip(intensities.voxels()).enumerate() {
         sums[usize::from(label)].add(value);
+        extents[usize::from(label)].add([index % nx, (index / nx) % ny, index / (nx * ny)]);
     }
+    let affine = labels.affine();
+    let dims = labels.dims();
     let voxel_volume_ml = labels.voxel_volume_ml();
     let label_statistics = table
         .labels
         .iter()
         .map(|description| {
             // Ids above 255 cannot occur in an 8-bit label map: they are reported empty.
-            let sums = u8::try_from(description.id).map(|id| sums[usize::from(id)]).unwrap_or_default();
+            let slot = u8::try_from(description.id).ok().map(usize::from);
+            let sums = slot.map(|id| sums[id]).unwrap_or_default();
+            let extent = slot.map(|id| extents[id]).unwrap_or_default();
             LabelStatistics {
                 id: description.id,
                 name: description.name.clone(),
@@ -47,6 +55,9 @@ pub fn compute_statistics(
                 volume_ml: sums.count as f64 * voxel_volume_ml,
                 mean_hu: sums.mean(),
                 std_hu: sums.population_standard_deviation(),
+                centroid_mm: extent.centroid().map(|index| affine.apply(index)),
+                bounding_box_mm: extent.world_box(affine),
+                touches_border: extent.touches_border(dims),
             }
         })
         .collect();
@@ -57,6 +68,59 @@ pub fn compute_statistics(
         voxel_volume_ml,
         labels: label_statistics,
     })
+}
+
+/// Voxel index sums and bounds of one label.
+#[derive(Debug, Clone, Copy, Default)]
+struct IndexExtent {
+    count: u64,
+    sum: [u64; 3],
+    min: [usize; 3],
+    max: [usize; 3],
+}
+
+impl IndexExtent {
+    fn add(&mut self, index: [usize; 3]) {
+        if self.count == 0 {
+            self.min = index;
+            self.max = index;
+        }
+        self.count += 1;
+        for (axis, &at) in index.iter().enumerate() {
+            self.sum[axis] += at as u64;
+            self.min[axis] = self.min[axis].min(at);
+            self.max[axis] = self.max[axis].max(at);
+        }
+    }
+
+    fn centroid(&self) -> Option<[f64; 3]> {
+        (self.count > 0).then(|| self.sum.map(|sum| sum as f64 / self.count as f64))
+    }
+
+    /// The world box of the index box's eight corners (exact for axis-aligned grids, the
+    /// enclosing box for oblique ones).
+    fn world_box(&self, affine: &iris_shared::volume::Affine) -> Option<BoundingBox> {
+        if self.count == 0 {
+            return None;
+        }
+        let mut min = [f64::INFINITY; 3];
+        let mut max = [f64::NEG_INFINITY; 3];
+        for corner in 0..8 {
+            let index: [f64; 3] = std::array::from_fn(|axis| {
+                (if corner & (1 << axis) == 0 { self.min[axis] } else { self.max[axis] }) as f64
+            });
+            let world = affine.apply(index);
+            for axis in 0..3 {
+                min[axis] = min[axis].min(world[axis]);
+                max[axis] = max[axis].max(world[axis]);
+            }
+        }
+        Some(BoundingBox { min, max })
+    }
+
+    fn touches_border(&self, dims: [usize; 3]) -> bool {
+        self.count > 0 && (0..3).any(|axis| self.min[axis] == 0 || self.max[axis] + 1 == dims[axis])
+    }
 }
 
 /// Exact running sums of the intensities of one label.
@@ -146,6 +210,23 @@ mod tests {
             assert_eq!(empty.std_hu, None);
         }
         assert_eq!(stats.labels[3].id, 300);
+        // Label 1 is at indices (1,0,0) and (0,1,0): centroid (0.5, 0.5, 0) → world (6, 6.5, 7).
+        assert_eq!(one.centroid_mm, Some([6.0, 6.5, 7.0]));
+        assert_eq!(one.bounding_box_mm, Some(BoundingBox { min: [5.0, 6.0, 7.0], max: [7.0, 7.0, 7.0] }));
+        assert!(one.touches_border);
+        assert_eq!(stats.labels[2].centroid_mm, None);
+        assert!(!stats.labels[2].touches_border);
+    }
+
+    #[test]
+    fn an_interior_label_does_not_touch_the_border() {
+        let mut voxels = vec![0u8; 27];
+        voxels[13] = 1;
+        let labels = Volume::new([3, 3, 3], grid_affine(), voxels).unwrap();
+        let intensities = Volume::new([3, 3, 3], grid_affine(), vec![0i16; 27]).unwrap();
+        let stats = compute_statistics(&labels, &intensities, &table()).unwrap();
+        assert!(!stats.labels[0].touches_border);
+        assert_eq!(stats.labels[0].centroid_mm, Some([7.0, 7.0, 7.5]));
     }
 
     #[test]
