@@ -195,14 +195,20 @@ pub struct OrtInferenceEngine {
 }
 
 impl InferenceEngine for OrtInferenceEngine {
-    fn infer(&mut self, input: Vec<f32>, tiles: usize) -> Result<Vec<f32>, InferenceError> {
+    fn infer(&mut self, input: &[f32], tiles: usize, output: &mut Vec<f32>) -> Result<(), InferenceError> {
         let runtime_error = |e: &dyn std::fmt::Display| InferenceError::Runtime(e.to_string());
         let [pz, py, px] = self.patch;
         let shape = [tiles as i64, 1, pz as i64, py as i64, px as i64];
-        let tensor = TensorRef::from_array_view((shape, input.as_slice())).map_err(|e| runtime_error(&e))?;
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(|e| runtime_error(&e))?;
         let mut loaded = self.session.lock().map_err(|_| InferenceError::Internal("session lock poisoned".into()))?;
         let outputs = loaded.session.run(ort::inputs![tensor]).map_err(|e| runtime_error(&e))?;
         let (_, logits) = outputs[0].try_extract_tensor::<f32>().map_err(|e| runtime_error(&e))?;
-        Ok(logits.to_vec())
+        output.clear();
+        output.extend_from_slice(logits);
+        Ok(())
+    }
+
+    fn runs_on_accelerator(&self) -> bool {
+        self.session.lock().is_ok_and(|loaded| loaded.execution_provider != "CPUExecutionProvider")
     }
 }

@@ -45,9 +45,16 @@ pub struct CtNormalization {
 
 /// The network, as the sliding window sees it (a port: ONNX Runtime is one adapter).
 pub trait InferenceEngine {
-    /// Runs the network on `tiles` patches laid out `[tiles, 1, pz, py, px]` and returns the
-    /// logits laid out `[tiles, channels, pz, py, px]`.
-    fn infer(&mut self, input: Vec<f32>, tiles: usize) -> Result<Vec<f32>, InferenceError>;
+    /// Runs the network on `tiles` patches laid out `[tiles, 1, pz, py, px]` and writes the logits,
+    /// laid out `[tiles, channels, pz, py, px]`, into `output` (cleared first; its allocation is
+    /// reused from batch to batch, so gigabyte-sized outputs are not allocated per tile).
+    fn infer(&mut self, input: &[f32], tiles: usize, output: &mut Vec<f32>) -> Result<(), InferenceError>;
+
+    /// The network runs on an accelerator, leaving the CPU free: tile cutting and accumulation then
+    /// overlap inference on threads of their own.
+    fn runs_on_accelerator(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -114,53 +121,100 @@ pub fn run_sliding_window(
     let mut inference = Duration::ZERO;
     let mut network_runs = 0;
     let mut failure = None;
-    let padded_labels = std::thread::scope(|scope| {
-        let (tile_sender, tile_receiver) = sync_channel::<(Vec<[usize; 3]>, Vec<f32>)>(2);
-        let (prediction_sender, prediction_receiver) = sync_channel::<(Vec<[usize; 3]>, Vec<f32>)>(2);
-        let (volume, tiles, padded, gaussian) = (&volume, &tiles, &padded, &gaussian);
-        scope.spawn(move || {
-            for batch in tiles.chunks(batch_size) {
-                let input = cut_batch(volume, padded.dims, settings.patch, batch, batch_size, settings.batch_is_fixed);
-                if tile_sender.send((batch.to_vec(), input)).is_err() {
-                    return;
-                }
-            }
-        });
-        let accumulator = scope.spawn(move || {
-            let mut accumulator = Accumulator::new(settings.channels, padded.dims, settings.patch);
-            let mut done = 0;
-            for (batch, prediction) in prediction_receiver {
-                for (index, start) in batch.iter().enumerate() {
-                    let logits = &prediction[index * expected_per_tile..(index + 1) * expected_per_tile];
-                    accumulator.add_tile(*start, logits, gaussian);
-                    done += 1;
-                    progress(done, total_tiles);
-                }
-            }
-            accumulator.finish()
-        });
-        for (batch, input) in tile_receiver {
+    let padded_labels = if !engine.runs_on_accelerator() {
+        // On the CPU the network already uses every core: accumulating alongside it would only
+        // slow its threads down, so tiles are cut, run and accumulated one batch after another.
+        let mut accumulator = Accumulator::new(settings.channels, padded.dims, settings.patch);
+        let (mut prediction, mut scratch, mut done) = (Vec::new(), MirrorScratch::default(), 0);
+        for batch in tiles.chunks(batch_size) {
+            let input = cut_batch(&volume, padded.dims, settings.patch, batch, batch_size, settings.batch_is_fixed);
             let runs_in_batch = if settings.batch_is_fixed { batch_size } else { batch.len() };
             let timer = Instant::now();
-            let result = predict_with_mirroring(engine, input, runs_in_batch, settings, &combinations);
+            predict_with_mirroring(
+                engine,
+                &input,
+                runs_in_batch,
+                settings,
+                &combinations,
+                &mut prediction,
+                &mut scratch,
+            )?;
             inference += timer.elapsed();
             network_runs += combinations.len() + 1;
-            match result {
-                Ok(mut prediction) => {
-                    prediction.truncate(batch.len() * expected_per_tile);
-                    if prediction_sender.send((batch, prediction)).is_err() {
+            for (index, start) in batch.iter().enumerate() {
+                accumulator.add_tile(
+                    *start,
+                    &prediction[index * expected_per_tile..(index + 1) * expected_per_tile],
+                    &gaussian,
+                );
+                done += 1;
+                progress(done, total_tiles);
+            }
+        }
+        Ok(accumulator.finish())
+    } else {
+        std::thread::scope(|scope| {
+            let (tile_sender, tile_receiver) = sync_channel::<(Vec<[usize; 3]>, Vec<f32>)>(2);
+            let (prediction_sender, prediction_receiver) = sync_channel::<(Vec<[usize; 3]>, Vec<f32>)>(2);
+            let (volume, tiles, padded, gaussian) = (&volume, &tiles, &padded, &gaussian);
+            scope.spawn(move || {
+                for batch in tiles.chunks(batch_size) {
+                    let input =
+                        cut_batch(volume, padded.dims, settings.patch, batch, batch_size, settings.batch_is_fixed);
+                    if tile_sender.send((batch.to_vec(), input)).is_err() {
+                        return;
+                    }
+                }
+            });
+            // Used prediction buffers go back to the inference thread, so each is allocated once.
+            let (recycle_sender, recycle_receiver) = sync_channel::<Vec<f32>>(4);
+            let accumulator = scope.spawn(move || {
+                let mut accumulator = Accumulator::new(settings.channels, padded.dims, settings.patch);
+                let mut done = 0;
+                for (batch, prediction) in prediction_receiver {
+                    for (index, start) in batch.iter().enumerate() {
+                        let logits = &prediction[index * expected_per_tile..(index + 1) * expected_per_tile];
+                        accumulator.add_tile(*start, logits, gaussian);
+                        done += 1;
+                        progress(done, total_tiles);
+                    }
+                    let _ = recycle_sender.try_send(prediction);
+                }
+                accumulator.finish()
+            });
+            let mut scratch = MirrorScratch::default();
+            for (batch, input) in tile_receiver {
+                let runs_in_batch = if settings.batch_is_fixed { batch_size } else { batch.len() };
+                let mut prediction = recycle_receiver.try_recv().unwrap_or_default();
+                let timer = Instant::now();
+                let result = predict_with_mirroring(
+                    engine,
+                    &input,
+                    runs_in_batch,
+                    settings,
+                    &combinations,
+                    &mut prediction,
+                    &mut scratch,
+                );
+                inference += timer.elapsed();
+                network_runs += combinations.len() + 1;
+                match result {
+                    Ok(()) => {
+                        prediction.truncate(batch.len() * expected_per_tile);
+                        if prediction_sender.send((batch, prediction)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        failure = Some(error);
                         break;
                     }
                 }
-                Err(error) => {
-                    failure = Some(error);
-                    break;
-                }
             }
-        }
-        drop(prediction_sender);
-        accumulator.join()
-    });
+            drop(prediction_sender);
+            accumulator.join()
+        })
+    };
     if let Some(error) = failure {
         return Err(error);
     }
@@ -399,12 +453,21 @@ fn cut_batch(
 }
 
 /// Reverses `data` (`planes` planes of `patch` voxels each) along the spatial axes in `axes`.
+#[cfg(test)]
 fn flip(data: &[f32], patch: [usize; 3], axes: &[usize]) -> Vec<f32> {
+    let mut out = Vec::new();
+    flip_into(data, patch, axes, &mut out);
+    out
+}
+
+/// [`flip`] into a reused buffer.
+fn flip_into(data: &[f32], patch: [usize; 3], axes: &[usize], out: &mut Vec<f32>) {
     let [pz, py, px] = patch;
     let flip_axis = |axis: usize| axes.contains(&axis);
     let (flip_z, flip_y, flip_x) = (flip_axis(0), flip_axis(1), flip_axis(2));
     let plane_len = pz * py * px;
-    let mut out = Vec::with_capacity(data.len());
+    out.clear();
+    out.reserve(data.len());
     for plane in data.chunks_exact(plane_len) {
         for z in 0..pz {
             let source_z = if flip_z { pz - 1 - z } else { z };
@@ -419,41 +482,52 @@ fn flip(data: &[f32], patch: [usize; 3], axes: &[usize]) -> Vec<f32> {
             }
         }
     }
-    out
 }
 
-/// Step 6: the network's output for a batch, averaged over the mirror combinations.
+/// Reused buffers of the mirrored runs.
+#[derive(Default)]
+struct MirrorScratch {
+    input: Vec<f32>,
+    output: Vec<f32>,
+}
+
+/// Step 6: the network's output for a batch, averaged over the mirror combinations, in `prediction`.
 fn predict_with_mirroring(
     engine: &mut dyn InferenceEngine,
-    input: Vec<f32>,
+    input: &[f32],
     tiles: usize,
     settings: &WindowSettings,
     combinations: &[Vec<usize>],
-) -> Result<Vec<f32>, InferenceError> {
+    prediction: &mut Vec<f32>,
+    scratch: &mut MirrorScratch,
+) -> Result<(), InferenceError> {
     let expected = tiles * settings.channels * settings.patch.iter().product::<usize>();
-    let checked = |output: Vec<f32>| {
+    let check = |output: &Vec<f32>| {
         if output.len() == expected {
-            Ok(output)
+            Ok(())
         } else {
             Err(InferenceError::OutputSize { tiles, expected, got: output.len() })
         }
     };
+    engine.infer(input, tiles, prediction)?;
+    check(prediction)?;
     if combinations.is_empty() {
-        return checked(engine.infer(input, tiles)?);
+        return Ok(());
     }
-    let flipped_inputs: Vec<Vec<f32>> = combinations.iter().map(|axes| flip(&input, settings.patch, axes)).collect();
-    let mut prediction = checked(engine.infer(input, tiles)?)?;
-    for (axes, flipped_input) in combinations.iter().zip(flipped_inputs) {
-        let output = checked(engine.infer(flipped_input, tiles)?)?;
-        for (sum, value) in prediction.iter_mut().zip(flip(&output, settings.patch, axes)) {
+    for axes in combinations {
+        flip_into(input, settings.patch, axes, &mut scratch.input);
+        engine.infer(&scratch.input, tiles, &mut scratch.output)?;
+        check(&scratch.output)?;
+        flip_into(&scratch.output, settings.patch, axes, &mut scratch.input);
+        for (sum, value) in prediction.iter_mut().zip(&scratch.input) {
             *sum += value;
         }
     }
     let runs = (combinations.len() + 1) as f32;
-    for value in &mut prediction {
+    for value in prediction.iter_mut() {
         *value /= runs;
     }
-    Ok(prediction)
+    Ok(())
 }
 
 /// Gaussian-weighted logit sums over a window of `patch[0]` z slices of the padded grid.
@@ -499,11 +573,12 @@ impl Accumulator {
         let [pz, py, px] = self.patch;
         let [_, dy, dx] = self.dims;
         let (channel_len, patch_len) = (self.channel_len(), pz * py * px);
-        for channel in 0..self.channels {
-            let sums = &mut self.sums[channel * channel_len..(channel + 1) * channel_len];
-            let tile = &logits[channel * patch_len..(channel + 1) * patch_len];
+        let origin_z = self.origin_z;
+        // Channels are independent and each voxel's sum is updated by exactly one thread, in tile
+        // order, so the parallel result is bit-identical to the serial one.
+        self.sums.par_chunks_mut(channel_len).zip(logits.par_chunks(patch_len)).for_each(|(sums, tile)| {
             for z in 0..pz {
-                let window_z = start[0] + z - self.origin_z;
+                let window_z = start[0] + z - origin_z;
                 for y in 0..py {
                     let at = (window_z * dy + start[1] + y) * dx + start[2];
                     let from = (z * py + y) * px;
@@ -515,7 +590,7 @@ impl Accumulator {
                     }
                 }
             }
-        }
+        });
     }
 
     /// Finalises slices `[origin_z, new_origin)` and shifts the window to start at `new_origin`.
@@ -648,23 +723,35 @@ mod tests {
     struct PointwiseSign {
         channels: usize,
         patch_len: usize,
+        /// Claims an accelerator, so the threaded (overlapped) path runs.
+        accelerator: bool,
     }
 
     impl InferenceEngine for PointwiseSign {
-        fn infer(&mut self, input: Vec<f32>, tiles: usize) -> Result<Vec<f32>, InferenceError> {
-            let mut out = Vec::with_capacity(tiles * self.channels * self.patch_len);
+        fn infer(&mut self, input: &[f32], tiles: usize, out: &mut Vec<f32>) -> Result<(), InferenceError> {
+            out.clear();
+            assert_eq!(input.len(), tiles * self.patch_len);
             for tile in input.chunks_exact(self.patch_len) {
                 // Channel 1 wins where the input is positive, channel 0 elsewhere.
                 for channel in 0..self.channels {
                     out.extend(tile.iter().map(|v| if channel == 1 { *v } else { -*v }));
                 }
             }
-            Ok(out)
+            Ok(())
+        }
+
+        fn runs_on_accelerator(&self) -> bool {
+            self.accelerator
         }
     }
 
     #[test]
     fn window_reproduces_a_pointwise_model_on_the_canonical_grid() {
+        window_reproduces_a_pointwise_model(false);
+        window_reproduces_a_pointwise_model(true);
+    }
+
+    fn window_reproduces_a_pointwise_model(accelerator: bool) {
         // A pointwise model on a grid that needs no resampling gives back its own decision at every
         // voxel, whatever the tiling, padding and window shifts: proof the bookkeeping is exact.
         let dims = [7, 5, 23];
@@ -681,7 +768,7 @@ mod tests {
             channels: 2,
             normalization: CtNormalization { clip_low: -1000.0, clip_high: 1000.0, mean: 0.0, std: 100.0 },
         };
-        let mut engine = PointwiseSign { channels: 2, patch_len: 6 * 8 * 4 };
+        let mut engine = PointwiseSign { channels: 2, patch_len: 6 * 8 * 4, accelerator };
         let seen = std::sync::atomic::AtomicUsize::new(0);
         let output = run_sliding_window(&ct, &settings, &mut engine, &|done, total| {
             assert!(done <= total);
@@ -717,7 +804,7 @@ mod tests {
     fn an_engine_failure_stops_the_window_with_its_error() {
         struct Failing;
         impl InferenceEngine for Failing {
-            fn infer(&mut self, _: Vec<f32>, _: usize) -> Result<Vec<f32>, InferenceError> {
+            fn infer(&mut self, _: &[f32], _: usize, _: &mut Vec<f32>) -> Result<(), InferenceError> {
                 Err(InferenceError::Runtime("boom".to_owned()))
             }
         }
