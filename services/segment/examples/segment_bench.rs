@@ -37,7 +37,7 @@ struct Arguments {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("info").init();
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("info,ort=warn").init();
     let arguments = Arguments::parse();
     let started = Instant::now();
     let settings = SegmentSettings {
@@ -67,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         "read_s": read_s,
         "preprocess_s": reports.iter().map(|(_, r)| r.preprocess.as_secs_f64()).sum::<f64>(),
         "inference_s": reports.iter().map(|(_, r)| r.inference.as_secs_f64()).sum::<f64>(),
+        "accumulation_s": reports.iter().map(|(_, r)| r.accumulation.as_secs_f64()).sum::<f64>(),
         "window_s": reports.iter().map(|(_, r)| r.total.as_secs_f64()).sum::<f64>(),
         "write_s": write_s,
         "total_s": started.elapsed().as_secs_f64(),

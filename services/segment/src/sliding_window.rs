@@ -85,6 +85,9 @@ pub struct WindowReport {
     pub preprocess: Duration,
     /// Wall time spent inside [`InferenceEngine::infer`].
     pub inference: Duration,
+    /// Wall time of weighting and summing the tiles' logits and of the final argmax (on the CPU
+    /// path, where it does not overlap inference).
+    pub accumulation: Duration,
     /// Wall time of the whole sliding window, preprocessing to labels on the canonical grid.
     pub total: Duration,
 }
@@ -119,6 +122,7 @@ pub fn run_sliding_window(
     let expected_per_tile = settings.channels * patch_len;
 
     let mut inference = Duration::ZERO;
+    let mut accumulation = Duration::ZERO;
     let mut network_runs = 0;
     let mut failure = None;
     let padded_labels = if !engine.runs_on_accelerator() {
@@ -141,6 +145,7 @@ pub fn run_sliding_window(
             )?;
             inference += timer.elapsed();
             network_runs += combinations.len() + 1;
+            let timer = Instant::now();
             for (index, start) in batch.iter().enumerate() {
                 accumulator.add_tile(
                     *start,
@@ -150,8 +155,12 @@ pub fn run_sliding_window(
                 done += 1;
                 progress(done, total_tiles);
             }
+            accumulation += timer.elapsed();
         }
-        Ok(accumulator.finish())
+        let timer = Instant::now();
+        let labels = accumulator.finish();
+        accumulation += timer.elapsed();
+        Ok(labels)
     } else {
         std::thread::scope(|scope| {
             let (tile_sender, tile_receiver) = sync_channel::<(Vec<[usize; 3]>, Vec<f32>)>(2);
@@ -230,6 +239,7 @@ pub fn run_sliding_window(
             network_runs,
             preprocess,
             inference,
+            accumulation,
             total: started.elapsed(),
         },
     })
