@@ -251,14 +251,51 @@ impl Reorientation {
         let (steps, base) = self.source_index_steps();
         let source = original.voxels();
         let mut voxels = Vec::with_capacity(original.voxel_count());
+        let length = dims[0] as isize;
         for k in 0..dims[2] as isize {
             for j in 0..dims[1] as isize {
                 let row = base + j * steps[1] + k * steps[2];
-                voxels.extend((0..dims[0] as isize).map(|i| source[(row + i * steps[0]) as usize]));
+                // Rows along the original first axis are contiguous: copied (or reversed) whole.
+                match steps[0] {
+                    1 => voxels.extend_from_slice(&source[row as usize..(row + length) as usize]),
+                    -1 => voxels.extend(source[(row - length + 1) as usize..=row as usize].iter().rev()),
+                    step => voxels.extend((0..length).map(|i| source[(row + i * step) as usize])),
+                }
             }
         }
         let affine = original.affine.compose(&self.canonical_to_original_index());
         Volume::new(dims, affine, voxels)
+    }
+
+    /// [`Reorientation::apply`] that reuses `original`'s memory when no axes are swapped (only
+    /// flipped, the common case: LPS, LAS, …), flipping in place; otherwise it copies.
+    pub fn apply_owned<T: Copy>(&self, mut original: Volume<T>) -> Result<Volume<T>, VolumeError> {
+        debug_assert_eq!(original.dims, self.original_dims);
+        if self.axes.iter().enumerate().any(|(voxel, axis)| axis.world_axis != voxel) {
+            return self.apply(&original);
+        }
+        let [nx, ny, nz] = original.dims;
+        let voxels = &mut original.voxels;
+        if self.axes[0].flipped {
+            voxels.chunks_exact_mut(nx).for_each(<[T]>::reverse);
+        }
+        if self.axes[1].flipped {
+            for slice in voxels.chunks_exact_mut(nx * ny) {
+                for j in 0..ny / 2 {
+                    let (front, back) = slice.split_at_mut((ny - 1 - j) * nx);
+                    front[j * nx..(j + 1) * nx].swap_with_slice(&mut back[..nx]);
+                }
+            }
+        }
+        if self.axes[2].flipped {
+            let slice = nx * ny;
+            for k in 0..nz / 2 {
+                let (front, back) = voxels.split_at_mut((nz - 1 - k) * slice);
+                front[k * slice..(k + 1) * slice].swap_with_slice(&mut back[..slice]);
+            }
+        }
+        original.affine = original.affine.compose(&self.canonical_to_original_index());
+        Ok(original)
     }
 
     /// Values on the original grid from a volume on the canonical grid (the exact inverse of `apply`).
@@ -397,6 +434,7 @@ mod tests {
                 }
             }
             assert_eq!(reorientation.restore(&canonical, affine).unwrap(), original, "exact round trip");
+            assert_eq!(reorientation.apply_owned(original.clone()).unwrap(), canonical, "in place = copy");
         }
         assert_eq!(codes.len(), 48, "48 distinct orientation codes");
     }

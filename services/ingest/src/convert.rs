@@ -165,8 +165,7 @@ pub fn ingest_upload(bytes: Vec<u8>, file_name: &str, limits: &IngestLimits) -> 
         source.volume.voxels().iter().fold((i16::MAX, i16::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
     let original = source.volume;
     let reorientation = Reorientation::to_canonical(dims, &original_affine)?;
-    let canonical = reorientation.apply(&original)?;
-    drop(original);
+    let canonical = reorientation.apply_owned(original)?;
     let mut warnings = Vec::new();
     if clipped > 0 {
         warnings.push(format!("{clipped} voxels were outside the int16 range and were clipped"));
