@@ -182,7 +182,7 @@ fn inflate_single_member_int16(bytes: &[u8], data_offset: u64, count: usize) -> 
     let gzip = bytes.len() > 18 && bytes[0] == 0x1f && bytes[1] == 0x8b;
     let total = usize::try_from(data_offset).ok()?.checked_add(count.checked_mul(2)?)?;
     let trailer_size = u32::from_le_bytes(bytes.get(bytes.len().checked_sub(4)?..)?.try_into().ok()?);
-    if !gzip || data_offset % 2 != 0 || u64::from(trailer_size) != total as u64 & 0xffff_ffff {
+    if !gzip || !data_offset.is_multiple_of(2) || u64::from(trailer_size) != total as u64 & 0xffff_ffff {
         return None;
     }
     let mut buffer = vec![0i16; total / 2];
