@@ -9,6 +9,12 @@
 
 FROM rust:1.95-bookworm AS builder
 ARG SERVICE
+# CMake builds CharLS, the JPEG-LS codec the ingest service's DICOM reader links statically.
+# Not version-pinned: the base image is pinned by tag (see the runtime stage's note).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends cmake \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what cargo needs; docker/service.Dockerfile.dockerignore keeps everything else out.
 COPY Cargo.toml Cargo.lock ./

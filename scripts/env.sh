@@ -11,4 +11,21 @@ require_cargo() {
         echo "error: cargo not found. Install Rust (https://rustup.rs) and run this again." >&2
         exit 2
     fi
+    ensure_cmake
+}
+
+# CMake builds CharLS (the JPEG-LS codec the DICOM reader links). Where none is installed, a pinned
+# one comes from PyPI into a virtualenv of its own (idempotent); its bin/ goes on PATH.
+CMAKE_VERSION=4.4.4
+ensure_cmake() {
+    if command -v cmake >/dev/null 2>&1; then
+        return
+    fi
+    local venv="${IRIS_CMAKE_VENV:-$HOME/.cache/iris-cmake-venv}"
+    if [[ ! -x "$venv/bin/cmake" ]]; then
+        echo "env.sh: installing cmake $CMAKE_VERSION from PyPI into $venv (it builds the JPEG-LS codec)" >&2
+        python3 -m venv "$venv" >&2
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "cmake==$CMAKE_VERSION" >&2
+    fi
+    export PATH="$venv/bin:$PATH"
 }

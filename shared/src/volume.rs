@@ -3,6 +3,7 @@
 //!
 //! Voxels are stored in NIfTI order: the first axis varies fastest (`index = i + nx*(j + ny*k)`).
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// A 3-D scalar volume. Invariant: `voxels.len() == dims[0] * dims[1] * dims[2]`, every dim ≥ 1.
@@ -269,23 +270,27 @@ impl Reorientation {
 
     /// [`Reorientation::apply`] that reuses `original`'s memory when no axes are swapped (only
     /// flipped, the common case: LPS, LAS, …), flipping in place; otherwise it copies.
-    pub fn apply_owned<T: Copy>(&self, mut original: Volume<T>) -> Result<Volume<T>, VolumeError> {
+    pub fn apply_owned<T: Copy + Send>(&self, mut original: Volume<T>) -> Result<Volume<T>, VolumeError> {
         debug_assert_eq!(original.dims, self.original_dims);
         if self.axes.iter().enumerate().any(|(voxel, axis)| axis.world_axis != voxel) {
             return self.apply(&original);
         }
         let [nx, ny, nz] = original.dims;
         let voxels = &mut original.voxels;
-        if self.axes[0].flipped {
-            voxels.chunks_exact_mut(nx).for_each(<[T]>::reverse);
-        }
-        if self.axes[1].flipped {
-            for slice in voxels.chunks_exact_mut(nx * ny) {
-                for j in 0..ny / 2 {
-                    let (front, back) = slice.split_at_mut((ny - 1 - j) * nx);
-                    front[j * nx..(j + 1) * nx].swap_with_slice(&mut back[..nx]);
+        let (flip_x, flip_y) = (self.axes[0].flipped, self.axes[1].flipped);
+        if flip_x || flip_y {
+            // Each axial slice flips on its own: slices in parallel.
+            voxels.par_chunks_exact_mut(nx * ny).for_each(|slice| {
+                if flip_x {
+                    slice.chunks_exact_mut(nx).for_each(<[T]>::reverse);
                 }
-            }
+                if flip_y {
+                    for j in 0..ny / 2 {
+                        let (front, back) = slice.split_at_mut((ny - 1 - j) * nx);
+                        front[j * nx..(j + 1) * nx].swap_with_slice(&mut back[..nx]);
+                    }
+                }
+            });
         }
         if self.axes[2].flipped {
             let slice = nx * ny;

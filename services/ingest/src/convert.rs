@@ -5,6 +5,7 @@ use iris_shared::ingest_report::{CanonicalGrid, INGEST_REPORT_VERSION, IngestRep
 use iris_shared::nifti_codec::{
     AffineSource, DecodeLimits, NiftiDecodeError, NiftiGeometry, decode_nifti_hounsfield, encode_nifti_gz,
 };
+use rayon::prelude::*;
 
 use crate::dicom::{DicomError, DicomLimits, read_dicom_file, read_dicom_zip};
 use iris_shared::volume::{Reorientation, Volume, VolumeError};
@@ -161,8 +162,12 @@ pub fn ingest_upload(bytes: Vec<u8>, file_name: &str, limits: &IngestLimits) -> 
     let original_affine = *source.volume.affine();
     let dims = source.volume.dims();
     let clipped = source.clipped;
-    let (min_hu, max_hu) =
-        source.volume.voxels().iter().fold((i16::MAX, i16::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let (min_hu, max_hu) = source
+        .volume
+        .voxels()
+        .par_chunks(1 << 20)
+        .map(|chunk| chunk.iter().fold((i16::MAX, i16::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v))))
+        .reduce(|| (i16::MAX, i16::MIN), |(a, b), (c, d)| (a.min(c), b.max(d)));
     let original = source.volume;
     let reorientation = Reorientation::to_canonical(dims, &original_affine)?;
     let canonical = reorientation.apply_owned(original)?;
