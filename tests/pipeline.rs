@@ -487,6 +487,43 @@ async fn a_connection_that_is_gone_is_removed_when_a_state_is_posted_to_it() {
     assert_eq!(harness.backends.connections.get_connection("stale").await.unwrap(), None, "removed after Gone");
 }
 
+/// With a model in the store but no ONNX Runtime library, the default model gives way to the
+/// classical one: the job completes, and the log says why no model ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_onnx_runtime_the_classical_model_runs_and_the_log_says_why() {
+    let directory = tempfile::tempdir().unwrap();
+    let data = directory.path().join("data");
+    {
+        let config = config_for(&data, &[]);
+        let backends = EmbeddedBackends::open(&config).unwrap().ports();
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("services/segment/tests/models/tiny-threshold");
+        for file in ["card.json", "model.onnx"] {
+            let key = ObjectKey::parse(&format!("models/tiny-threshold/{file}")).unwrap();
+            backends.objects.put(&key, std::fs::read(models.join(file)).unwrap(), &BTreeMap::new()).await.unwrap();
+        }
+    }
+    let upload = directory.path().join("phantom.nii.gz");
+    std::fs::write(&upload, small_phantom()).unwrap();
+    let output = Command::new(iris_binary())
+        .args(["process", upload.to_str().unwrap(), "--json", "--out", directory.path().join("out").to_str().unwrap()])
+        .env("IRIS_DATA_DIR", &data)
+        .env("IRIS_SEGMENT_MODEL", "tiny-threshold")
+        .env("ORT_DYLIB_PATH", directory.path().join("missing/libonnxruntime.so"))
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run iris process");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "stderr: {log}");
+    let record: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    assert_eq!(record["status"], "COMPLETED");
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(directory.path().join("out/stats.json")).unwrap()).unwrap();
+    assert_eq!(stats["model"], "classical-ct-v1");
+    let why: Vec<&str> = log.lines().filter(|line| line.contains("no ONNX model ran")).collect();
+    assert_eq!(why.len(), 1, "one line says why: {log}");
+    assert!(why[0].contains("ORT_DYLIB_PATH") && why[0].contains("is not a file"), "{}", why[0]);
+}
+
 fn iris_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_iris"))
 }

@@ -362,6 +362,36 @@ fn task_merge_remaps_local_ids() {
     assert_eq!(kept, expected);
 }
 
+/// A five-part task (as TotalSegmentator's 1.5 mm task): every part's local ids go through its own
+/// map, and a later part's label wins where two parts label a voxel.
+#[test]
+fn five_part_merge_remaps_each_parts_ids_in_order() {
+    let Some(ct_path) = shared_data("example_ct_sm.nii.gz") else { return };
+    let Some(runtime) = runtime() else { return };
+    let ct = decode_canonical(&std::fs::read(&ct_path).unwrap(), u64::MAX).unwrap();
+    let task_path = models_dir().join("tiny-five/task.json");
+    let task = TaskDefinition::parse("tiny-five", &std::fs::read(&task_path).unwrap()).unwrap();
+    assert_eq!(task.models.len(), 5);
+    let plan = load_local_plan(&task_path, &SegmentOptions::default()).unwrap();
+    let (merged, reports) = segment_with_plan(&ct, &plan, runtime, &|_, _, _| {}).unwrap();
+    assert_eq!(reports.len(), 5, "every part ran");
+    let mut expected = vec![0u8; ct.voxel_count()];
+    for part in &task.models {
+        let single = load_local_plan(&models_dir().join(&part.model), &SegmentOptions::default()).unwrap();
+        let (local, _) = segment_with_plan(&ct, &single, runtime, &|_, _, _| {}).unwrap();
+        let map = part.label_map.as_ref().unwrap();
+        for (out, id) in expected.iter_mut().zip(&local) {
+            if let Some(task_id) = map.get(id) {
+                *out = *task_id;
+            }
+        }
+    }
+    assert_eq!(merged, expected);
+    let ids: BTreeSet<u8> = merged.iter().copied().collect();
+    assert!(ids.is_subset(&BTreeSet::from([0, 10, 11, 20, 21, 30, 32, 41, 52])), "{ids:?}");
+    assert!(ids.len() >= 6, "most parts show through: {ids:?}");
+}
+
 #[tokio::test]
 async fn the_default_model_falls_back_to_classical_and_a_requested_one_must_exist() {
     let root = tempfile::tempdir().unwrap();
