@@ -3,8 +3,9 @@
 # Image of the segment worker for NVIDIA GPUs (ECS on g5/g4dn): iris-segment on the CUDA 12
 # runtime with cuDNN 9, plus ONNX Runtime's shared libraries (CUDA execution provider) taken from
 # the PyPI onnxruntime-gpu wheel. ORT_DYLIB_PATH points at them for the `ort` crate's
-# load-dynamic mode (ONNX models arrive with the segment issue; today's classical model runs on
-# the CPU and ignores them). The build context is the repository root:
+# load-dynamic mode; ONNX models from the object store then run on the CUDA execution provider
+# (the classical model, used when no model is configured, runs on the CPU). The build context is
+# the repository root:
 #
 #   docker build -f docker/segment-gpu.Dockerfile -t iris-segment-gpu .
 #
@@ -12,6 +13,8 @@
 # (libcudart.so.12); from 1.27 they link CUDA 13, which needs a CUDA 13 base image and an NVIDIA
 # driver >= 580 on the host. The ONNX Runtime version must also provide the C API version the
 # segment service's `ort` crate is built for. The ldd check below fails the build on a mismatch.
+# The CUDA path was proven with 1.31.1 (CUDA 13) on an H100 (BENCHMARKS.md); this image keeps the
+# CUDA 12 build for hosts whose driver predates 580.
 
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src

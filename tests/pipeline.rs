@@ -190,12 +190,7 @@ async fn labels_in_world_space_for_ras_lps_and_las(model: Option<&str>) {
     let harness = Harness::new(&[]);
     let mut metadata = BTreeMap::new();
     if let Some(model) = model {
-        let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("services/segment/tests/models").join(model);
-        for file in ["card.json", "model.onnx"] {
-            let key = ObjectKey::parse(&format!("models/{model}/{file}")).unwrap();
-            let body = std::fs::read(directory.join(file)).unwrap();
-            harness.backends.objects.put(&key, body, &BTreeMap::new()).await.unwrap();
-        }
+        store_test_model(harness.backends.objects.as_ref(), model).await;
         metadata.insert("model".to_owned(), model.to_owned());
     }
     let pipeline = harness.start().await;
@@ -375,16 +370,7 @@ async fn a_subscriber_sees_segmentation_progress_between_the_states() {
         return;
     }
     let harness = Harness::new(&[("IRIS_SEGMENT_MODEL", "tiny-random-a")]);
-    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("services/segment/tests/models/tiny-random-a");
-    for file in ["card.json", "model.onnx"] {
-        let key = ObjectKey::parse(&format!("models/tiny-random-a/{file}")).unwrap();
-        harness
-            .backends
-            .objects
-            .put(&key, std::fs::read(directory.join(file)).unwrap(), &BTreeMap::new())
-            .await
-            .unwrap();
-    }
+    store_test_model(harness.backends.objects.as_ref(), "tiny-random-a").await;
     let pipeline = harness.start().await;
     let upload = small_phantom();
     let key = "uploads/alice/scan.nii.gz";
@@ -496,11 +482,7 @@ async fn without_onnx_runtime_the_classical_model_runs_and_the_log_says_why() {
     {
         let config = config_for(&data, &[]);
         let backends = EmbeddedBackends::open(&config).unwrap().ports();
-        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("services/segment/tests/models/tiny-threshold");
-        for file in ["card.json", "model.onnx"] {
-            let key = ObjectKey::parse(&format!("models/tiny-threshold/{file}")).unwrap();
-            backends.objects.put(&key, std::fs::read(models.join(file)).unwrap(), &BTreeMap::new()).await.unwrap();
-        }
+        store_test_model(backends.objects.as_ref(), "tiny-threshold").await;
     }
     let upload = directory.path().join("phantom.nii.gz");
     std::fs::write(&upload, small_phantom()).unwrap();
@@ -522,6 +504,15 @@ async fn without_onnx_runtime_the_classical_model_runs_and_the_log_says_why() {
     let why: Vec<&str> = log.lines().filter(|line| line.contains("no ONNX model ran")).collect();
     assert_eq!(why.len(), 1, "one line says why: {log}");
     assert!(why[0].contains("ORT_DYLIB_PATH") && why[0].contains("is not a file"), "{}", why[0]);
+}
+
+/// Puts a committed test model (`services/segment/tests/models/<name>`) into the object store.
+async fn store_test_model(objects: &dyn ObjectStore, name: &str) {
+    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("services/segment/tests/models").join(name);
+    for file in ["card.json", "model.onnx"] {
+        let key = ObjectKey::parse(&format!("models/{name}/{file}")).unwrap();
+        objects.put(&key, std::fs::read(directory.join(file)).unwrap(), &BTreeMap::new()).await.unwrap();
+    }
 }
 
 fn iris_binary() -> PathBuf {

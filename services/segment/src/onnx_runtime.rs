@@ -126,9 +126,6 @@ impl OnnxRuntime {
         if self.threads > 0 {
             builder = builder.with_intra_threads(self.threads).map_err(|e| invalid(&e))?;
         }
-        // ONNX Runtime's threads spin after each run by default; the sliding window accumulates
-        // right after a run on the same cores, and spinning threads would slow it down.
-        builder = builder.with_config_entry("session.intra_op.allow_spinning", "0").map_err(|e| invalid(&e))?;
         Ok(builder)
     }
 
