@@ -11,6 +11,7 @@ pub mod ingest_report;
 pub mod job;
 pub mod keys;
 pub mod labels;
+pub mod memory;
 pub mod nifti_codec;
 pub mod phantom;
 pub mod ports;

@@ -147,7 +147,7 @@ pub fn decode_nifti_hounsfield(
         if let Some(voxels) = inflate_single_member_int16(bytes, data_offset, count) {
             return Ok((finish(header, dims, voxels)?, 0));
         }
-        let mut voxels = vec![0i16; count];
+        let mut voxels: Vec<i16> = crate::memory::large_zeroed_vec(count);
         let mut source = source_reader(bytes);
         std::io::copy(&mut (&mut source).take(data_offset), &mut std::io::sink())
             .map_err(|e| NiftiDecodeError::Corrupt(e.to_string()))?;
@@ -185,7 +185,7 @@ fn inflate_single_member_int16(bytes: &[u8], data_offset: u64, count: usize) -> 
     if !gzip || !data_offset.is_multiple_of(2) || u64::from(trailer_size) != total as u64 & 0xffff_ffff {
         return None;
     }
-    let mut buffer = vec![0i16; total / 2];
+    let mut buffer: Vec<i16> = crate::memory::large_zeroed_vec(total / 2);
     let written =
         libdeflater::Decompressor::new().gzip_decompress(bytes, bytemuck::cast_slice_mut(&mut buffer)).ok()?;
     if written != total {

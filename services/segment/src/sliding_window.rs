@@ -129,7 +129,9 @@ pub fn run_sliding_window(
         // On the CPU the network already uses every core: accumulating alongside it would only
         // slow its threads down, so tiles are cut, run and accumulated one batch after another.
         let mut accumulator = Accumulator::new(settings.channels, padded.dims, settings.patch);
-        let (mut prediction, mut scratch, mut done) = (Vec::new(), MirrorScratch::default(), 0);
+        let prediction_len = batch_size * expected_per_tile;
+        let mut prediction = iris_shared::memory::large_vec_with_capacity(prediction_len);
+        let (mut scratch, mut done) = (MirrorScratch::default(), 0);
         for batch in tiles.chunks(batch_size) {
             let input = cut_batch(&volume, padded.dims, settings.patch, batch, batch_size, settings.batch_is_fixed);
             let runs_in_batch = if settings.batch_is_fixed { batch_size } else { batch.len() };
@@ -194,7 +196,9 @@ pub fn run_sliding_window(
             let mut scratch = MirrorScratch::default();
             for (batch, input) in tile_receiver {
                 let runs_in_batch = if settings.batch_is_fixed { batch_size } else { batch.len() };
-                let mut prediction = recycle_receiver.try_recv().unwrap_or_default();
+                let mut prediction = recycle_receiver
+                    .try_recv()
+                    .unwrap_or_else(|_| iris_shared::memory::large_vec_with_capacity(batch_size * expected_per_tile));
                 let timer = Instant::now();
                 let result = predict_with_mirroring(
                     engine,
@@ -388,7 +392,7 @@ fn normalise_resample_and_pad(ct: &Volume<i16>, settings: &WindowSettings, padde
         }
         along_y
     };
-    let mut volume = vec![0.0f32; padded.dims.iter().product()];
+    let mut volume: Vec<f32> = iris_shared::memory::large_zeroed_vec(padded.dims.iter().product());
     let slice_len = py * px;
     volume.par_chunks_mut(slice_len).skip(padded.before[0]).take(mz).enumerate().for_each(|(z, slice)| {
         let (k0, k1, w) = weights_z[z];
@@ -563,7 +567,7 @@ impl Accumulator {
             dims,
             patch,
             origin_z: 0,
-            sums: vec![0.0; channels * patch[0] * slice],
+            sums: iris_shared::memory::large_zeroed_vec(channels * patch[0] * slice),
             labels: vec![0; dims.iter().product()],
         }
     }
