@@ -159,9 +159,16 @@ pub fn decode_nifti_hounsfield(
     let volume = read_volume(bytes, &header, data_offset)?;
     let array = volume.into_ndarray::<f32>().map_err(|e| NiftiDecodeError::UnsupportedDataType(e.to_string()))?;
     let (values, _) = array.into_raw_vec_and_offset();
+    let (voxels, clipped) = round_to_int16(&values);
+    Ok((finish(header, dims, voxels)?, clipped))
+}
+
+/// Whole Hounsfield units: each value rounded and clipped to the int16 range (non-finite values
+/// become 0). Returns the values and how many were clipped.
+pub fn round_to_int16(values: &[f32]) -> (Vec<i16>, u64) {
     let mut clipped = 0u64;
     let voxels = values
-        .into_iter()
+        .iter()
         .map(|value| {
             let rounded = if value.is_finite() { value.round() } else { 0.0 };
             if rounded < f32::from(i16::MIN) || rounded > f32::from(i16::MAX) {
@@ -170,7 +177,7 @@ pub fn decode_nifti_hounsfield(
             rounded.clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16
         })
         .collect();
-    Ok((finish(header, dims, voxels)?, clipped))
+    (voxels, clipped)
 }
 
 /// The int16 voxels of a single-member `.nii.gz` whose uncompressed size is exactly

@@ -206,18 +206,7 @@ pub fn ingest_upload(bytes: Vec<u8>, file_name: &str, limits: &IngestLimits) -> 
 
 /// Whole Hounsfield units: rounded, clipped to int16; returns the number clipped.
 fn round_to_hounsfield(values: &Volume<f32>) -> Result<(Volume<i16>, u64), IngestError> {
-    let mut clipped = 0u64;
-    let voxels = values
-        .voxels()
-        .iter()
-        .map(|value| {
-            let rounded = if value.is_finite() { value.round() } else { 0.0 };
-            if rounded < f32::from(i16::MIN) || rounded > f32::from(i16::MAX) {
-                clipped += 1;
-            }
-            rounded.clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16
-        })
-        .collect();
+    let (voxels, clipped) = iris_shared::nifti_codec::round_to_int16(values.voxels());
     Ok((values.with_voxels(voxels)?, clipped))
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use iris_segment::{SegmentOptions, decode_canonical, load_local_plan, onnx_runtime, segment_with_plan};
+use iris_segment::{SegmentOptions, load_local_plan, onnx_runtime, segment_with_plan};
 use iris_shared::config::{DeviceChoice, SegmentSettings};
 use iris_shared::nifti_codec::{DecodeLimits, decode_nifti_hounsfield, encode_nifti_gz};
 
@@ -52,12 +52,12 @@ fn main() -> anyhow::Result<()> {
     let plan = load_local_plan(&arguments.model, &options)?;
     let bytes = std::fs::read(&arguments.volume).with_context(|| format!("reading {}", arguments.volume.display()))?;
     let (decoded, _) = decode_nifti_hounsfield(&bytes, &DecodeLimits { max_voxels: u64::MAX })?;
-    let ct = decode_canonical(&bytes, u64::MAX)?;
+    let (geometry, ct) = (decoded.geometry, decoded.volume);
     let read_s = started.elapsed().as_secs_f64();
     let (labels, reports) = segment_with_plan(&ct, &plan, runtime, &|_, _, _| {})?;
     let labels = ct.with_voxels(labels)?;
     let encode_started = Instant::now();
-    std::fs::write(&arguments.out, encode_nifti_gz(&labels, &decoded.geometry)?)?;
+    std::fs::write(&arguments.out, encode_nifti_gz(&labels, &geometry)?)?;
     let write_s = encode_started.elapsed().as_secs_f64();
     let session = runtime.session(&plan.models[0].0.card.onnx_sha256, &plan.models[0].0.onnx_path)?;
     let provider = session.lock().map(|loaded| loaded.execution_provider).unwrap_or("unknown");
