@@ -1,6 +1,7 @@
 //! The `iris` subcommands. Each returns the process exit code: 0 success (a COMPLETED job),
 //! 1 a FAILED job, 2 an error before or around the job (bad arguments, I/O, timeout).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -301,9 +302,16 @@ pub fn segment_file(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `iris mesh INPUT --out DIR`: surfaces of a local label map (names from `--stats` or a
-/// `stats.json` beside INPUT when present).
-pub fn mesh_file(config: &IrisConfig, input: &Path, stats: Option<&Path>, out: &Path) -> anyhow::Result<ExitCode> {
+/// `iris mesh INPUT --out DIR [--option NAME=VALUE]…`: surfaces of a local label map (names from
+/// `--stats` or a `stats.json` beside INPUT when present); options as for a job
+/// (`reduction-percent`, `smoothing`, `glb-geometry`, `stl`).
+pub fn mesh_file(
+    config: &IrisConfig,
+    input: &Path,
+    stats: Option<&Path>,
+    options: &BTreeMap<String, String>,
+    out: &Path,
+) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
     let beside = input.parent().map(|p| p.join("stats.json")).filter(|p| p.is_file());
     let table = match stats.map(Path::to_owned).or(beside) {
@@ -313,19 +321,23 @@ pub fn mesh_file(config: &IrisConfig, input: &Path, stats: Option<&Path>, out: &
         }
         None => iris_shared::labels::LabelTable { model: "unknown".into(), diagnostic: false, labels: Vec::new() },
     };
+    let settings = match iris_mesh::MeshSettings::from_job_options(options) {
+        Ok(settings) => settings,
+        Err(error) => return stage_failure(error.code(), &error.to_string()),
+    };
     let started = Instant::now();
-    let artifacts = match iris_mesh::mesh_label_map(&bytes, &table, config.max_voxels) {
+    let artifacts = match iris_mesh::mesh_label_map(&bytes, &table, &settings, config.max_voxels) {
         Ok(artifacts) => artifacts,
         Err(error) => return stage_failure(error.code(), &error.to_string()),
     };
-    let manifest = serde_json::to_vec_pretty(&artifacts.manifest)?;
-    write_outputs(
-        out,
-        &[(iris_mesh::OBJ_FILE, &artifacts.obj), (iris_mesh::MTL_FILE, &artifacts.mtl), ("manifest.json", &manifest)],
-    )?;
+    let manifest = artifacts.manifest_json()?;
+    let mut files: Vec<(&str, &Vec<u8>)> = artifacts.files.iter().map(|(name, bytes)| (name.as_str(), bytes)).collect();
+    files.push((iris_mesh::MANIFEST_FILE, &manifest));
+    write_outputs(out, &files)?;
     let triangles: usize = artifacts.manifest.labels.iter().map(|l| l.triangles).sum();
+    let extracted: usize = artifacts.manifest.labels.iter().map(|l| l.extracted_triangles).sum();
     eprintln!(
-        "meshed {} labels ({triangles} triangles) in {:.3} s → {}",
+        "meshed {} labels ({extracted} triangles extracted, {triangles} kept) in {:.3} s → {}",
         artifacts.manifest.labels.len(),
         started.elapsed().as_secs_f64(),
         out.display()

@@ -111,6 +111,12 @@ enum Command {
         /// stats.json naming the labels (default: stats.json beside INPUT, if any).
         #[arg(long, value_name = "FILE")]
         stats: Option<PathBuf>,
+        /// Share of triangles to remove, 0-99 (the job option reduction-percent; default 90).
+        #[arg(long, value_name = "PERCENT")]
+        reduction_percent: Option<String>,
+        /// Job option as for `iris submit`, e.g. --option smoothing=0.3 --option stl=true (repeatable).
+        #[arg(long = "option", value_name = "NAME=VALUE")]
+        options: Vec<String>,
     },
 }
 
@@ -240,6 +246,12 @@ async fn dispatch(command: Command, config: IrisConfig) -> anyhow::Result<ExitCo
             }
             commands::segment_file(&config, &input, &out, model.as_deref(), fast)
         }
-        Command::Mesh { input, out, stats } => commands::mesh_file(&config, &input, stats.as_deref(), &out),
+        Command::Mesh { input, out, stats, reduction_percent, options } => {
+            let mut options = iris::parse_options(&options).map_err(anyhow::Error::msg)?;
+            if let Some(percent) = reduction_percent {
+                options.insert("reduction-percent".to_owned(), percent);
+            }
+            commands::mesh_file(&config, &input, stats.as_deref(), &options, &out)
+        }
     }
 }

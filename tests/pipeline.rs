@@ -136,6 +136,9 @@ async fn check_completed_job(backends: &Backends, job: &JobRecord, upload: &[u8]
         serde_json::from_slice(&object(backends, iris_shared::keys::mesh_manifest_key(&job.job_id)).await)
             .expect("manifest");
     assert_eq!(manifest["labels"].as_array().map(Vec::len), Some(present.len()));
+    let glb = object(backends, iris_shared::keys::mesh_glb_key(&job.job_id)).await;
+    assert_eq!(&glb[..4], b"glTF", "scene.glb is a binary glTF");
+    assert!(manifest["labels"].as_array().into_iter().flatten().all(|l| l["triangles"].as_u64() > Some(0)));
     present
 }
 
@@ -992,7 +995,7 @@ async fn no_patient_identifier_reaches_the_job_record_events_logs_or_outputs() {
         assert!(!bytes.windows(PHI_CANARY.len()).any(|w| w == PHI_CANARY.as_bytes()), "canary in {}", entry.display());
         files += 1;
     }
-    assert_eq!(files, 7, "every output was checked");
+    assert_eq!(files, 8, "every output was checked (ingest.json, volume, labels, stats, GLB, OBJ, MTL, manifest)");
 }
 
 fn walk(directory: &Path) -> Vec<PathBuf> {

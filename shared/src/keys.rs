@@ -69,6 +69,7 @@ pub mod artifact {
     pub const INGEST_REPORT: &str = "ingest_report";
     pub const LABELS: &str = "labels";
     pub const STATS: &str = "stats";
+    pub const MESH_GLB: &str = "mesh_glb";
     pub const MESH_OBJ: &str = "mesh_obj";
     pub const MESH_MTL: &str = "mesh_mtl";
     pub const MESH_MANIFEST: &str = "mesh_manifest";
@@ -225,6 +226,13 @@ pub fn labels_key(job: &JobId) -> ObjectKey {
 }
 pub fn stats_key(job: &JobId) -> ObjectKey {
     ObjectKey::for_job(job, "stats.json")
+}
+pub fn mesh_glb_key(job: &JobId) -> ObjectKey {
+    ObjectKey::for_job(job, "mesh/scene.glb")
+}
+/// Where mesh writes a file of its own naming (e.g. a label's STL file) under `jobs/<id>/mesh/`.
+pub fn mesh_file_key(job: &JobId, file_name: &str) -> ObjectKey {
+    ObjectKey::for_job(job, &format!("mesh/{file_name}"))
 }
 pub fn mesh_obj_key(job: &JobId) -> ObjectKey {
     ObjectKey::for_job(job, "mesh/model.obj")

@@ -130,6 +130,7 @@ pub fn stage_artifacts(stage: Stage, job: &JobId) -> BTreeMap<String, String> {
         }
         Stage::Segment => vec![(artifact::LABELS, keys::labels_key(job)), (artifact::STATS, keys::stats_key(job))],
         Stage::Mesh => vec![
+            (artifact::MESH_GLB, keys::mesh_glb_key(job)),
             (artifact::MESH_OBJ, keys::mesh_obj_key(job)),
             (artifact::MESH_MTL, keys::mesh_mtl_key(job)),
             (artifact::MESH_MANIFEST, keys::mesh_manifest_key(job)),

@@ -1,47 +1,58 @@
-//! Boundary surfaces of the labels of a label map, built from voxel faces.
+//! Boundary surfaces of the labels of a label map: which faces, and which vertices they share.
 //!
-//! This is the first, deliberately simple version of the mesh stage's extraction: every face
-//! between a voxel of a label and a voxel that is not of that label (or the outside of the
-//! volume) becomes two triangles. The result is blocky but exact: each surface is closed, wound
-//! counter-clockwise seen from outside in world space, and encloses exactly the label's voxels.
-//! (Smoothing and decimation come later.)
+//! A label's surface is made of the faces between its voxels and voxels of any other value (or
+//! the outside of the volume, so every surface is closed). Each face becomes a quad whose corners
+//! are corners of the voxel grid; smoothing later moves the corners (see `smoothing.rs`), which
+//! makes this the topology of surface nets: one quad per boundary face, one vertex per grid
+//! corner and surface sheet.
 //!
-//! Vertices are the corners of the voxel grid, at half-integer voxel coordinates, shared between
-//! all faces that meet there, so every surface is one connected, closed triangle mesh: each
-//! undirected edge is used by an even number of triangles, and each directed edge `(a, b)` is
-//! used exactly as often as `(b, a)`. An edge is normally used by two triangles; where two voxels
-//! of a label touch only along an edge (diagonal neighbours), that edge is used by four and its
-//! vertices are non-manifold. That is accepted in this version.
+//! **Vertices are split where a label touches itself along an edge or at a point**, so that every
+//! surface is a closed 2-manifold: each edge is used by exactly two triangles, once in each
+//! direction. At a grid corner the up to twelve faces of the 2×2×2 voxel block around it are
+//! paired along the six half-edges leaving the corner:
+//! - around a half-edge with one, two adjacent or three of its four voxels in the label, the two
+//!   boundary faces pair up;
+//! - around a half-edge whose two label voxels are diagonal (four boundary faces), the faces of
+//!   the same label voxel pair up (the voxels are kept apart) — unless the two voxels are joined
+//!   by face-adjacent label voxels within the blocks at *both* ends of the edge, in which case the
+//!   faces of the same outside voxel pair up. The rule depends only on the edge, so both ends
+//!   agree, and it never joins four faces at both ends.
+//!
+//! Each cycle of paired faces around a corner is one vertex. [`CornerGraph`] holds the grid
+//! corners on any boundary (shared by every label touching them, which is what keeps the surfaces
+//! of neighbouring labels together when they are smoothed).
 
-use iris_shared::volume::{Affine, Volume};
+use iris_shared::volume::Volume;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// The closed boundary surface of one label, in world coordinates (RAS, millimetres).
+/// The topology of one label's closed surface, before its vertices get positions.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LabelSurface {
+pub struct LabelTopology {
     /// The label value in the label map.
     pub label: u16,
-    /// Vertex positions in world millimetres (RAS).
-    pub positions: Vec<[f32; 3]>,
-    /// Triangles as indices into `positions`, counter-clockwise seen from outside the label.
-    pub triangles: Vec<[u32; 3]>,
     /// Number of voxels of the label.
     pub voxels: u64,
+    /// For each vertex, the [`CornerGraph`] node it sits on (several vertices may share a node).
+    pub vertex_nodes: Vec<u32>,
+    /// One quad per boundary face, counter-clockwise seen from outside the label in voxel space.
+    pub quads: Vec<[u32; 4]>,
 }
 
-/// Settings of [`extract_surfaces`].
+/// Settings of [`extract_topologies`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExtractionSettings {
     /// Labels with fewer voxels than this are not extracted but listed as skipped.
     pub minimum_voxels: u64,
 }
 
-/// The surfaces of every label present in a label map, and the labels that were left out.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// The surfaces of every label of a label map and the corners they share.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Extraction {
+    /// The grid corners on any label boundary.
+    pub graph: CornerGraph,
     /// One surface per extracted label, sorted by label id.
-    pub surfaces: Vec<LabelSurface>,
+    pub topologies: Vec<LabelTopology>,
     /// Labels present in the label map but not extracted, sorted by label id.
     pub skipped: Vec<SkippedLabel>,
 }
@@ -54,13 +65,44 @@ pub struct SkippedLabel {
     pub reason: String,
 }
 
-/// Extracts the boundary surface of every non-background label (every value other than 0) of a
-/// label map; see the module documentation for the shape of the surfaces.
+/// The label map is too large to index its grid corners with 32 bits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the label map has {corners} grid corners, more than the {max} the mesh stage can index")]
+pub struct TooManyCorners {
+    pub corners: u64,
+    pub max: u64,
+}
+
+/// The grid corners (points between voxels, at half-integer voxel coordinates) on the boundary
+/// of any label, numbered in memory order, with the edges between them that smoothing follows.
 ///
-/// One pass counts each label's voxels and bounding box; the labels are then extracted in
-/// parallel, each within its bounding box. The output depends only on the input (not on the
-/// number of threads): the same label map gives identical surfaces, vertex order included.
-pub fn extract_surfaces(labels: &Volume<u8>, settings: &ExtractionSettings) -> Extraction {
+/// A corner is on a boundary when the eight voxels around it do not all hold the same value
+/// (voxels outside the volume hold 0). An edge between two such corners is a boundary edge when
+/// the four voxels around it do not all hold the same value, and a junction edge when they hold
+/// three or more different values (where three or more regions meet).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CornerGraph {
+    /// Voxel dimensions of the label map; corners are one more on each axis.
+    dims: [usize; 3],
+    /// Node number + 1 of each corner of the corner grid, 0 for corners on no boundary.
+    node_of_corner: Vec<u32>,
+    /// Corner coordinates (corner index on each axis) of each node.
+    corners: Vec<[u32; 3]>,
+    /// `stencil[stencil_start[n]..stencil_start[n + 1]]`: the nodes whose mean node `n` is smoothed
+    /// towards (its boundary-edge neighbours; only its junction-edge neighbours on a junction line;
+    /// none where junction lines meet or end, which keeps the node fixed).
+    stencil_start: Vec<u32>,
+    stencil: Vec<u32>,
+}
+
+/// Finds every label's surface: one parallel pass over the corners builds the [`CornerGraph`],
+/// then the labels are extracted in parallel, each within its bounding box.
+///
+/// The output depends only on the input, not on the number of threads.
+pub fn extract_topologies(labels: &Volume<u8>, settings: &ExtractionSettings) -> Result<Extraction, TooManyCorners> {
+    let started = std::time::Instant::now();
+    let graph = CornerGraph::build(labels)?;
+    tracing::debug!(corners = graph.node_count(), graph_ms = started.elapsed().as_millis() as u64, "corner graph");
     let census = LabelCensus::of(labels);
     let mut work = Vec::new();
     let mut skipped = Vec::new();
@@ -85,85 +127,245 @@ pub fn extract_surfaces(labels: &Volume<u8>, settings: &ExtractionSettings) -> E
             work.push((label, voxels, bounds));
         }
     }
-
-    let results: Vec<Result<LabelSurface, SkippedLabel>> =
-        work.par_iter().map(|&(label, voxels, bounds)| extract_label(labels, label, voxels, bounds)).collect();
-
-    let mut surfaces = Vec::with_capacity(results.len());
-    for result in results {
-        match result {
-            Ok(surface) => surfaces.push(surface),
-            Err(skip) => skipped.push(skip),
-        }
-    }
-    skipped.sort_by_key(|skip| skip.label);
-    Extraction { surfaces, skipped }
+    let topologies =
+        work.par_iter().map(|&(label, voxels, bounds)| extract_label(labels, &graph, label, voxels, bounds)).collect();
+    Ok(Extraction { graph, topologies, skipped })
 }
 
-impl LabelSurface {
-    /// Total area of the triangles in mm².
-    pub fn surface_area_mm2(&self) -> f64 {
-        self.triangle_corners()
-            .map(|[a, b, c]| {
-                let normal = cross(subtract(b, a), subtract(c, a));
-                0.5 * dot(normal, normal).sqrt()
-            })
-            .sum()
-    }
+impl CornerGraph {
+    /// Builds the graph of a label map's boundary corners (see the type's documentation).
+    pub fn build(labels: &Volume<u8>) -> Result<CornerGraph, TooManyCorners> {
+        let dims = labels.dims();
+        let corner_dims = dims.map(|n| n + 1);
+        let corner_count = corner_dims.iter().map(|&n| n as u64).product::<u64>();
+        let max = u64::from(u32::MAX) - 1;
+        if corner_count > max {
+            return Err(TooManyCorners { corners: corner_count, max });
+        }
+        let layer_corners = corner_dims[0] * corner_dims[1];
 
-    /// Signed volume enclosed by the triangles in mm³: positive when the surface is closed and
-    /// wound counter-clockwise seen from outside. (Computed about the first vertex rather than the
-    /// world origin, which gives the same value for a closed surface with less rounding.)
-    pub fn signed_volume_mm3(&self) -> f64 {
-        let Some(reference) = self.positions.first().map(|p| p.map(f64::from)) else {
-            return 0.0;
-        };
-        self.triangle_corners()
-            .map(|[a, b, c]| {
-                let (a, b, c) = (subtract(a, reference), subtract(b, reference), subtract(c, reference));
-                dot(a, cross(b, c)) / 6.0
-            })
-            .sum()
-    }
+        // 1. Each corner layer's boundary corners and their edge flags.
+        let layers: Vec<(Vec<u32>, Vec<u8>)> =
+            (0..corner_dims[2]).into_par_iter().map(|ck| boundary_corners_of_layer(labels, ck)).collect();
 
-    /// Smallest and largest world coordinate of the vertices on each axis, or `None` without vertices.
-    pub fn bounding_box_mm(&self) -> Option<([f64; 3], [f64; 3])> {
-        let first = self.positions.first()?.map(f64::from);
-        let mut minimum = first;
-        let mut maximum = first;
-        for position in &self.positions {
-            for axis in 0..3 {
-                let value = f64::from(position[axis]);
-                minimum[axis] = minimum[axis].min(value);
-                maximum[axis] = maximum[axis].max(value);
+        // 2. Node numbers, in memory order.
+        let mut first_node_of_layer = Vec::with_capacity(layers.len() + 1);
+        let mut total = 0usize;
+        for (indices, _) in &layers {
+            first_node_of_layer.push(total);
+            total += indices.len();
+        }
+        first_node_of_layer.push(total);
+        let mut node_of_corner = vec![0u32; corner_count as usize];
+        node_of_corner.par_chunks_mut(layer_corners).zip(layers.par_iter()).enumerate().for_each(
+            |(ck, (layer, (indices, _)))| {
+                for (n, &index) in indices.iter().enumerate() {
+                    // Fits: fewer corners than u32::MAX - 1 (checked above).
+                    layer[index as usize] = (first_node_of_layer[ck] + n + 1) as u32;
+                }
+            },
+        );
+        let flags: Vec<u8> = layers.iter().flat_map(|(_, flags)| flags.iter().copied()).collect();
+        let corners: Vec<[u32; 3]> = layers
+            .iter()
+            .enumerate()
+            .flat_map(|(ck, (indices, _))| {
+                indices.iter().map(move |&index| {
+                    let index = index as usize;
+                    [(index % corner_dims[0]) as u32, (index / corner_dims[0]) as u32, ck as u32]
+                })
+            })
+            .collect();
+
+        // 3. Smoothing stencils.
+        let partial = CornerGraph { dims, node_of_corner, corners, stencil_start: Vec::new(), stencil: Vec::new() };
+        let stencils: Vec<Vec<u32>> = partial
+            .corners
+            .par_chunks(1 << 14)
+            .enumerate()
+            .map(|(chunk, corners)| {
+                let mut out = Vec::with_capacity(corners.len() * 5);
+                for (offset, _) in corners.iter().enumerate() {
+                    let node = chunk * (1 << 14) + offset;
+                    let stencil = partial.stencil_of(node, &flags);
+                    out.push(stencil.len() as u32);
+                    out.extend_from_slice(&stencil);
+                }
+                out
+            })
+            .collect();
+        let mut stencil_start = Vec::with_capacity(partial.corners.len() + 1);
+        let mut stencil = Vec::with_capacity(partial.corners.len() * 4);
+        stencil_start.push(0u32);
+        for chunk in &stencils {
+            let mut at = 0;
+            while at < chunk.len() {
+                let count = chunk[at] as usize;
+                stencil.extend_from_slice(&chunk[at + 1..at + 1 + count]);
+                stencil_start.push(stencil.len() as u32);
+                at += 1 + count;
             }
         }
-        Some((minimum, maximum))
+        Ok(CornerGraph { stencil_start, stencil, ..partial })
     }
 
-    /// The corner positions of each triangle whose indices are all in range, as f64.
-    fn triangle_corners(&self) -> impl Iterator<Item = [[f64; 3]; 3]> + '_ {
-        self.triangles.iter().filter_map(|triangle| {
-            let corner = |n: usize| self.positions.get(triangle[n] as usize).map(|p| p.map(f64::from));
-            Some([corner(0)?, corner(1)?, corner(2)?])
-        })
+    /// Number of boundary corners.
+    pub fn node_count(&self) -> usize {
+        self.corners.len()
+    }
+
+    /// The node at corner `(ci, cj, ck)`, if that corner is on a boundary.
+    pub fn node_at(&self, corner: [usize; 3]) -> Option<u32> {
+        let [ci, cj, ck] = corner;
+        let index = (ck * (self.dims[1] + 1) + cj) * (self.dims[0] + 1) + ci;
+        self.node_of_corner.get(index).and_then(|&n| n.checked_sub(1))
+    }
+
+    /// The corner (corner index on each axis) of node `node`.
+    pub fn corner(&self, node: u32) -> [u32; 3] {
+        self.corners[node as usize]
+    }
+
+    /// The corner of every node, by node number.
+    pub fn corners(&self) -> &[[u32; 3]] {
+        &self.corners
+    }
+
+    /// The nodes node `node` is smoothed towards (empty: the node stays where it is).
+    pub fn stencil(&self, node: usize) -> &[u32] {
+        &self.stencil[self.stencil_start[node] as usize..self.stencil_start[node + 1] as usize]
+    }
+
+    /// Node `node`'s stencil from the edge flags (see the `stencil` field).
+    fn stencil_of(&self, node: usize, flags: &[u8]) -> Vec<u32> {
+        let corner = self.corners[node].map(|c| c as usize);
+        let mut boundary = Vec::with_capacity(6);
+        let mut junction = Vec::with_capacity(6);
+        for axis in 0..3 {
+            // The edge towards +axis is described by this node's flags.
+            let mut upper = corner;
+            upper[axis] += 1;
+            if flags[node] & (EDGE_BOUNDARY << axis) != 0
+                && let Some(neighbour) = self.node_at(upper)
+            {
+                boundary.push(neighbour);
+                if flags[node] & (EDGE_JUNCTION << axis) != 0 {
+                    junction.push(neighbour);
+                }
+            }
+            // The edge towards -axis by the lower neighbour's flags.
+            if corner[axis] > 0 {
+                let mut lower = corner;
+                lower[axis] -= 1;
+                if let Some(neighbour) = self.node_at(lower) {
+                    let neighbour_flags = flags[neighbour as usize];
+                    if neighbour_flags & (EDGE_BOUNDARY << axis) != 0 {
+                        boundary.push(neighbour);
+                        if neighbour_flags & (EDGE_JUNCTION << axis) != 0 {
+                            junction.push(neighbour);
+                        }
+                    }
+                }
+            }
+        }
+        match junction.len() {
+            0 => boundary,
+            2 => junction,
+            _ => Vec::new(),
+        }
     }
 }
 
-/// Marks a corner of the corner grid that has no vertex yet.
-const NO_VERTEX: u32 = u32::MAX;
+impl LabelTopology {
+    /// Number of triangles the quads make.
+    pub fn triangle_count(&self) -> usize {
+        2 * self.quads.len()
+    }
+}
 
-/// The four corners of each face of a voxel, as offsets (0 or 1 on each axis) from the voxel's
-/// lowest corner, in counter-clockwise order seen from outside the voxel in voxel space.
-/// Faces in the order −x, +x, −y, +y, −z, +z.
-const FACE_CORNERS: [[[usize; 3]; 4]; 6] = [
-    [[0, 0, 0], [0, 0, 1], [0, 1, 1], [0, 1, 0]],
-    [[1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 0, 1]],
-    [[0, 0, 0], [1, 0, 0], [1, 0, 1], [0, 0, 1]],
-    [[0, 1, 0], [0, 1, 1], [1, 1, 1], [1, 1, 0]],
-    [[0, 0, 0], [0, 1, 0], [1, 1, 0], [1, 0, 0]],
-    [[0, 0, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]],
-];
+/// Flag bits of a corner: bit `axis` (0–2) when the edge towards +axis is a boundary edge,
+/// bit `3 + axis` when it is a junction edge.
+const EDGE_BOUNDARY: u8 = 1;
+const EDGE_JUNCTION: u8 = 1 << 3;
+
+/// The boundary corners of corner layer `ck` (index within the layer) and their flags.
+fn boundary_corners_of_layer(labels: &Volume<u8>, ck: usize) -> (Vec<u32>, Vec<u8>) {
+    let [nx, ny, nz] = labels.dims();
+    let data = labels.voxels();
+    let row = |j: usize, k: usize| -> Option<&[u8]> {
+        (j >= 1 && j <= ny && k >= 1 && k <= nz).then(|| {
+            let start = ((k - 1) * ny + (j - 1)) * nx;
+            &data[start..start + nx]
+        })
+    };
+    let mut indices = Vec::new();
+    let mut flags = Vec::new();
+    // Per voxel column i: the common value of the four rows around the corner row, or MIXED.
+    const MIXED: u16 = u16::MAX;
+    let mut columns = vec![0u16; nx];
+    for cj in 0..=ny {
+        // The four voxel rows around corner row (cj, ck): [y-1/z-1, y/z-1, y-1/z, y/z] (None: outside).
+        let rows = [row(cj, ck), row(cj + 1, ck), row(cj, ck + 1), row(cj + 1, ck + 1)];
+        if rows.iter().all(Option::is_none) {
+            continue;
+        }
+        // Fast path: four identical rows of background (most of a scan's air) hold no corner.
+        if rows.iter().all(|row| row.is_some_and(|row| row.iter().all(|&value| value == 0))) {
+            continue;
+        }
+        let value = |r: usize, i: usize| rows[r].map_or(0, |row| row[i]);
+        for (i, column) in columns.iter_mut().enumerate() {
+            let first = value(0, i);
+            *column = if (1..4).all(|r| value(r, i) == first) { u16::from(first) } else { MIXED };
+        }
+        for ci in 0..=nx {
+            let left = if ci == 0 { 0 } else { columns[ci - 1] };
+            let right = if ci == nx { 0 } else { columns[ci] };
+            if left != MIXED && left == right {
+                continue;
+            }
+            // The eight voxels around the corner, bit b = dx + 2dy + 4dz (dy, dz as in `rows`).
+            let voxel = |dx: usize, r: usize| -> u8 {
+                let i = ci + dx;
+                if i == 0 || i > nx { 0 } else { value(r, i - 1) }
+            };
+            let block: [u8; 8] = std::array::from_fn(|b| voxel(b & 1, b >> 1));
+            let mut corner_flags = 0u8;
+            for axis in 0..3 {
+                // The four voxels around the edge towards +axis: the block voxels with bit `axis` set.
+                let around: [u8; 4] = std::array::from_fn(|n| block[insert_bit(n, axis, 1)]);
+                let distinct = distinct_count(&around);
+                if distinct >= 2 {
+                    corner_flags |= EDGE_BOUNDARY << axis;
+                }
+                if distinct >= 3 {
+                    corner_flags |= EDGE_JUNCTION << axis;
+                }
+            }
+            indices.push((cj * (nx + 1) + ci) as u32);
+            flags.push(corner_flags);
+        }
+    }
+    (indices, flags)
+}
+
+/// The block index with bit `axis` equal to `bit` and the other two bits taken from `n` (0–3),
+/// in axis order.
+fn insert_bit(n: usize, axis: usize, bit: usize) -> usize {
+    let low = n & ((1 << axis) - 1);
+    let high = (n >> axis) << (axis + 1);
+    low | (bit << axis) | high
+}
+
+fn distinct_count(values: &[u8; 4]) -> usize {
+    let mut count = 0;
+    for (n, value) in values.iter().enumerate() {
+        if !values[..n].contains(value) {
+            count += 1;
+        }
+    }
+    count
+}
 
 /// Inclusive voxel-index bounding box of one label.
 #[derive(Debug, Clone, Copy)]
@@ -200,16 +402,24 @@ impl LabelCensus {
 
     fn count_slice(&mut self, slice: &[u8], nx: usize, k: usize) {
         for (j, row) in slice.chunks_exact(nx).enumerate() {
-            for (i, &value) in row.iter().enumerate() {
+            let mut start = 0;
+            // Runs of one value: one update per run.
+            while start < row.len() {
+                let value = row[start];
+                let mut end = start + 1;
+                while end < row.len() && row[end] == value {
+                    end += 1;
+                }
                 let value = usize::from(value);
-                self.voxels[value] += 1;
+                self.voxels[value] += (end - start) as u64;
                 let (lowest, highest) = (&mut self.lowest[value], &mut self.highest[value]);
-                lowest[0] = lowest[0].min(i);
+                lowest[0] = lowest[0].min(start);
                 lowest[1] = lowest[1].min(j);
                 lowest[2] = lowest[2].min(k);
-                highest[0] = highest[0].max(i);
+                highest[0] = highest[0].max(end - 1);
                 highest[1] = highest[1].max(j);
                 highest[2] = highest[2].max(k);
+                start = end;
             }
         }
     }
@@ -226,33 +436,49 @@ impl LabelCensus {
     }
 }
 
-/// Builds the surface of one label from the voxels inside its bounding box.
-///
-/// The corners are indexed densely over the bounding box's corner grid (one more corner than
-/// voxels on each axis), two layers of corners at a time: voxel slice `k` only touches corner
-/// layers `k` and `k + 1`. Voxels outside the bounding box, and so outside the volume, are never
-/// of the label, which closes surfaces at the volume border.
+/// The four corners of each face of a voxel, as offsets (0 or 1 on each axis) from the voxel's
+/// lowest corner, in counter-clockwise order seen from outside the voxel in voxel space.
+/// Faces in the order −x, +x, −y, +y, −z, +z.
+const FACE_CORNERS: [[[usize; 3]; 4]; 6] = [
+    [[0, 0, 0], [0, 0, 1], [0, 1, 1], [0, 1, 0]],
+    [[1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 0, 1]],
+    [[0, 0, 0], [1, 0, 0], [1, 0, 1], [0, 0, 1]],
+    [[0, 1, 0], [0, 1, 1], [1, 1, 1], [1, 1, 0]],
+    [[0, 0, 0], [0, 1, 0], [1, 1, 0], [1, 0, 0]],
+    [[0, 0, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]],
+];
+
+/// Marks a corner slot whose vertices are not made yet.
+const NO_VERTEX: u32 = u32::MAX;
+
+/// Builds the surface of one label from the voxels inside its bounding box. Voxels outside the
+/// bounding box, and so outside the volume, are never of the label.
 fn extract_label(
     labels: &Volume<u8>,
+    graph: &CornerGraph,
     label: u8,
     voxels: u64,
     bounds: VoxelBounds,
-) -> Result<LabelSurface, SkippedLabel> {
+) -> LabelTopology {
     let size = [0, 1, 2].map(|axis| bounds.highest[axis] - bounds.lowest[axis] + 1);
-    let corner_count = (size[0] + 1).checked_mul(size[1] + 1).and_then(|n| n.checked_mul(size[2] + 1));
-    if corner_count.is_none_or(|count| count >= NO_VERTEX as usize) {
-        return Err(SkippedLabel {
-            label: u16::from(label),
-            voxels,
-            reason: "bounding box too large for 32-bit vertex indices".to_string(),
-        });
-    }
-
     let [nx, ny, _] = labels.dims();
     let data = labels.voxels();
-    let row_stride = nx;
-    let slice_stride = nx * ny;
-    let mut builder = SurfaceBuilder::new(labels.affine(), bounds.lowest, size);
+    let (row_stride, slice_stride) = (nx, nx * ny);
+    let mut builder = TopologyBuilder {
+        labels,
+        graph,
+        label,
+        origin: bounds.lowest,
+        size,
+        corners_per_row: size[0] + 1,
+        lower: vec![NO_VERTEX; (size[0] + 1) * (size[1] + 1)],
+        upper: vec![NO_VERTEX; (size[0] + 1) * (size[1] + 1)],
+        lower_configs: vec![0; (size[0] + 1) * (size[1] + 1)],
+        upper_configs: vec![0; (size[0] + 1) * (size[1] + 1)],
+        slice: 0,
+        vertex_nodes: Vec::new(),
+        quads: Vec::new(),
+    };
     for k in 0..size[2] {
         builder.begin_voxel_slice(k);
         for j in 0..size[1] {
@@ -278,381 +504,277 @@ fn extract_label(
             }
         }
     }
-    Ok(builder.finish(u16::from(label), voxels))
+    LabelTopology { label: u16::from(label), voxels, vertex_nodes: builder.vertex_nodes, quads: builder.quads }
 }
 
-/// Accumulates the vertices and triangles of one label's surface.
-struct SurfaceBuilder<'a> {
-    affine: &'a Affine,
+/// Accumulates one label's vertices and quads, two corner layers at a time: voxel slice `k`
+/// (local) only touches corner layers `k` and `k + 1`.
+struct TopologyBuilder<'a> {
+    labels: &'a Volume<u8>,
+    graph: &'a CornerGraph,
+    label: u8,
     /// Voxel index of the bounding box's lowest voxel; local corner (0, 0, 0) is its lowest corner.
     origin: [usize; 3],
-    /// Corners per row of a corner layer (bounding box width + 1).
+    size: [usize; 3],
     corners_per_row: usize,
-    /// Vertex of each corner of layer `current_slice` (the lower corners of the current voxel slice).
-    lower_layer: Vec<u32>,
-    /// Vertex of each corner of layer `current_slice + 1`.
-    upper_layer: Vec<u32>,
-    current_slice: usize,
-    /// World orientation is left-handed: reverse the voxel-space winding.
-    reverse_winding: bool,
-    positions: Vec<[f32; 3]>,
-    triangles: Vec<[u32; 3]>,
+    /// First vertex of each corner slot of the lower and upper corner layer, and the corner's
+    /// configuration (see [`corner_groups`]) once its vertices exist.
+    lower: Vec<u32>,
+    upper: Vec<u32>,
+    lower_configs: Vec<u16>,
+    upper_configs: Vec<u16>,
+    slice: usize,
+    vertex_nodes: Vec<u32>,
+    quads: Vec<[u32; 4]>,
 }
 
-impl<'a> SurfaceBuilder<'a> {
-    fn new(affine: &'a Affine, origin: [usize; 3], size: [usize; 3]) -> Self {
-        let layer_corners = (size[0] + 1) * (size[1] + 1);
-        SurfaceBuilder {
-            affine,
-            origin,
-            corners_per_row: size[0] + 1,
-            lower_layer: vec![NO_VERTEX; layer_corners],
-            upper_layer: vec![NO_VERTEX; layer_corners],
-            current_slice: 0,
-            reverse_winding: affine.linear_determinant() < 0.0,
-            positions: Vec::new(),
-            triangles: Vec::new(),
-        }
-    }
-
-    /// Moves on to voxel slice `k` (local): its lower corner layer is the previous slice's upper one.
+impl TopologyBuilder<'_> {
     fn begin_voxel_slice(&mut self, k: usize) {
         if k > 0 {
-            std::mem::swap(&mut self.lower_layer, &mut self.upper_layer);
-            self.upper_layer.fill(NO_VERTEX);
+            std::mem::swap(&mut self.lower, &mut self.upper);
+            std::mem::swap(&mut self.lower_configs, &mut self.upper_configs);
+            self.upper.fill(NO_VERTEX);
         }
-        self.current_slice = k;
+        self.slice = k;
     }
 
-    /// Adds face `face` (see [`FACE_CORNERS`]) of local voxel (i, j) of the current slice as two triangles.
+    /// Adds face `face` (see [`FACE_CORNERS`]) of local voxel (i, j) of the current slice.
     fn add_face(&mut self, i: usize, j: usize, face: usize) {
-        let [a, b, c, d] = FACE_CORNERS[face].map(|[di, dj, dk]| self.vertex(i + di, j + dj, dk == 1));
-        if self.reverse_winding {
-            self.triangles.push([a, c, b]);
-            self.triangles.push([a, d, c]);
+        let axis = face / 2;
+        let (a1, a2) = other_axes(axis);
+        let quad = FACE_CORNERS[face].map(|offset| {
+            // The face, seen from its corner: the block offsets of its voxel are 1 - offset.
+            let face_at_corner = axis * 4 + (1 - offset[a1]) + 2 * (1 - offset[a2]);
+            self.vertex([i + offset[0], j + offset[1]], offset[2] == 1, face_at_corner)
+        });
+        self.quads.push(quad);
+    }
+
+    /// The vertex of block face `face_at_corner` at local corner `corner` of the lower or upper layer.
+    fn vertex(&mut self, corner: [usize; 2], upper: bool, face_at_corner: usize) -> u32 {
+        let slot = corner[1] * self.corners_per_row + corner[0];
+        let existing = if upper { self.upper[slot] } else { self.lower[slot] };
+        let (first, config) = if existing != NO_VERTEX {
+            (existing, if upper { self.upper_configs[slot] } else { self.lower_configs[slot] })
         } else {
-            self.triangles.push([a, b, c]);
-            self.triangles.push([a, c, d]);
-        }
+            let global = [
+                self.origin[0] + corner[0],
+                self.origin[1] + corner[1],
+                self.origin[2] + self.slice + usize::from(upper),
+            ];
+            let config = self.corner_config(global);
+            let groups = corner_groups(config);
+            // A corner with a face of the label is on a boundary, so it has a node.
+            let node = self.graph.node_at(global).unwrap_or(0);
+            let first = self.vertex_nodes.len() as u32;
+            self.vertex_nodes.extend(std::iter::repeat_n(node, usize::from(groups.count)));
+            if upper {
+                self.upper[slot] = first;
+                self.upper_configs[slot] = config;
+            } else {
+                self.lower[slot] = first;
+                self.lower_configs[slot] = config;
+            }
+            (first, config)
+        };
+        first + u32::from(corner_groups(config).group_of_face[face_at_corner])
     }
 
-    /// The vertex at local corner (ci, cj) of the lower or upper layer, created on first use.
-    fn vertex(&mut self, ci: usize, cj: usize, upper: bool) -> u32 {
-        let slot = cj * self.corners_per_row + ci;
-        let layer = if upper { &mut self.upper_layer } else { &mut self.lower_layer };
-        if layer[slot] != NO_VERTEX {
-            return layer[slot];
-        }
-        // Fits: the bounding box has fewer corners than NO_VERTEX, checked in `extract_label`.
-        let vertex = self.positions.len() as u32;
-        layer[slot] = vertex;
-        let ck = self.current_slice + usize::from(upper);
-        let voxel_coordinate = [
-            (self.origin[0] + ci) as f64 - 0.5,
-            (self.origin[1] + cj) as f64 - 0.5,
-            (self.origin[2] + ck) as f64 - 0.5,
-        ];
-        self.positions.push(self.affine.apply(voxel_coordinate).map(|value| value as f32));
-        vertex
+    /// Whether the voxel at global voxel coordinates `(i, j, k)` (possibly -1 or past the end:
+    /// outside) is of the label.
+    fn is_label(&self, voxel: [isize; 3]) -> bool {
+        let inside = (0..3).all(|axis| {
+            voxel[axis] >= self.origin[axis] as isize && voxel[axis] < (self.origin[axis] + self.size[axis]) as isize
+        });
+        inside && *self.labels.get(voxel[0] as usize, voxel[1] as usize, voxel[2] as usize) == self.label
     }
 
-    fn finish(self, label: u16, voxels: u64) -> LabelSurface {
-        LabelSurface { label, positions: self.positions, triangles: self.triangles, voxels }
-    }
-}
-
-fn subtract(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
-}
-
-fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
-}
-
-fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
-    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use super::*;
-
-    fn ras_affine() -> Affine {
-        Affine::identity()
-    }
-
-    /// Anisotropic spacing and a non-zero origin, right-handed (RAS).
-    fn anisotropic_ras_affine() -> Affine {
-        Affine([[0.7, 0.0, 0.0, -112.5], [0.0, 1.3, 0.0, 48.25], [0.0, 0.0, 2.5, 31.0], [0.0, 0.0, 0.0, 1.0]])
-    }
-
-    /// Anisotropic spacing and a non-zero origin, left-handed (LAS: x runs towards the left).
-    fn anisotropic_las_affine() -> Affine {
-        Affine([[-0.7, 0.0, 0.0, 112.5], [0.0, 1.3, 0.0, -48.25], [0.0, 0.0, 2.5, 31.0], [0.0, 0.0, 0.0, 1.0]])
-    }
-
-    /// A label map of `dims` where `label_at(i, j, k)` gives each voxel's label.
-    fn label_map(dims: [usize; 3], affine: Affine, label_at: impl Fn(usize, usize, usize) -> u8) -> Volume<u8> {
-        let mut voxels = Vec::with_capacity(dims.iter().product());
-        for k in 0..dims[2] {
-            for j in 0..dims[1] {
-                for i in 0..dims[0] {
-                    voxels.push(label_at(i, j, k));
+    /// The label's 8-bit block configuration at a global corner (bit b = dx + 2dy + 4dz for the
+    /// voxel at corner - 1 + (dx, dy, dz)), and in bits 8–13 which half-edges pair faces around
+    /// their outside voxels (see the module documentation).
+    fn corner_config(&self, corner: [usize; 3]) -> u16 {
+        let block = self.block_at(corner);
+        let mut outside_pairing = 0u16;
+        for axis in 0..3 {
+            for side in 0..2 {
+                if !diagonal_and_joined(block, axis, side) {
+                    continue;
+                }
+                // The same edge seen from its other end: that corner's block, the other side.
+                let mut other = corner.map(|c| c as isize);
+                other[axis] += if side == 1 { 1 } else { -1 };
+                let other_block = self.block_at_signed(other);
+                if diagonal_and_joined(other_block, axis, 1 - side) {
+                    outside_pairing |= 1 << (axis * 2 + side);
                 }
             }
         }
-        Volume::new(dims, affine, voxels).unwrap()
+        u16::from(block) | (outside_pairing << 8)
     }
 
-    fn settings(minimum_voxels: u64) -> ExtractionSettings {
-        ExtractionSettings { minimum_voxels }
+    fn block_at(&self, corner: [usize; 3]) -> u8 {
+        self.block_at_signed(corner.map(|c| c as isize))
     }
 
-    /// Label 1 in the voxels with `lowest <= (i, j, k) <= highest`, background elsewhere.
-    fn box_label_map(dims: [usize; 3], affine: Affine, lowest: [usize; 3], highest: [usize; 3]) -> Volume<u8> {
-        label_map(dims, affine, |i, j, k| {
-            let inside = [i, j, k].iter().enumerate().all(|(axis, &v)| v >= lowest[axis] && v <= highest[axis]);
-            u8::from(inside)
-        })
-    }
-
-    /// Asserts the surface is closed: each directed edge is used as often as its reverse (which
-    /// also makes every undirected edge used an even number of times), no triangle is degenerate,
-    /// and every index is in range.
-    fn assert_closed(surface: &LabelSurface) {
-        let mut directed: HashMap<(u32, u32), i64> = HashMap::new();
-        for triangle in &surface.triangles {
-            assert!(triangle.iter().all(|&v| (v as usize) < surface.positions.len()), "index out of range");
-            assert!(triangle[0] != triangle[1] && triangle[1] != triangle[2] && triangle[0] != triangle[2]);
-            for n in 0..3 {
-                let (a, b) = (triangle[n], triangle[(n + 1) % 3]);
-                *directed.entry((a, b)).or_default() += 1;
+    fn block_at_signed(&self, corner: [isize; 3]) -> u8 {
+        let mut block = 0u8;
+        for b in 0..8 {
+            let voxel = [
+                corner[0] - 1 + (b & 1) as isize,
+                corner[1] - 1 + ((b >> 1) & 1) as isize,
+                corner[2] - 1 + (b >> 2) as isize,
+            ];
+            if self.is_label(voxel) {
+                block |= 1 << b;
             }
         }
-        for (&(a, b), &count) in &directed {
-            let reverse = directed.get(&(b, a)).copied().unwrap_or(0);
-            assert_eq!(count, reverse, "edge ({a}, {b}) used {count} times but ({b}, {a}) {reverse} times");
-        }
-        let mut referenced = vec![false; surface.positions.len()];
-        surface.triangles.iter().flatten().for_each(|&v| referenced[v as usize] = true);
-        assert!(referenced.iter().all(|&r| r), "every vertex is used by a triangle");
+        block
     }
+}
 
-    fn voxel_volume_mm3(affine: &Affine) -> f64 {
-        affine.linear_determinant().abs()
+/// The other two axes of `axis`, in increasing order.
+fn other_axes(axis: usize) -> (usize, usize) {
+    match axis {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
     }
+}
 
-    /// Equality up to the rounding of positions to f32 (about 1e-7 relative to the largest coordinate).
-    fn assert_close(actual: f64, expected: f64, what: &str) {
-        let tolerance = 1e-5 * expected.abs().max(1.0);
-        assert!((actual - expected).abs() <= tolerance, "{what}: {actual} differs from {expected}");
-    }
+/// The vertices of one corner configuration: how many, and which one each block face belongs to.
+#[derive(Debug, Clone, Copy)]
+struct CornerGroups {
+    count: u8,
+    /// Vertex (0-based, within the corner) of each of the 12 block faces; unused for non-boundary faces.
+    group_of_face: [u8; 12],
+}
 
-    #[test]
-    fn single_voxel_gives_a_closed_cube() {
-        for volume in
-            [label_map([1, 1, 1], ras_affine(), |_, _, _| 1), box_label_map([3, 3, 3], ras_affine(), [1; 3], [1; 3])]
-        {
-            let extraction = extract_surfaces(&volume, &settings(1));
-            assert_eq!(extraction.surfaces.len(), 1);
-            assert!(extraction.skipped.is_empty());
-            let surface = &extraction.surfaces[0];
-            assert_eq!(surface.label, 1);
-            assert_eq!(surface.voxels, 1);
-            assert_eq!(surface.positions.len(), 8);
-            assert_eq!(surface.triangles.len(), 12);
-            assert_closed(surface);
-            assert_close(surface.signed_volume_mm3(), 1.0, "volume");
-            assert_close(surface.surface_area_mm2(), 6.0, "area");
-        }
-    }
+/// The two voxels (block indices) of block face `face` (`axis * 4 + u + 2v`, u and v the bits of
+/// the other two axes in increasing order).
+fn face_voxels(face: usize) -> (usize, usize) {
+    let axis = face / 4;
+    let (a1, a2) = other_axes(axis);
+    let low = ((face & 1) << a1) | (((face >> 1) & 1) << a2);
+    (low, low | (1 << axis))
+}
 
-    #[test]
-    fn single_voxel_corners_are_half_a_voxel_from_its_centre() {
-        let volume = box_label_map([3, 3, 3], anisotropic_ras_affine(), [1; 3], [1; 3]);
-        let surface = &extract_surfaces(&volume, &settings(1)).surfaces[0];
-        let centre = anisotropic_ras_affine().apply([1.0, 1.0, 1.0]);
-        let (minimum, maximum) = surface.bounding_box_mm().unwrap();
-        let half = [0.35, 0.65, 1.25];
-        for axis in 0..3 {
-            assert!((minimum[axis] - (centre[axis] - half[axis])).abs() < 1e-4);
-            assert!((maximum[axis] - (centre[axis] + half[axis])).abs() < 1e-4);
-        }
-    }
-
-    #[test]
-    fn inner_cube_is_closed_with_outward_winding_and_exact_volume() {
-        for affine in [ras_affine(), anisotropic_ras_affine(), anisotropic_las_affine()] {
-            let volume = box_label_map([5, 5, 5], affine, [1; 3], [3; 3]);
-            let surface = &extract_surfaces(&volume, &settings(1)).surfaces[0];
-            assert_eq!(surface.voxels, 27);
-            // A 3×3×3 block: 6 sides of 9 faces; corners 4³ less the 2³ inside.
-            assert_eq!(surface.triangles.len(), 6 * 9 * 2);
-            assert_eq!(surface.positions.len(), 64 - 8);
-            assert_closed(surface);
-            let volume_mm3 = surface.signed_volume_mm3();
-            assert!(volume_mm3 > 0.0, "outward winding gives a positive volume, got {volume_mm3}");
-            assert_close(volume_mm3, 27.0 * voxel_volume_mm3(&affine), "enclosed volume");
-        }
-    }
-
-    #[test]
-    fn outward_normals_point_away_from_the_label_in_world_space() {
-        for affine in [anisotropic_ras_affine(), anisotropic_las_affine()] {
-            let volume = box_label_map([5, 5, 5], affine, [1; 3], [3; 3]);
-            let surface = &extract_surfaces(&volume, &settings(1)).surfaces[0];
-            let centre = affine.apply([2.0, 2.0, 2.0]);
-            for [a, b, c] in surface.triangle_corners() {
-                let normal = cross(subtract(b, a), subtract(c, a));
-                let middle = [0, 1, 2].map(|axis| (a[axis] + b[axis] + c[axis]) / 3.0);
-                assert!(dot(normal, subtract(middle, centre)) > 0.0, "triangle faces inwards");
+/// The four block faces around the half-edge towards `side` (0: −, 1: +) of `axis`, in cyclic order.
+fn faces_around_half_edge(axis: usize, side: usize) -> [usize; 4] {
+    let (a1, a2) = other_axes(axis);
+    // Faces of axis a1 and a2 whose voxels have bit `axis` = side; the face index stores the bits of
+    // its own two other axes in increasing order.
+    let face = |face_axis: usize, other: usize, bit_other: usize| -> usize {
+        let (b1, b2) = other_axes(face_axis);
+        let bit_of = |a: usize| {
+            if a == axis {
+                side
+            } else if a == other {
+                bit_other
+            } else {
+                0
             }
-        }
-    }
-
-    #[test]
-    fn cubes_touching_the_volume_border_are_closed() {
-        let cases = [
-            ([4, 4, 4], [0, 0, 0], [2, 2, 2]),
-            ([4, 5, 6], [1, 2, 3], [3, 4, 5]),
-            ([3, 3, 3], [0, 0, 0], [2, 2, 2]),
-            ([5, 1, 4], [0, 0, 1], [4, 0, 3]),
-        ];
-        for affine in [ras_affine(), anisotropic_ras_affine(), anisotropic_las_affine()] {
-            for (dims, lowest, highest) in cases {
-                let volume = box_label_map(dims, affine, lowest, highest);
-                let extraction = extract_surfaces(&volume, &settings(1));
-                let surface = &extraction.surfaces[0];
-                let count: usize = (0..3).map(|axis| highest[axis] - lowest[axis] + 1).product();
-                assert_eq!(surface.voxels, count as u64);
-                assert_closed(surface);
-                let volume_mm3 = surface.signed_volume_mm3();
-                assert!(volume_mm3 > 0.0);
-                assert_close(volume_mm3, count as f64 * voxel_volume_mm3(&affine), "enclosed volume");
-            }
-        }
-    }
-
-    #[test]
-    fn touching_labels_each_have_a_closed_surface_sharing_the_interface() {
-        // Label 1 in x < 2, label 2 in x >= 2, on a 4×2×2 grid.
-        let affine = anisotropic_las_affine();
-        let volume = label_map([4, 2, 2], affine, |i, _, _| if i < 2 { 1 } else { 2 });
-        let extraction = extract_surfaces(&volume, &settings(1));
-        assert_eq!(extraction.surfaces.iter().map(|s| s.label).collect::<Vec<_>>(), [1, 2]);
-        let interface_x = affine.apply([1.5, 0.0, 0.0])[0];
-        let mut interface_vertices = Vec::new();
-        for surface in &extraction.surfaces {
-            assert_eq!(surface.voxels, 8);
-            assert_eq!(surface.triangles.len(), 6 * 4 * 2);
-            assert_closed(surface);
-            assert_close(surface.signed_volume_mm3(), 8.0 * voxel_volume_mm3(&affine), "enclosed volume");
-            let mut on_interface: Vec<[u32; 3]> = surface
-                .positions
-                .iter()
-                .filter(|p| (f64::from(p[0]) - interface_x).abs() < 1e-4)
-                .map(|p| p.map(f32::to_bits))
-                .collect();
-            on_interface.sort_unstable();
-            let interface_triangles = surface
-                .triangles
-                .iter()
-                .filter(|t| t.iter().all(|&v| (f64::from(surface.positions[v as usize][0]) - interface_x).abs() < 1e-4))
-                .count();
-            assert_eq!(interface_triangles, 8, "the 2×2 interface faces, two triangles each");
-            interface_vertices.push(on_interface);
-        }
-        assert_eq!(interface_vertices[0].len(), 9);
-        assert_eq!(interface_vertices[0], interface_vertices[1], "both surfaces have the same interface vertices");
-    }
-
-    #[test]
-    fn voxels_touching_along_an_edge_share_it_between_four_triangles() {
-        let volume = label_map([2, 2, 1], ras_affine(), |i, j, _| u8::from(i == j));
-        let surface = &extract_surfaces(&volume, &settings(1)).surfaces[0];
-        assert_closed(surface);
-        assert_eq!(surface.positions.len(), 14, "two cubes sharing the two corners of one edge");
-        assert_close(surface.signed_volume_mm3(), 2.0, "enclosed volume");
-        let mut undirected: HashMap<(u32, u32), usize> = HashMap::new();
-        for triangle in &surface.triangles {
-            for n in 0..3 {
-                let (a, b) = (triangle[n], triangle[(n + 1) % 3]);
-                *undirected.entry((a.min(b), a.max(b))).or_default() += 1;
-            }
-        }
-        assert!(undirected.values().all(|&count| count % 2 == 0));
-        assert_eq!(undirected.values().filter(|&&count| count == 4).count(), 1);
-    }
-
-    #[test]
-    fn every_label_of_a_scattered_label_map_is_closed_with_exact_volume() {
-        let dims = [9, 7, 6];
-        let mut state = 0x2545_f491_u32;
-        let mut voxels = Vec::new();
-        for _ in 0..dims.iter().product::<usize>() {
-            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            voxels.push(((state >> 24) % 4) as u8);
-        }
-        for affine in [anisotropic_ras_affine(), anisotropic_las_affine()] {
-            let volume = Volume::new(dims, affine, voxels.clone()).unwrap();
-            let extraction = extract_surfaces(&volume, &settings(1));
-            assert_eq!(extraction.surfaces.len(), 3);
-            for surface in &extraction.surfaces {
-                let expected = voxels.iter().filter(|&&v| u16::from(v) == surface.label).count() as u64;
-                assert_eq!(surface.voxels, expected);
-                assert_closed(surface);
-                let expected_mm3 = expected as f64 * voxel_volume_mm3(&affine);
-                assert!((surface.signed_volume_mm3() - expected_mm3).abs() < 1e-4 * expected_mm3);
-            }
-        }
-    }
-
-    #[test]
-    fn labels_below_the_minimum_are_skipped_and_listed() {
-        // Label 3: 2 voxels; label 5: 27 voxels; label 7: 1 voxel.
-        let volume = label_map([6, 6, 6], ras_affine(), |i, j, k| match (i, j, k) {
-            (0, 0, 0) | (1, 0, 0) => 3,
-            (5, 5, 5) => 7,
-            (2..=4, 2..=4, 2..=4) => 5,
-            _ => 0,
-        });
-        let extraction = extract_surfaces(&volume, &settings(3));
-        assert_eq!(extraction.surfaces.iter().map(|s| s.label).collect::<Vec<_>>(), [5]);
-        assert_eq!(extraction.skipped.iter().map(|s| (s.label, s.voxels)).collect::<Vec<_>>(), [(3, 2), (7, 1)]);
-        assert!(extraction.skipped.iter().all(|s| s.reason.contains("minimum of 3")));
-
-        let everything = extract_surfaces(&volume, &settings(0));
-        assert_eq!(everything.surfaces.iter().map(|s| s.label).collect::<Vec<_>>(), [3, 5, 7]);
-        assert!(everything.skipped.is_empty());
-    }
-
-    #[test]
-    fn background_only_gives_an_empty_extraction() {
-        let volume = label_map([4, 3, 2], ras_affine(), |_, _, _| 0);
-        assert_eq!(extract_surfaces(&volume, &settings(1)), Extraction::default());
-    }
-
-    #[test]
-    fn extraction_is_deterministic_whatever_the_thread_count() {
-        let volume = label_map([20, 18, 16], anisotropic_las_affine(), |i, j, k| ((i / 3 + j / 4 + k / 5) % 7) as u8);
-        // Every bit of the output: labels, positions, triangles.
-        let bits = |extraction: &Extraction| -> Vec<u32> {
-            let mut out = Vec::new();
-            for surface in &extraction.surfaces {
-                out.extend([u32::from(surface.label), surface.positions.len() as u32, surface.triangles.len() as u32]);
-                out.extend(surface.positions.iter().flatten().map(|v| v.to_bits()));
-                out.extend(surface.triangles.iter().flatten());
-            }
-            out
         };
-        let first = extract_surfaces(&volume, &settings(1));
-        assert_eq!(first.surfaces.len(), 6);
-        let second = extract_surfaces(&volume, &settings(1));
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        let single_threaded = pool.install(|| extract_surfaces(&volume, &settings(1)));
-        assert_eq!(bits(&first), bits(&second));
-        assert_eq!(bits(&first), bits(&single_threaded));
+        face_axis * 4 + bit_of(b1) + 2 * bit_of(b2)
+    };
+    [face(a1, a2, 0), face(a2, a1, 1), face(a1, a2, 1), face(a2, a1, 0)]
+}
+
+/// True when the four voxels around the half-edge (axis, side) hold the label in two diagonal
+/// voxels that are joined by face-adjacent label voxels within the block.
+fn diagonal_and_joined(block: u8, axis: usize, side: usize) -> bool {
+    let around: [usize; 4] = std::array::from_fn(|n| insert_bit(n, axis, side));
+    let inside: Vec<usize> = around.iter().copied().filter(|&b| block & (1 << b) != 0).collect();
+    if inside.len() != 2 || (inside[0] ^ inside[1]).count_ones() != 2 {
+        return false;
     }
+    // Flood fill from one over face-adjacent label voxels of the block.
+    let mut reached = 1u8 << inside[0];
+    loop {
+        let mut grown = reached;
+        for b in 0..8 {
+            if reached & (1 << b) != 0 {
+                for axis in 0..3 {
+                    let neighbour = b ^ (1 << axis);
+                    if block & (1 << neighbour) != 0 {
+                        grown |= 1 << neighbour;
+                    }
+                }
+            }
+        }
+        if grown == reached {
+            break;
+        }
+        reached = grown;
+    }
+    reached & (1 << inside[1]) != 0
+}
+
+/// The vertices of a corner configuration (block bits and outside-pairing bits, see
+/// [`TopologyBuilder::corner_config`]), from a table built on first use.
+fn corner_groups(config: u16) -> CornerGroups {
+    static TABLE: std::sync::OnceLock<Vec<CornerGroups>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| (0..1u32 << 14).map(|config| compute_corner_groups(config as u16)).collect())
+        [usize::from(config)]
+}
+
+fn compute_corner_groups(config: u16) -> CornerGroups {
+    let block = (config & 0xff) as u8;
+    let outside_pairing = config >> 8;
+    let inside = |b: usize| block & (1 << b) != 0;
+    let is_boundary = |face: usize| {
+        let (a, b) = face_voxels(face);
+        inside(a) != inside(b)
+    };
+    let mut parent: [usize; 12] = std::array::from_fn(|n| n);
+    fn root(parent: &mut [usize; 12], mut n: usize) -> usize {
+        while parent[n] != n {
+            parent[n] = parent[parent[n]];
+            n = parent[n];
+        }
+        n
+    }
+    let mut join = |a: usize, b: usize| {
+        let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
+        parent[ra.max(rb)] = ra.min(rb);
+    };
+    for axis in 0..3 {
+        for side in 0..2 {
+            let faces: Vec<usize> =
+                faces_around_half_edge(axis, side).into_iter().filter(|&face| is_boundary(face)).collect();
+            match faces.len() {
+                2 => join(faces[0], faces[1]),
+                4 => {
+                    // Pair the faces sharing a label voxel, or an outside voxel where the edge says so.
+                    let pair_inside = outside_pairing & (1 << (axis * 2 + side)) == 0;
+                    let key = |face: usize| {
+                        let (a, b) = face_voxels(face);
+                        if inside(a) == pair_inside { a } else { b }
+                    };
+                    for (n, &first) in faces.iter().enumerate() {
+                        for &second in &faces[n + 1..] {
+                            if key(first) == key(second) {
+                                join(first, second);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut group_of_face = [0u8; 12];
+    let mut group_of_root = [u8::MAX; 12];
+    let mut count = 0u8;
+    for (face, group) in group_of_face.iter_mut().enumerate() {
+        if !is_boundary(face) {
+            continue;
+        }
+        let r = root(&mut parent, face);
+        if group_of_root[r] == u8::MAX {
+            group_of_root[r] = count;
+            count += 1;
+        }
+        *group = group_of_root[r];
+    }
+    CornerGroups { count, group_of_face }
 }
