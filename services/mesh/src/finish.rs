@@ -135,8 +135,8 @@ fn separate_split_vertices(topology: &LabelTopology, positions: &mut [[f32; 3]])
         for &vertex in quad {
             if is_split(vertex as usize) {
                 let entry = sums.entry(vertex).or_insert(([0.0; 3], 0.0));
-                for axis in 0..3 {
-                    entry.0[axis] += centre[axis];
+                for (sum, value) in entry.0.iter_mut().zip(centre) {
+                    *sum += value;
                 }
                 entry.1 += 1.0;
             }
