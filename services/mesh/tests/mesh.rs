@@ -263,7 +263,7 @@ fn labels_touching_the_volume_border_are_closed() {
 fn vertices_stay_near_the_label_boundary_and_volumes_are_kept() {
     let spacing = [0.8, 0.9, 1.5];
     let affine = diagonal_affine(spacing, [1.0; 3], [-40.0, 12.5, 100.0]);
-    let volume = organs([34, 30, 22], affine.clone());
+    let volume = organs([34, 30, 22], affine);
     let diagonal = spacing.iter().map(|s| s * s).sum::<f64>().sqrt();
     let voxel_mm3 = spacing.iter().product::<f64>();
     for reduction in [0u8, 75, 90] {
@@ -442,8 +442,8 @@ fn glb_parses_and_names_colours_and_positions_round_trip() {
         assert_eq!(mesh.name(), Some(label.mesh.name.as_str()));
         let primitive = mesh.primitives().next().unwrap();
         let colour = primitive.material().pbr_metallic_roughness().base_color_factor();
-        for channel in 0..3 {
-            let srgb = f32::from(label.mesh.color_srgb[channel]) / 255.0;
+        for (channel, srgb) in label.mesh.color_srgb.iter().enumerate() {
+            let srgb = f32::from(*srgb) / 255.0;
             let linear = if srgb <= 0.04045 { srgb / 12.92 } else { ((srgb + 0.055) / 1.055).powf(2.4) };
             assert!((colour[channel] - linear).abs() < 1e-5);
         }
