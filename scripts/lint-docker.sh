@@ -47,7 +47,7 @@ else
 fi
 
 cd "$ROOT"
-dockerfiles=(docker/service.Dockerfile docker/segment-gpu.Dockerfile)
+dockerfiles=(docker/service.Dockerfile docker/segment-gpu.Dockerfile docker/websocket-lambda.Dockerfile)
 echo "== hadolint --failure-threshold style ${dockerfiles[*]}"
 "$HADOLINT" --version
 # --failure-threshold style: hadolint's default (info) would let style findings pass.

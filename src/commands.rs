@@ -215,7 +215,12 @@ pub async fn watch(config: &IrisConfig, job: &str, user: &UserId, url: Option<St
             value["url"].as_str().context("gateway.json has no url")?.to_owned()
         }
     };
-    let (mut socket, _) = tokio_tungstenite::connect_async(format!("{url}/?user={user}"))
+    let token = iris_notify::auth::TokenSigner::load_or_create(&config.data_dir)?.issue(
+        user,
+        iris_notify::auth::DEFAULT_TOKEN_LIFETIME,
+        iris_shared::time::Timestamp::now(),
+    )?;
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("{url}/?token={token}"))
         .await
         .with_context(|| format!("cannot connect to {url}"))?;
     socket.send(Message::text(serde_json::json!({"action": "subscribe", "jobId": job}).to_string())).await?;
@@ -234,6 +239,20 @@ pub async fn watch(config: &IrisConfig, job: &str, user: &UserId, url: Option<St
         }
     }
     bail!("the gateway closed the connection before the job ended")
+}
+
+/// `iris token issue --user NAME`: a token for the WebSocket gateway, on stdout.
+pub fn issue_token(config: &IrisConfig, user: &UserId, lifetime: Duration) -> anyhow::Result<ExitCode> {
+    let signer = iris_notify::auth::TokenSigner::load_or_create(&config.data_dir)?;
+    println!("{}", signer.issue(user, lifetime, iris_shared::time::Timestamp::now())?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `iris token public-key`: the key that verifies `iris token issue`'s tokens, on stdout.
+pub fn print_public_key(config: &IrisConfig) -> anyhow::Result<ExitCode> {
+    let signer = iris_notify::auth::TokenSigner::load_or_create(&config.data_dir)?;
+    println!("{}", signer.verifier().public_key_text());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `iris ingest INPUT --out DIR`: ingest's logic on a local file.

@@ -72,6 +72,11 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// WebSocket tokens, signed with the key pair in the data directory (created on first use).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// AWS resources for `--backend aws`.
     Aws {
         #[command(subcommand)]
@@ -127,6 +132,21 @@ enum BackendArgument {
 }
 
 #[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Print a token for USER: connect with ws://HOST:PORT/?token=TOKEN (or Authorization: Bearer).
+    Issue {
+        #[arg(long)]
+        user: String,
+        /// Lifetime in hours.
+        #[arg(long, default_value_t = 12)]
+        ttl_hours: u64,
+    },
+    /// Print the public key that verifies the tokens (the CDK app's tokenPublicKey, the Lambda
+    /// authorizer's IRIS_TOKEN_PUBLIC_KEY).
+    PublicKey,
+}
+
+#[derive(Debug, Subcommand)]
 enum AwsCommand {
     /// Create every AWS resource the pipeline needs (idempotent): bucket and notifications, queues
     /// with dead-letter queues, tables, event bus and rules. Names from the IRIS_* variables.
@@ -144,6 +164,15 @@ enum Benchmark {
         #[arg(long, default_value_t = 40)]
         jobs: usize,
         /// Write the figures into this Markdown file's handoff section.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+    },
+    /// WebSocket notification latency on the embedded backends (state recorded → message received).
+    NotifyLatency {
+        /// Studies to run, one after another.
+        #[arg(long, default_value_t = 100)]
+        jobs: usize,
+        /// Write the figures into this Markdown file's notify-latency section.
         #[arg(long, value_name = "FILE")]
         record: Option<PathBuf>,
     },
@@ -229,6 +258,10 @@ async fn dispatch(command: Command, config: IrisConfig) -> anyhow::Result<ExitCo
             commands::status(&config, job.as_deref(), &user(&name)?, json).await
         }
         Command::Watch { job, user: name, url } => commands::watch(&config, &job, &user(&name)?, url).await,
+        Command::Token { command: TokenCommand::Issue { user: name, ttl_hours } } => {
+            commands::issue_token(&config, &user(&name)?, Duration::from_secs(ttl_hours.saturating_mul(3600)))
+        }
+        Command::Token { command: TokenCommand::PublicKey } => commands::print_public_key(&config),
         Command::Aws { command: AwsCommand::Bootstrap } => commands::aws_bootstrap(&config).await,
         Command::Aws { command: AwsCommand::Contract } => {
             println!("{}", serde_json::to_string_pretty(&iris_aws::contract::pipeline_contract(&config))?);
@@ -236,6 +269,10 @@ async fn dispatch(command: Command, config: IrisConfig) -> anyhow::Result<ExitCo
         }
         Command::Bench { benchmark: Benchmark::Handoff { jobs, record } } => {
             iris::bench::handoff(&config, jobs, record.as_deref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { benchmark: Benchmark::NotifyLatency { jobs, record } } => {
+            iris::bench::notify_latency(&config, jobs, record.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Ingest { input, out } => commands::ingest_file(&config, &input, &out),

@@ -335,9 +335,20 @@ async fn a_duplicate_upload_event_maps_to_the_same_job_and_completes_it_once() {
     pipeline.stop().await;
 }
 
-async fn connect(address: std::net::SocketAddr, user: &str) -> Socket {
-    let (socket, _) = tokio_tungstenite::connect_async(format!("ws://{address}/?user={user}")).await.expect("connect");
+/// A WebSocket client of `user`, with a token signed by the data directory's key (what
+/// `iris token issue --user USER` prints).
+async fn connect(harness: &Harness, address: std::net::SocketAddr, user: &str) -> Socket {
+    let token = token_for(harness, user);
+    let (socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://{address}/?token={token}")).await.expect("connect");
     socket
+}
+
+fn token_for(harness: &Harness, user: &str) -> String {
+    iris_notify::auth::TokenSigner::load_or_create(&harness.config.data_dir)
+        .expect("token key")
+        .issue(&UserId::parse(user).unwrap(), Duration::from_secs(600), iris_shared::time::Timestamp::now())
+        .expect("token")
 }
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -372,7 +383,7 @@ async fn a_subscriber_sees_segmentation_progress_between_the_states() {
     let upload = small_phantom();
     let key = "uploads/alice/scan.nii.gz";
     let job_id = JobId::derive(harness.backends.objects.bucket(), key, &DirectoryObjectStore::etag_for(&upload));
-    let mut alice = connect(pipeline.websocket_address, "alice").await;
+    let mut alice = connect(&harness, pipeline.websocket_address, "alice").await;
     send(&mut alice, serde_json::json!({"action": "subscribe", "jobId": job_id})).await;
     assert_eq!(next_json(&mut alice).await["type"], "subscribed");
     harness.submit("alice", "scan.nii.gz", upload).await;
@@ -409,7 +420,7 @@ async fn websocket_subscribers_see_every_state_in_order_and_only_their_own_jobs(
     // The job id is known before the upload (bucket, key, ETag), so the subscription comes first.
     let key = "uploads/alice/scan.nii.gz";
     let job_id = JobId::derive(harness.backends.objects.bucket(), key, &DirectoryObjectStore::etag_for(&upload));
-    let mut alice = connect(address, "alice").await;
+    let mut alice = connect(&harness, address, "alice").await;
     send(&mut alice, serde_json::json!({"action": "subscribe", "jobId": job_id})).await;
     assert_eq!(next_json(&mut alice).await["type"], "subscribed");
     assert_eq!(harness.submit("alice", "scan.nii.gz", upload).await, job_id);
@@ -426,7 +437,7 @@ async fn websocket_subscribers_see_every_state_in_order_and_only_their_own_jobs(
     assert_eq!(seen, LADDER, "every state change, in order, once");
 
     // Another user cannot subscribe to alice's job.
-    let mut bob = connect(address, "bob").await;
+    let mut bob = connect(&harness, address, "bob").await;
     send(&mut bob, serde_json::json!({"action": "subscribe", "jobId": job_id})).await;
     let refusal = next_json(&mut bob).await;
     assert_eq!(refusal["type"], "error");
@@ -434,8 +445,34 @@ async fn websocket_subscribers_see_every_state_in_order_and_only_their_own_jobs(
     send(&mut bob, serde_json::json!({"action": "list"})).await;
     assert_eq!(next_json(&mut bob).await["jobs"].as_array().map(Vec::len), Some(0), "bob sees none of alice's jobs");
 
+    // Bob's own job: he sees all of it; alice, still connected and subscribed to hers, sees none.
+    let bob_upload = synthetic_ct(&PhantomSpec { dims: [20, 18, 14], spacing_mm: 9.0 });
+    let bob_upload = encode_nifti_gz(&bob_upload, &NiftiGeometry::from_affine(bob_upload.dims(), bob_upload.affine()))
+        .expect("encode");
+    let bob_job = JobId::derive(
+        harness.backends.objects.bucket(),
+        "uploads/bob/mine.nii.gz",
+        &DirectoryObjectStore::etag_for(&bob_upload),
+    );
+    send(&mut bob, serde_json::json!({"action": "subscribe", "jobId": bob_job})).await;
+    assert_eq!(next_json(&mut bob).await["type"], "subscribed");
+    assert_eq!(harness.submit("bob", "mine.nii.gz", bob_upload).await, bob_job);
+    let mut bob_seen = Vec::new();
+    while bob_seen.last().map(String::as_str) != Some("COMPLETED") {
+        let message = next_json(&mut bob).await;
+        assert_eq!(message["event"]["jobId"], bob_job.as_str(), "bob gets only his job: {message}");
+        assert_eq!(message["event"]["userId"], "bob");
+        bob_seen.push(message["event"]["status"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(bob_seen, LADDER);
+    send(&mut alice, serde_json::json!({"action": "list"})).await;
+    let listed = next_json(&mut alice).await;
+    assert_eq!(listed["type"], "jobs", "alice's next message is her list reply, nothing of bob's: {listed}");
+    let listed: Vec<&str> = listed["jobs"].as_array().unwrap().iter().map(|j| j["jobId"].as_str().unwrap()).collect();
+    assert_eq!(listed, [job_id.as_str()], "alice lists only her own job");
+
     // A late subscriber gets the current state at once.
-    let mut late = connect(address, "alice").await;
+    let mut late = connect(&harness, address, "alice").await;
     send(&mut late, serde_json::json!({"action": "subscribe", "jobId": job_id})).await;
     assert_eq!(next_json(&mut late).await["type"], "subscribed");
     let current = next_json(&mut late).await;
@@ -447,6 +484,156 @@ async fn websocket_subscribers_see_every_state_in_order_and_only_their_own_jobs(
     assert_eq!(next_json(&mut late).await["code"], "bad_request");
     late.send(Message::text("not json")).await.unwrap();
     assert_eq!(next_json(&mut late).await["code"], "bad_request");
+    pipeline.stop().await;
+}
+
+fn event_schema(detail_type: &str) -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("docs/events/{detail_type}.schema.json"));
+    let schema: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap();
+    jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn assert_matches_schema(event: &serde_json::Value) {
+    let detail_type = event["detail-type"].as_str().expect("detail-type");
+    let errors: Vec<String> =
+        event_schema(detail_type).iter_errors(event).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "{detail_type} does not match its schema: {errors:?}\n{event:#}");
+}
+
+/// Every event the pipeline emits (a completed job's states, a failed job's JobFailed, the progress
+/// event segment publishes) matches its detail type's JSON Schema in docs/events/, and so does
+/// each documented example; the schemas are strict enough to refuse a wrong event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emitted_events_match_the_documented_json_schemas() {
+    let harness = Harness::new(&[]);
+    let pipeline = harness.start().await;
+    let good = harness.submit("alice", "scan.nii.gz", small_phantom()).await;
+    let bad = harness.submit("alice", "broken.nii.gz", b"not a NIfTI file".to_vec()).await;
+    assert_eq!(harness.wait(&good).await.status, JobStatus::Completed);
+    assert_eq!(harness.wait(&bad).await.status, JobStatus::Failed);
+    pipeline.stop().await;
+    let mut events: Vec<serde_json::Value> = Vec::new();
+    for job in [&good, &bad] {
+        for published in harness.embedded.events.published(job).await.unwrap() {
+            events.push(serde_json::from_str(&published.body).unwrap());
+        }
+    }
+    // Progress as the segment stage builds it (an ONNX model's tiles; the classical model has none).
+    let job = harness.backends.jobs.get(&good).await.unwrap().unwrap();
+    let progress = iris_shared::events::StageProgress { done: 3, total: 8, unit: "tiles".into(), step: 1, steps: 2 };
+    let mut segmenting = job.clone();
+    segmenting.status = JobStatus::Segmenting;
+    let detail =
+        iris_shared::events::JobEventDetail::progress_of(&segmenting, progress, iris_shared::time::Timestamp::now());
+    events.push(serde_json::to_value(iris_shared::events::EventEnvelope::new(detail)).unwrap());
+
+    let mut types = std::collections::BTreeSet::new();
+    for event in &events {
+        assert_matches_schema(event);
+        types.insert(event["detail-type"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(types, ["JobCompleted", "JobFailed", "JobProgress", "JobStateChanged"].map(String::from).into());
+    let completed = events.iter().find(|e| e["detail-type"] == "JobCompleted").unwrap();
+    assert_eq!(completed["detail"]["summary"]["meshes"].as_u64(), Some(job.summary.meshes.unwrap() as u64));
+    assert!(completed["detail"]["summary"]["triangles"].as_u64().unwrap() > 0);
+    assert_eq!(completed["detail"]["summary"]["sourceFormat"], "nifti");
+
+    // The documented examples match too, and read back into the pipeline's own types.
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/events/examples");
+    for name in ["JobStateChanged", "JobCompleted", "JobFailed", "JobProgress"] {
+        let example: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(examples.join(format!("{name}.json"))).unwrap()).unwrap();
+        assert_eq!(example["detail-type"], name);
+        assert_matches_schema(&example);
+        let typed: iris_shared::events::EventEnvelope = serde_json::from_value(example.clone()).unwrap();
+        assert_eq!(typed.detail_type.as_str(), name);
+    }
+
+    // Wrong events are refused: a completion without its summary, a state event naming a terminal status.
+    let mut no_summary = completed.clone();
+    no_summary["detail"].as_object_mut().unwrap().remove("summary");
+    assert!(!event_schema("JobCompleted").is_valid(&no_summary));
+    let mut terminal = events.iter().find(|e| e["detail-type"] == "JobStateChanged").unwrap().clone();
+    terminal["detail"]["status"] = "COMPLETED".into();
+    assert!(!event_schema("JobStateChanged").is_valid(&terminal));
+    let mut patient = completed.clone();
+    patient["detail"]["patientName"] = "DOE^JANE".into();
+    assert!(!event_schema("JobCompleted").is_valid(&patient), "no field beyond the documented ones");
+}
+
+/// The local gateway accepts only a valid token, as API Gateway's authorizer does: none, a
+/// malformed one, one signed by another key and an expired one are all answered 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_gateway_refuses_connections_without_a_valid_token() {
+    let harness = Harness::new(&[]);
+    let pipeline = harness.start().await;
+    let address = pipeline.websocket_address;
+    let alice = UserId::parse("alice").unwrap();
+    let foreign = iris_notify::auth::TokenSigner::generate().unwrap();
+    let own = iris_notify::auth::TokenSigner::load_or_create(&harness.config.data_dir).unwrap();
+    let long_ago = iris_shared::time::Timestamp::from_epoch_millis(1_000_000_000);
+    let refused = [
+        ("no token", format!("ws://{address}/")),
+        ("the old ?user= form", format!("ws://{address}/?user=alice")),
+        ("a malformed token", format!("ws://{address}/?token=abc.def.ghi")),
+        (
+            "another key's token",
+            format!(
+                "ws://{address}/?token={}",
+                foreign.issue(&alice, Duration::from_secs(600), iris_shared::time::Timestamp::now()).unwrap()
+            ),
+        ),
+        (
+            "an expired token",
+            format!("ws://{address}/?token={}", own.issue(&alice, Duration::from_secs(60), long_ago).unwrap()),
+        ),
+    ];
+    for (what, url) in refused {
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status().as_u16(), 401, "{what}")
+            }
+            other => panic!("{what}: expected 401, got {:?}", other.map(|(_, response)| response.status())),
+        }
+    }
+    // The same token in an Authorization header is accepted.
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{address}/"))
+            .unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {}", token_for(&harness, "alice")).parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("bearer token accepted");
+    send(&mut socket, serde_json::json!({"action": "list"})).await;
+    assert_eq!(next_json(&mut socket).await["type"], "jobs");
+    pipeline.stop().await;
+}
+
+/// A client that vanishes without a close frame is removed from the connection store, and
+/// states posted to it afterwards go nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_is_removed() {
+    let harness = Harness::new(&[]);
+    let pipeline = harness.start().await;
+    let mut alice = connect(&harness, pipeline.websocket_address, "alice").await;
+    let upload = UploadSource { bucket: "b".into(), key: "uploads/alice/x".into(), etag: "e".into(), version_id: None };
+    let job = JobRecord::received(
+        &upload,
+        UserId::parse("alice").unwrap(),
+        BTreeMap::new(),
+        iris_shared::time::Timestamp::now(),
+    );
+    send(&mut alice, serde_json::json!({"action": "subscribe", "jobId": job.job_id})).await;
+    assert_eq!(next_json(&mut alice).await["type"], "subscribed");
+    assert_eq!(harness.backends.connections.subscribers(&job.job_id).await.unwrap().len(), 1);
+    // Drop the TCP connection under the WebSocket: no close handshake.
+    drop(alice);
+    let started = Instant::now();
+    while !harness.backends.connections.subscribers(&job.job_id).await.unwrap().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the dropped connection is still recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let local = iris_notify::LocalNotify::new(&harness.backends);
+    assert_eq!(local.core.deliver(&iris_shared::events::JobEventDetail::from_job(&job)).await.unwrap(), 0);
     pipeline.stop().await;
 }
 
@@ -883,6 +1070,69 @@ mod on_moto {
         assert_eq!(backends.jobs.get(&job.job_id).await.unwrap().unwrap(), job, "the job is untouched");
         assert_eq!(backends.jobs.list_by_user(&user, 10).await.unwrap().len(), 1, "one job per upload");
         pipeline.stop().await;
+    }
+
+    /// JobCompleted published on EventBridge reaches the notify queue through the bus's rule, and
+    /// the notify service posts it to the subscribed connection through the API Gateway
+    /// Management API endpoint (moto's; a post moto refused would fail the delivery and release
+    /// the subscription's rank, so the advanced rank proves the post was accepted).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn job_completed_goes_through_eventbridge_and_sqs_and_is_posted_through_the_management_api() {
+        use iris_shared::events::JobEventDetail;
+        use iris_shared::job::{JobRecord, UploadSource};
+        use iris_shared::ports::Connection;
+        let (config, clients, _) = setup(false).await;
+        let backends = iris_aws::open_backends(&config, &clients).await.unwrap();
+        let user = UserId::parse("alice").unwrap();
+        let upload = UploadSource {
+            bucket: config.bucket.clone(),
+            key: "uploads/alice/a.nii.gz".into(),
+            etag: "e".into(),
+            version_id: None,
+        };
+        let mut job = JobRecord::received(&upload, user.clone(), BTreeMap::new(), Timestamp::now());
+        job.status = JobStatus::Completed;
+        let connection_id = "moto-connection-1=";
+        backends
+            .connections
+            .add_connection(&Connection {
+                connection_id: connection_id.into(),
+                user_id: user,
+                connected_at: Timestamp::now(),
+            })
+            .await
+            .unwrap();
+        backends.connections.subscribe(connection_id, &job.job_id).await.unwrap();
+
+        backends.events.publish(&[EventEnvelope::new(JobEventDetail::from_job(&job))]).await.unwrap();
+        let notify_queue = backends.queue(QueueRole::Notify);
+        let started = Instant::now();
+        let message = loop {
+            let mut batch = notify_queue.receive(1, Duration::from_secs(30), Duration::from_secs(2)).await.unwrap();
+            if let Some(message) = batch.pop() {
+                break message;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "the rule did not deliver JobCompleted");
+        };
+        let envelope: EventEnvelope = serde_json::from_str(&message.body).expect("an EventBridge envelope");
+        assert_eq!(envelope.detail_type.as_str(), "JobCompleted");
+        assert_eq!(envelope.detail.job_id, job.job_id);
+
+        let gateway = std::sync::Arc::new(iris_aws::ApiGatewayConnectionGateway::new(
+            &clients.sdk_config,
+            &local::moto_url_for_tests(),
+        ));
+        let core = std::sync::Arc::new(iris_notify::NotifyCore::new(
+            backends.jobs.clone(),
+            backends.connections.clone(),
+            gateway,
+        ));
+        let handler = iris_notify::NotifyHandler::new(core);
+        let outcome = iris_shared::runtime::MessageHandler::process_one(&handler, &message).await;
+        assert!(matches!(outcome, iris_shared::runtime::Outcome::Done), "{outcome:?}");
+        notify_queue.ack(&message.receipt).await.unwrap();
+        let subscription = backends.connections.subscribers(&job.job_id).await.unwrap().pop().expect("subscribed");
+        assert_eq!(subscription.delivered_rank, JobStatus::Completed.rank(), "the post went through");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Annotations, Aws, CfnOutput, Duration, IgnoreMode, RemovalPolicy, Stack, StackProps } from 'aws-cdk-lib';
 import * as apigwv2 from 'aws-cdk-lib/aws-apigatewayv2';
+import { WebSocketLambdaAuthorizer } from 'aws-cdk-lib/aws-apigatewayv2-authorizers';
 import { WebSocketLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
 import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
@@ -35,10 +36,18 @@ export interface IrisStackProps extends StackProps {
   readonly bucketName?: string;
   /**
    * The notify-routes Lambda's code: a directory holding the `bootstrap` executable, or a .zip of
-   * one. Default: the committed placeholder, which fails every invocation (the Lambda is built by
-   * the notify issue), so the WebSocket API is not usable until this is given.
+   * one (`scripts/build-websocket-lambda.sh` builds it into target/lambda/iris-websocket-lambda).
+   * Default: the committed placeholder, which fails every invocation, so the WebSocket API is not
+   * usable until this is given.
    */
   readonly notifyLambdaCodePath?: string;
+  /**
+   * The Ed25519 public key that verifies the clients' tokens (EdDSA JWTs from `iris token`), as the
+   * base64url without padding of its 32 raw bytes: what `iris token public-key` prints. A public
+   * key, not a secret. The Lambda gets it as IRIS_TOKEN_PUBLIC_KEY; without it the $connect
+   * authorizer refuses every connection (and synth warns).
+   */
+  readonly tokenPublicKey?: string;
   /** CPU architecture of the notify-routes Lambda (default arm64, the cheaper one). */
   readonly notifyLambdaArchitecture?: CpuArchitectureName;
   /**
@@ -104,6 +113,22 @@ const MODELS = 'models/';
 const JOB_OUTPUTS_EXPIRE_AFTER = Duration.days(90); // as the job records' expiresAt (job.rs)
 const WEBSOCKET_STAGE = 'live';
 const WEBSOCKET_ROUTES = ['subscribe', 'unsubscribe', 'list'] as const;
+/** Where the $connect authorizer finds the client's token: `wss://…/live?token=<JWT>`. */
+export const WEBSOCKET_TOKEN_SOURCE = 'route.request.querystring.token';
+
+/**
+ * Checks a token public key as the Lambda decodes it: 43 base64url characters (no padding) that are
+ * the canonical encoding of 32 bytes (the last character's two spare bits zero; a strict decoder
+ * rejects anything else, which would refuse every connection at run time instead of here).
+ */
+export function checkTokenPublicKey(value: string): string {
+  const hint = 'tokenPublicKey must be the Ed25519 public key as printed by `iris token public-key`: 43 base64url characters (A-Z a-z 0-9 - _), no padding';
+  if (!/^[A-Za-z0-9_-]{43}$/.test(value)) throw new Error(`${hint} (got ${value.length} characters: ${JSON.stringify(value)})`);
+  if (Buffer.from(value, 'base64url').toString('base64url') !== value) {
+    throw new Error(`${hint}; ${JSON.stringify(value)} is not the canonical encoding of 32 bytes (its last character is wrong)`);
+  }
+  return value;
+}
 
 function pascal(role: string): string {
   return role.charAt(0).toUpperCase() + role.slice(1);
@@ -328,9 +353,10 @@ export class IrisStack extends Stack {
       });
       const containerEnvironment = environment(q);
       if (role === 'notify') {
-        // Where the notify consumer posts to WebSocket connections (API Gateway Management API).
-        // Not read by the Rust code yet: the API Gateway gateway arrives with the notify issue.
-        containerEnvironment.IRIS_WS_CALLBACK_URL = stage.callbackUrl;
+        // Where the notify consumer posts job states to the subscribed WebSocket connections: in
+        // AWS mode it sends through the API Gateway Management API at this endpoint (it needs
+        // execute-api:ManageConnections on the stage, granted below).
+        containerEnvironment.IRIS_WS_CALLBACK_URL = this.webSocketCallbackUrl(api);
       }
       taskDefinition.addContainer('worker', {
         image: image(SERVICE_DOCKERFILE, dockerPlatform(fargateArchitecture), { SERVICE: role }),
@@ -373,6 +399,7 @@ export class IrisStack extends Stack {
 
     // ---- Least privilege: each task role gets only what its service does.
     this.grantWorkerAccess(contract, taskRoles, bus);
+    // The notify consumer posts job states to WebSocket connections through the Management API.
     stage.grantManagementApiAccess(taskRoles.notify);
 
     // ---- Outputs: every endpoint and name.
@@ -497,7 +524,7 @@ export class IrisStack extends Stack {
     if (props.notifyLambdaCodePath === undefined) {
       Annotations.of(this).addWarningV2(
         'iris:notifyLambdaPlaceholder',
-        'The notify-routes Lambda is the placeholder that fails every invocation: the WebSocket API is not usable until the notify issue builds the Lambda (deploy with -c notifyLambdaCodePath=DIR).',
+        'The notify-routes Lambda is the placeholder that fails every invocation: the WebSocket API is not usable until the real one is deployed. Build it with scripts/build-websocket-lambda.sh and deploy with -c notifyLambdaCodePath=../target/lambda/iris-websocket-lambda (relative to cdk/).',
       );
     } else {
       const isZip = codePath.endsWith('.zip') && fs.existsSync(codePath) && fs.statSync(codePath).isFile();
@@ -505,9 +532,20 @@ export class IrisStack extends Stack {
         throw new Error(`notifyLambdaCodePath ${codePath} must be a .zip or a directory containing the Lambda's bootstrap executable`);
       }
     }
+    const tokenPublicKey = props.tokenPublicKey === undefined ? undefined : checkTokenPublicKey(props.tokenPublicKey);
+    if (tokenPublicKey === undefined) {
+      Annotations.of(this).addWarningV2(
+        'iris:tokenPublicKeyMissing',
+        'No tokenPublicKey: the $connect authorizer refuses every WebSocket connection until it is given. Deploy with -c tokenPublicKey=<the output of `iris token public-key`> (the Ed25519 public key that verifies the clients\' tokens).',
+      );
+    }
     const architecture = props.notifyLambdaArchitecture === 'x86_64' ? lambda.Architecture.X86_64 : lambda.Architecture.ARM_64;
+    // One binary (iris-websocket-lambda) answers both kinds of event, told apart by their shape:
+    // the $connect authorizer's (REQUEST type: token → IAM policy with the user id as context) and
+    // the routes' ($connect records the connection under that user id, $disconnect removes it, the
+    // others answer through the Management API).
     const notifyRoutes = new lambda.Function(this, 'NotifyRoutesFunction', {
-      description: 'WebSocket routes ($connect, $disconnect, subscribe, unsubscribe, list) of the notify service',
+      description: 'WebSocket $connect authorizer and routes ($connect, $disconnect, $default, subscribe, unsubscribe, list) of the notify service',
       runtime: lambda.Runtime.PROVIDED_AL2023,
       architecture,
       handler: 'bootstrap',
@@ -522,6 +560,8 @@ export class IrisStack extends Stack {
         IRIS_CONNECTIONS_TABLE: contract.connectionsTable.name,
         IRIS_EVENT_BUS: contract.eventBus.name,
         IRIS_LOG_FORMAT: 'json',
+        // Unset when not given: the Lambda then refuses every connection.
+        ...(tokenPublicKey === undefined ? {} : { IRIS_TOKEN_PUBLIC_KEY: tokenPublicKey }),
       },
       logGroup: new logs.LogGroup(this, 'NotifyRoutesLogs', {
         retention: logs.RetentionDays.ONE_MONTH,
@@ -529,11 +569,15 @@ export class IrisStack extends Stack {
       }),
     });
     const integration = new WebSocketLambdaIntegration('NotifyRoutes', notifyRoutes);
+    // API Gateway answers 401 itself, without invoking the authorizer, when the token is missing.
+    const authorizer = new WebSocketLambdaAuthorizer('ConnectAuthorizer', notifyRoutes, {
+      identitySource: [WEBSOCKET_TOKEN_SOURCE],
+    });
     const api = new apigwv2.WebSocketApi(this, 'WebSocketApi', {
       apiName: `${prefix}websocket`,
       description: 'IRIS job state notifications (README: WebSocket protocol)',
       routeSelectionExpression: '$request.body.action',
-      connectRouteOptions: { integration },
+      connectRouteOptions: { integration, authorizer },
       disconnectRouteOptions: { integration },
       // Anything without a known action still reaches the Lambda, which answers bad_request.
       defaultRouteOptions: { integration },
@@ -545,9 +589,21 @@ export class IrisStack extends Stack {
       autoDeploy: true,
     });
     // The Lambda answers on the connection itself (Management API), and reads/writes connections.
+    notifyRoutes.addEnvironment('IRIS_WS_CALLBACK_URL', this.webSocketCallbackUrl(api));
     stage.grantManagementApiAccess(notifyRoutes);
     this.connectionsStatements(contract).forEach((s) => notifyRoutes.addToRolePolicy(s));
     return { api, stage, notifyRoutes };
+  }
+
+  /**
+   * The stage's Management API endpoint, `https://{apiId}.execute-api.{region}.{urlSuffix}/live`
+   * (what `stage.callbackUrl` gives), from the API's id and the stage's name only, never from the
+   * stage resource: the API's routes and authorizer refer to the Lambda, so a reference from the
+   * Lambda's environment to anything that depends on them would be a dependency cycle.
+   */
+  private webSocketCallbackUrl(api: apigwv2.IWebSocketApi): string {
+    const stack = Stack.of(this);
+    return `https://${api.apiId}.execute-api.${stack.region}.${stack.urlSuffix}/${WEBSOCKET_STAGE}`;
   }
 
   private addSegmentService(

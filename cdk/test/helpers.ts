@@ -153,10 +153,15 @@ function list<T>(value: T | T[]): T[] {
   return Array.isArray(value) ? value : [value];
 }
 
-/** Every identity-policy statement attached to the role `roleId` (inline and AWS::IAM::Policy). */
-export function roleStatements(json: Json, roleId: string): Statement[] {
+/**
+ * Every identity-policy statement attached to the role `roleId` (inline and AWS::IAM::Policy).
+ * Managed policies cannot be seen into: a role with any is refused, unless `ignoreManagedPolicies`
+ * (for an answer about actions no managed policy of that role could grant, e.g. a Lambda's
+ * AWSLambdaBasicExecutionRole, which allows CloudWatch Logs only).
+ */
+export function roleStatements(json: Json, roleId: string, options: { ignoreManagedPolicies?: boolean } = {}): Statement[] {
   const role = resource(json, roleId);
-  if (role.Properties.ManagedPolicyArns?.length) {
+  if (role.Properties.ManagedPolicyArns?.length && !options.ignoreManagedPolicies) {
     throw new Error(`role ${roleId} has managed policies, which this evaluator cannot see into`);
   }
   const inline: Statement[] = (role.Properties.Policies ?? []).flatMap((p: Json) => p.PolicyDocument.Statement);

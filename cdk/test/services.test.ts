@@ -2,11 +2,13 @@
 // WebSocket API and its Lambda; outputs; and the context overrides.
 import * as assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, test } from 'node:test';
 import { loadContract, queueOf, QUEUE_ROLES, QueueRole } from '../lib/contract';
+import { dockerIgnorePatterns } from '../lib/docker-context';
 import { GPU_INSTANCE_TYPES, SEGMENT_CAPACITY_WEIGHTS } from '../lib/iris-stack';
 import { CDK_DIR, PLACEHOLDER_LAMBDA_DIR, REPO_ROOT } from '../lib/paths';
 import {
@@ -124,13 +126,13 @@ describe('services', () => {
     // Every IRIS_* name shared/src/config.rs reads.
     const configSource = fs.readFileSync(path.join(REPO_ROOT, 'shared', 'src', 'config.rs'), 'utf8');
     const readByRust = new Set(configSource.match(/"IRIS_[A-Z_]+"/g)!.map((n) => n.slice(1, -1)));
-    // Set for the notify issue's API Gateway gateway; the Rust code does not read it yet.
-    const pendingNotifyIssue = new Set(['IRIS_WS_CALLBACK_URL']);
+    // Read by the notify service itself (not config.rs): where it posts to WebSocket connections.
+    const readByNotify = new Set(['IRIS_WS_CALLBACK_URL']);
     for (const role of QUEUE_ROLES) {
       const env = services[role].environment;
       const q = queueOf(contract, role);
       for (const name of Object.keys(env).filter((n) => n.startsWith('IRIS_'))) {
-        assert.ok(readByRust.has(name) || (role === 'notify' && pendingNotifyIssue.has(name)), `${role}: ${name} is not read by config.rs`);
+        assert.ok(readByRust.has(name) || (role === 'notify' && readByNotify.has(name)), `${role}: ${name} is not read by config.rs`);
       }
       assert.deepStrictEqual(
         {
@@ -353,14 +355,17 @@ describe('WebSocket API', () => {
     }
   });
 
-  test('the Lambda: provided.al2023, arm64 by default, the placeholder code until the notify issue ships', () => {
+  test('the Lambda: provided.al2023, arm64 by default, the placeholder code unless notifyLambdaCodePath is given', () => {
     const fn = resource(json, lambdaId).Properties;
     assert.deepStrictEqual(fn.Architectures, ['arm64']);
     assert.equal(fn.Handler, 'bootstrap');
     const staged = stagedCode({ json, assembly, stack }, lambdaId);
     assert.equal(fs.readFileSync(path.join(staged, 'bootstrap'), 'utf8'), fs.readFileSync(path.join(PLACEHOLDER_LAMBDA_DIR, 'bootstrap'), 'utf8'));
     const warnings = stack.node.metadata.filter((m) => m.type === 'aws:cdk:warning').map((m) => String(m.data));
-    assert.ok(warnings.some((w) => /placeholder/.test(w) && /notify issue/.test(w)), 'synth warns that the Lambda is a placeholder');
+    assert.ok(
+      warnings.some((w) => /placeholder/.test(w) && /scripts\/build-websocket-lambda\.sh/.test(w) && /-c notifyLambdaCodePath=\.\.\/target\/lambda\/iris-websocket-lambda\b/.test(w)),
+      'synth warns that the Lambda is a placeholder, and says how to build and deploy the real one',
+    );
   });
 
   test('the placeholder fails every invocation, loudly', () => {
@@ -369,7 +374,7 @@ describe('WebSocket API', () => {
     const run = spawnSync(bootstrap, [], { encoding: 'utf8' });
     assert.notEqual(run.status, 0);
     assert.match(run.stderr, /not built yet/);
-    assert.match(run.stderr, /notify issue/);
+    assert.match(run.stderr, /scripts\/build-websocket-lambda\.sh/);
   });
 
   test('notifyLambdaCodePath and notifyLambdaArchitecture select the real Lambda', () => {
@@ -381,6 +386,119 @@ describe('WebSocket API', () => {
     const staged = stagedCode(other, id);
     assert.equal(fs.readFileSync(path.join(staged, 'bootstrap'), 'utf8'), '#!/bin/sh\necho real\n');
     assert.ok(!other.stack.node.metadata.some((m) => m.type === 'aws:cdk:warning' && /placeholder/.test(String(m.data))));
+  });
+
+  test('$connect is authorised by the routes Lambda: a REQUEST authorizer on the query string token; no other route has one', () => {
+    const authorizers = resourcesOfType(json, 'AWS::ApiGatewayV2::Authorizer');
+    assert.equal(authorizers.length, 1);
+    const [[authorizerId, authorizer]] = authorizers;
+    assert.equal(referencedId(authorizer.Properties.ApiId), apiId);
+    assert.equal(authorizer.Properties.AuthorizerType, 'REQUEST');
+    assert.deepStrictEqual(authorizer.Properties.IdentitySource, ['route.request.querystring.token']);
+    // arn:…:apigateway:<region>:lambda:path/2015-03-31/functions/<the routes Lambda's ARN>/invocations
+    const uri: Json[] = authorizer.Properties.AuthorizerUri['Fn::Join'][1];
+    assert.ok(uri.some((p) => p['Fn::GetAtt']?.[0] === lambdaId && p['Fn::GetAtt'][1] === 'Arn'), JSON.stringify(uri));
+    assert.match(resolve(json, authorizer.Properties.AuthorizerUri), /^arn:aws:apigateway:us-east-1:lambda:path\/2015-03-31\/functions\/.+\/invocations$/);
+    for (const [, route] of resourcesOfType(json, 'AWS::ApiGatewayV2::Route')) {
+      const { RouteKey, AuthorizationType, AuthorizerId } = route.Properties;
+      if (RouteKey === '$connect') {
+        assert.equal(AuthorizationType, 'CUSTOM');
+        assert.equal(referencedId(AuthorizerId), authorizerId);
+      } else {
+        // API Gateway authorises a WebSocket connection once, at $connect.
+        assert.ok(AuthorizationType === undefined || AuthorizationType === 'NONE', `${RouteKey}: ${AuthorizationType}`);
+        assert.equal(AuthorizerId, undefined, RouteKey);
+      }
+    }
+    // API Gateway may invoke the Lambda as this authorizer.
+    const permissions = resourcesOfType(json, 'AWS::Lambda::Permission').filter(
+      ([, p]) => referencedId(p.Properties.FunctionName) === lambdaId && JSON.stringify(p.Properties.SourceArn).includes(`"${authorizerId}"`),
+    );
+    assert.equal(permissions.length, 1);
+    const [[, permission]] = permissions;
+    assert.equal(permission.Properties.Principal, 'apigateway.amazonaws.com');
+    assert.equal(permission.Properties.Action, 'lambda:InvokeFunction');
+    assert.equal(resolve(json, permission.Properties.SourceArn), `arn:aws:execute-api:${REGION}:${ACCOUNT}:api-${apiId}/authorizers/ref-${authorizerId}`);
+  });
+
+  test("the Lambda and the notify service post to the stage's Management API endpoint (IRIS_WS_CALLBACK_URL)", () => {
+    const expected = `https://api-${apiId}.execute-api.${REGION}.amazonaws.com/live`;
+    const lambdaEnv = resource(json, lambdaId).Properties.Environment.Variables;
+    assert.equal(resolve(json, lambdaEnv.IRIS_WS_CALLBACK_URL), expected);
+    assert.equal(resolve(json, services.notify.environment.IRIS_WS_CALLBACK_URL), expected);
+    // The same as the stage's own callback URL (the output).
+    assert.equal(resolve(json, json.Outputs.WebSocketCallbackUrl.Value), expected);
+    const [[stageId, stage]] = resourcesOfType(json, 'AWS::ApiGatewayV2::Stage');
+    assert.equal(stage.Properties.StageName, 'live');
+    assert.equal(referencedId(stage.Properties.ApiId), apiId);
+    // The Lambda must not depend on the stage (which would be circular once the stage depends on
+    // the routes); it depends on the API only.
+    assert.ok(!JSON.stringify(resource(json, lambdaId)).includes(`"${stageId}"`));
+  });
+
+  test('the Lambda and the notify task role may ManageConnections on that stage, nowhere else', () => {
+    const lambdaRoleId = referencedId(resource(json, lambdaId).Properties.Role);
+    // The Lambda's one managed policy is AWSLambdaBasicExecutionRole (CloudWatch Logs only).
+    assert.deepStrictEqual(
+      resource(json, lambdaRoleId).Properties.ManagedPolicyArns.map((arn: Json) => resolve(json, arn)),
+      ['arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole'],
+    );
+    const roles = {
+      lambda: roleStatements(json, lambdaRoleId, { ignoreManagedPolicies: true }),
+      notify: roleStatements(json, services.notify.taskRoleId),
+    };
+    for (const [name, statements] of Object.entries(roles)) {
+      for (const method of ['POST', 'GET', 'DELETE']) {
+        const arn = `arn:aws:execute-api:${REGION}:${ACCOUNT}:api-${apiId}/live/${method}/@connections/Abc123=`;
+        assert.ok(allows(json, statements, 'execute-api:ManageConnections', arn), `${name} ${method}`);
+      }
+      assert.ok(!allows(json, statements, 'execute-api:ManageConnections', `arn:aws:execute-api:${REGION}:${ACCOUNT}:api-other/live/POST/@connections/x`), name);
+      assert.ok(!allows(json, statements, 'execute-api:ManageConnections', `arn:aws:execute-api:${REGION}:${ACCOUNT}:api-${apiId}/dev/POST/@connections/x`), name);
+    }
+  });
+
+  test('without tokenPublicKey: IRIS_TOKEN_PUBLIC_KEY is unset and synth warns that every connection is refused', () => {
+    assert.equal(resource(json, lambdaId).Properties.Environment.Variables.IRIS_TOKEN_PUBLIC_KEY, undefined);
+    const warnings = stack.node.metadata.filter((m) => m.type === 'aws:cdk:warning').map((m) => String(m.data));
+    assert.ok(
+      warnings.some((w) => /tokenPublicKey/.test(w) && /refuses every WebSocket connection/.test(w) && /iris token public-key/.test(w)),
+      `warnings: ${warnings.join(' | ')}`,
+    );
+  });
+
+  test('tokenPublicKey reaches the Lambda as IRIS_TOKEN_PUBLIC_KEY (and only the Lambda); no warning then', () => {
+    // A real Ed25519 public key, encoded as `iris token public-key` prints it (JWK x: base64url, no padding).
+    const key = generateKeyPairSync('ed25519').publicKey.export({ format: 'jwk' }).x!;
+    assert.equal(key.length, 43);
+    const other = synth({ tokenPublicKey: key });
+    const [[, fn]] = resourcesOfType(other.json, 'AWS::Lambda::Function').filter(([, f]) => f.Properties.Runtime === 'provided.al2023');
+    assert.equal(fn.Properties.Environment.Variables.IRIS_TOKEN_PUBLIC_KEY, key);
+    assert.ok(resolve(other.json, fn.Properties.Environment.Variables.IRIS_WS_CALLBACK_URL).endsWith('/live'));
+    for (const [role, info] of Object.entries(servicesByRole(other.json))) {
+      assert.equal(info.environment.IRIS_TOKEN_PUBLIC_KEY, undefined, role);
+    }
+    assert.ok(!other.stack.node.metadata.some((m) => m.type === 'aws:cdk:warning' && /tokenPublicKey/.test(String(m.data))));
+  });
+
+  test('an invalid tokenPublicKey fails the synth with a clear error', () => {
+    const valid = generateKeyPairSync('ed25519').publicKey.export({ format: 'jwk' }).x!;
+    const invalid = [
+      'abc', // too short
+      `${valid}=`, // padded
+      `${valid}A`, // 44 characters
+      `${valid.slice(0, 42)}+`, // base64, not base64url
+      `${valid.slice(0, 42)}/`,
+      `${valid.slice(0, 20)} ${valid.slice(21)}`, // a space
+    ];
+    for (const value of invalid) {
+      assert.throws(() => synth({ tokenPublicKey: value }), /tokenPublicKey must be the Ed25519 public key as printed by `iris token public-key`/, value);
+    }
+    // 43 characters whose last one carries bits beyond the 32 bytes: no strict decoder accepts it.
+    const lastIndex = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+    const canonicalLast = valid[42];
+    const nonCanonical = `${valid.slice(0, 42)}${lastIndex[lastIndex.indexOf(canonicalLast) + 1]}`;
+    assert.throws(() => synth({ tokenPublicKey: nonCanonical }), /not the canonical encoding of 32 bytes/);
+    assert.throws(() => synth({ tokenPublicKey: 42 }), /context tokenPublicKey must be a string/);
   });
 
   test('a notifyLambdaCodePath without bootstrap is refused', () => {
@@ -421,6 +539,33 @@ describe('container images', () => {
   test('both Dockerfiles use the same context allowlist', () => {
     const read = (f: string) => fs.readFileSync(path.join(REPO_ROOT, 'docker', f), 'utf8');
     assert.equal(read('service.Dockerfile.dockerignore'), read('segment-gpu.Dockerfile.dockerignore'));
+  });
+
+  test('the WebSocket Lambda is built on Amazon Linux 2023 into the directory the placeholder warning names', () => {
+    const dockerfile = fs.readFileSync(path.join(REPO_ROOT, 'docker', 'websocket-lambda.Dockerfile'), 'utf8');
+    const stages = [...dockerfile.matchAll(/^FROM\s+(\S+)/gm)].map((m) => m[1]);
+    // The runtime's own OS (glibc 2.34), then nothing but the executable.
+    assert.equal(stages[0], 'public.ecr.aws/amazonlinux/amazonlinux:2023');
+    assert.equal(stages[stages.length - 1], 'scratch');
+    assert.match(dockerfile, /cargo build --release --locked -p iris-notify --bin iris-websocket-lambda\b/);
+    assert.match(dockerfile, /install -D -m 0755 target\/release\/iris-websocket-lambda \/out\/bootstrap/);
+    assert.match(dockerfile.split(/^FROM scratch$/m)[1], /^COPY --from=builder \/out\/bootstrap \/bootstrap$/m);
+    // Every context path it copies is in its allowlist.
+    const allowed = dockerIgnorePatterns('docker/websocket-lambda.Dockerfile');
+    const copied = [...dockerfile.matchAll(/^COPY\s+(?!.*--from=)(?:--\S+\s+)*(.+)$/gm)].flatMap((m) => m[1].trim().split(/\s+/).slice(0, -1));
+    assert.ok(copied.includes('Cargo.lock') && copied.includes('services'), `parsed ${copied}`);
+    for (const entry of copied) assert.ok(allowed.includes(`!${entry}`), `${entry} is not in the allowlist`);
+    assert.ok(!allowed.includes('!target') && allowed[0] === '*');
+    // The build script writes there, for arm64 by default (the CDK default), and the warning's
+    // path (relative to cdk/, where `npx cdk` runs) is that directory.
+    const script = fs.readFileSync(path.join(REPO_ROOT, 'scripts', 'build-websocket-lambda.sh'), 'utf8');
+    const output = /^OUTPUT=(\S+)$/m.exec(script)?.[1];
+    assert.equal(output, 'target/lambda/iris-websocket-lambda');
+    assert.match(script, /^DOCKERFILE=docker\/websocket-lambda\.Dockerfile$/m);
+    assert.match(script, /architecture="\$\{1:-arm64\}"/);
+    const warning = stack.node.metadata.map((m) => String(m.data)).find((w) => /placeholder/.test(w))!;
+    const warned = /notifyLambdaCodePath=(\S+?)\s/.exec(warning)![1];
+    assert.equal(path.resolve(CDK_DIR, warned), path.join(REPO_ROOT, output!));
   });
 
   test('fargateArchitecture=arm64 builds and runs the Fargate services on arm64; the GPU image stays amd64', () => {

@@ -34,6 +34,12 @@ pub struct IrisConfig {
     pub concurrency: usize,
     /// `IRIS_WS_BIND` (default `127.0.0.1:8765`): the local WebSocket gateway of `iris run`.
     pub websocket_bind: SocketAddr,
+    /// `IRIS_WS_CALLBACK_URL` (AWS backend, notify service and WebSocket Lambda): the WebSocket
+    /// stage's Management API endpoint, `https://{api}.execute-api.{region}.amazonaws.com/{stage}`.
+    pub websocket_callback_url: Option<String>,
+    /// `IRIS_TOKEN_PUBLIC_KEY` (WebSocket Lambda authorizer): the Ed25519 public key that verifies
+    /// tokens, as `iris token public-key` prints it. Unset: every connection is refused.
+    pub token_public_key: Option<String>,
     /// `IRIS_MAX_UPLOAD_BYTES` (default 2 GiB).
     pub max_upload_bytes: u64,
     /// `IRIS_MAX_VOXELS` (default 512×512×2000).
@@ -186,6 +192,10 @@ impl IrisConfig {
             retry_backoff_base: Duration::from_millis(parse(&lookup, "IRIS_RETRY_BACKOFF_MS", 500)?),
             concurrency: parse(&lookup, "IRIS_CONCURRENCY", 1usize)?.max(1),
             websocket_bind: parse(&lookup, "IRIS_WS_BIND", SocketAddr::from(([127, 0, 0, 1], 8765)))?,
+            websocket_callback_url: lookup("IRIS_WS_CALLBACK_URL")
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty()),
+            token_public_key: lookup("IRIS_TOKEN_PUBLIC_KEY").map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()),
             max_upload_bytes: parse(&lookup, "IRIS_MAX_UPLOAD_BYTES", 2u64 << 30)?,
             max_voxels: parse(&lookup, "IRIS_MAX_VOXELS", 512u64 * 512 * 2000)?,
             processing_limit: Duration::from_secs(parse(&lookup, "IRIS_PROCESSING_LIMIT_SECS", 1800u64)?.max(1)),

@@ -243,6 +243,15 @@ pub async fn connection_store_contract(store: &dyn ConnectionStore) {
     assert!(!store.advance_delivery("conn-a", &job_id, 3).await.expect("advance"), "the same status is sent once");
     assert!(!store.advance_delivery("conn-a", &job_id, 2).await.expect("advance"), "an older status is not sent");
     assert!(store.advance_delivery("conn-a", &job_id, 4).await.expect("advance"));
+    // A post of rank 5 that failed is released back to 4, so the retry sends it.
+    assert!(store.advance_delivery("conn-a", &job_id, 5).await.expect("advance"));
+    store.release_delivery("conn-a", &job_id, 5, 4).await.expect("release");
+    assert!(store.advance_delivery("conn-a", &job_id, 5).await.expect("advance"), "released: sent again");
+    // A release that comes after a later state was sent leaves that state alone.
+    assert!(store.advance_delivery("conn-a", &job_id, 6).await.expect("advance"));
+    store.release_delivery("conn-a", &job_id, 5, 4).await.expect("release");
+    assert!(!store.advance_delivery("conn-a", &job_id, 6).await.expect("advance"), "a stale release changes nothing");
+    store.release_delivery("conn-gone", &job_id, 5, 4).await.expect("releasing an unknown subscription is harmless");
 
     store.unsubscribe("conn-b", &job_id).await.expect("unsubscribe");
     assert_eq!(store.subscribers(&job_id).await.expect("subscribers").len(), 1);

@@ -944,4 +944,24 @@ impl ConnectionStore for SqliteConnectionStore {
             })
             .await
     }
+
+    async fn release_delivery(
+        &self,
+        connection_id: &str,
+        job_id: &JobId,
+        rank: u8,
+        previous_rank: u8,
+    ) -> Result<(), PortError> {
+        let (id, job) = (connection_id.to_owned(), job_id.as_str().to_owned());
+        self.database
+            .run(move |db| {
+                db.execute(
+                    "UPDATE subscriptions SET delivered_rank = ?4 WHERE connection_id = ?1 AND job_id = ?2 AND delivered_rank = ?3",
+                    params![id, job, rank, previous_rank],
+                )
+                .map(|_| ())
+                .map_err(sqlite_error)
+            })
+            .await
+    }
 }

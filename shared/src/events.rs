@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{JobError, JobId, JobRecord, JobStatus, Stage};
+use crate::job::{JobError, JobId, JobRecord, JobStatus, Stage, StatsSummary};
 use crate::keys::UserId;
 use crate::time::Timestamp;
 
@@ -56,6 +56,10 @@ pub struct JobEventDetail {
     pub timings_ms: BTreeMap<Stage, i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
+    /// What the stages found so far (complete on `JobCompleted`): source format, dimensions,
+    /// spacing, model, structures, meshes, triangles. Technical facts only.
+    #[serde(default, skip_serializing_if = "StatsSummary::is_empty")]
+    pub summary: StatsSummary,
     /// Only on `JobProgress` events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<StageProgress>,
@@ -110,6 +114,7 @@ impl JobEventDetail {
             artifacts: job.artifacts.clone(),
             timings_ms: job.stage_durations_ms(),
             error: job.error.clone(),
+            summary: job.summary.clone(),
             progress: None,
             occurred_at: job.updated_at,
         }

@@ -65,6 +65,38 @@ pub struct JobRecord {
     pub artifacts: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
+    /// What the stages found, merged as they finish (JobCompleted's `summary`).
+    #[serde(default, skip_serializing_if = "StatsSummary::is_empty")]
+    pub summary: StatsSummary,
+}
+
+/// Figures the stages report about a job, for integrations (JobCompleted's `summary`). Technical
+/// facts only, never patient data. A field is absent when its stage has not finished (or, after a
+/// crash, when the next stage had to record the finish for it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsSummary {
+    /// Ingest: the source format (`nifti`, `dicom`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_format: Option<String>,
+    /// Ingest: dimensions of the canonical (RAS) volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dims: Option<[usize; 3]>,
+    /// Ingest: voxel spacing in millimetres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spacing_mm: Option<[f64; 3]>,
+    /// Segment: the model (or task) that ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Segment: structures present in the label map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structures: Option<u32>,
+    /// Mesh: structures meshed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meshes: Option<u32>,
+    /// Mesh: triangles of all meshes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triangles: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -113,6 +145,8 @@ pub struct Transition {
     pub error: Option<JobError>,
     /// For a stage's start: when its trigger object was written.
     pub triggered_at: Option<Timestamp>,
+    /// For a stage's finish: what it found (merged into the record's summary).
+    pub summary: StatsSummary,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -302,6 +336,7 @@ impl JobRecord {
             stages: BTreeMap::new(),
             artifacts: BTreeMap::new(),
             error: None,
+            summary: StatsSummary::default(),
         }
     }
 
@@ -314,6 +349,7 @@ impl JobRecord {
         next.status = transition.to;
         next.updated_at = transition.at;
         next.artifacts.extend(transition.artifacts.iter().map(|(k, v)| (k.clone(), v.clone())));
+        next.summary.merge(&transition.summary);
         let stage = transition.to.stage().or(transition.error.as_ref().and_then(|e| e.stage));
         if let Some(stage) = stage {
             let record = next.stages.entry(stage).or_default();
@@ -348,7 +384,20 @@ impl JobRecord {
 
 impl Transition {
     pub fn to(status: JobStatus, at: Timestamp, attempts: u32) -> Transition {
-        Transition { to: status, at, attempts, artifacts: BTreeMap::new(), error: None, triggered_at: None }
+        Transition {
+            to: status,
+            at,
+            attempts,
+            artifacts: BTreeMap::new(),
+            error: None,
+            triggered_at: None,
+            summary: StatsSummary::default(),
+        }
+    }
+
+    pub fn with_summary(mut self, summary: StatsSummary) -> Transition {
+        self.summary = summary;
+        self
     }
 
     pub fn with_artifacts(mut self, artifacts: BTreeMap<String, String>) -> Transition {
@@ -369,7 +418,26 @@ impl Transition {
             artifacts: BTreeMap::new(),
             error: Some(error),
             triggered_at: None,
+            summary: StatsSummary::default(),
         }
+    }
+}
+
+impl StatsSummary {
+    pub fn is_empty(&self) -> bool {
+        *self == StatsSummary::default()
+    }
+
+    /// Takes every field `other` has.
+    pub fn merge(&mut self, other: &StatsSummary) {
+        let StatsSummary { source_format, dims, spacing_mm, model, structures, meshes, triangles } = other.clone();
+        self.source_format = source_format.or(self.source_format.take());
+        self.dims = dims.or(self.dims);
+        self.spacing_mm = spacing_mm.or(self.spacing_mm);
+        self.model = model.or(self.model.take());
+        self.structures = structures.or(self.structures);
+        self.meshes = meshes.or(self.meshes);
+        self.triangles = triangles.or(self.triangles);
     }
 }
 

@@ -140,6 +140,15 @@ pub trait ConnectionStore: Send + Sync {
     /// Records that the status of `rank` is being sent on this subscription. True only if it is
     /// newer than anything sent before, so each subscriber sees states in order, each once.
     async fn advance_delivery(&self, connection_id: &str, job_id: &JobId, rank: u8) -> Result<bool, PortError>;
+    /// Undoes an `advance_delivery` to `rank` whose post failed and will be retried: sets the
+    /// subscription back to `previous_rank` if it is still at `rank`.
+    async fn release_delivery(
+        &self,
+        connection_id: &str,
+        job_id: &JobId,
+        rank: u8,
+        previous_rank: u8,
+    ) -> Result<(), PortError>;
 }
 
 /// Pushes a message to one WebSocket connection: API Gateway's Management API

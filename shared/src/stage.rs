@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::job::{JobId, JobRecord, Stage, Transition};
+use crate::job::{JobId, JobRecord, Stage, StatsSummary, Transition};
 use crate::keys::{self, ObjectKey, artifact};
 use crate::ports::{ObjectStore, PortError, TransitionOutcome};
 use crate::runtime::{JobLedger, Outcome, stage_is_settled};
@@ -208,12 +208,14 @@ pub async fn finish_stage(
     job_id: &JobId,
     stage: Stage,
     receive_count: u32,
+    summary: StatsSummary,
 ) -> Result<(), PortError> {
     if let Some(pause) = context.pause_before_finish {
         tokio::time::sleep(pause).await;
     }
     let transition = Transition::to(stage.finished_status(), Timestamp::now(), receive_count)
-        .with_artifacts(stage_artifacts(stage, job_id));
+        .with_artifacts(stage_artifacts(stage, job_id))
+        .with_summary(summary);
     context.ledger.advance(job_id, transition, receive_count).await?;
     Ok(())
 }
@@ -279,13 +281,14 @@ impl<S: TriggeredStage> crate::runtime::MessageHandler for TriggeredStageHandler
 }
 
 /// Writes a stage's outputs in order (the trigger of the next stage last), then records the stage
-/// finished. The outcome of the first failure, or `Done`.
+/// finished with what it found. The outcome of the first failure, or `Done`.
 pub async fn write_outputs_and_finish(
     context: &StageContext,
     job_id: &JobId,
     stage: Stage,
     receive_count: u32,
     outputs: Vec<(ObjectKey, Vec<u8>)>,
+    summary: StatsSummary,
 ) -> Outcome {
     let no_metadata = crate::ports::ObjectMetadata::new();
     for (key, body) in outputs {
@@ -293,7 +296,7 @@ pub async fn write_outputs_and_finish(
             return outcome_of_port_error(&error, job_id, stage, &format!("writing {key}"));
         }
     }
-    match finish_stage(context, job_id, stage, receive_count).await {
+    match finish_stage(context, job_id, stage, receive_count, summary).await {
         Ok(()) => Outcome::Done,
         Err(error) => outcome_of_port_error(&error, job_id, stage, &format!("recording {stage} finished")),
     }

@@ -363,4 +363,31 @@ impl ConnectionStore for DynamoConnectionStore {
             Err(error) => Err(port_error(BACKEND, error)),
         }
     }
+
+    async fn release_delivery(
+        &self,
+        connection_id: &str,
+        job_id: &JobId,
+        rank: u8,
+        previous_rank: u8,
+    ) -> Result<(), PortError> {
+        let updated = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("connectionId", s(connection_id))
+            .key("item", s(subscription_key(job_id)))
+            .update_expression("SET deliveredRank = :previous")
+            .condition_expression("attribute_exists(connectionId) AND deliveredRank = :rank")
+            .expression_attribute_values(":rank", n(rank))
+            .expression_attribute_values(":previous", n(previous_rank))
+            .send()
+            .await;
+        match updated {
+            // Already moved on (a later state was sent) or gone: nothing to undo.
+            Ok(_) => Ok(()),
+            Err(error) if error_code(&error) == Some(CONDITIONAL_FAILED) => Ok(()),
+            Err(error) => Err(port_error(BACKEND, error)),
+        }
+    }
 }

@@ -1,11 +1,12 @@
 //! AWS adapters for the shared ports: `S3ObjectStore`, `SqsWorkQueue`, `DynamoJobStore`,
-//! `DynamoConnectionStore`, `EventBridgeBus`, and `bootstrap`, which creates every resource the
+//! `DynamoConnectionStore`, `EventBridgeBus`, `ApiGatewayConnectionGateway`, and `bootstrap`, which creates every resource the
 //! pipeline needs (the same names and notification rules the CDK app deploys).
 //!
 //! The only crate that imports `aws_sdk_*`. Endpoints follow the standard AWS configuration
 //! (`AWS_ENDPOINT_URL`, `AWS_REGION`, credentials chain); with an endpoint URL set (moto, LocalStack)
 //! S3 uses path-style addressing.
 
+pub mod apigateway;
 pub mod bootstrap;
 pub mod contract;
 pub mod dynamo;
@@ -25,6 +26,7 @@ use iris_shared::config::IrisConfig;
 use iris_shared::keys::QueueRole;
 use iris_shared::ports::{PortError, WorkQueue};
 
+pub use apigateway::ApiGatewayConnectionGateway;
 pub use dynamo::{DynamoConnectionStore, DynamoJobStore};
 pub use eventbridge::EventBridgeBus;
 pub use s3::S3ObjectStore;
@@ -37,6 +39,9 @@ pub struct AwsClients {
     pub sqs: aws_sdk_sqs::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub eventbridge: aws_sdk_eventbridge::Client,
+    /// The configuration the clients came from (region, credentials, endpoint), for clients made
+    /// later such as the Management API's, whose endpoint is a stage's callback URL.
+    pub sdk_config: aws_config::SdkConfig,
 }
 
 impl AwsClients {
@@ -62,6 +67,7 @@ impl AwsClients {
             sqs: aws_sdk_sqs::Client::from_conf(sqs),
             dynamodb: aws_sdk_dynamodb::Client::new(shared),
             eventbridge: aws_sdk_eventbridge::Client::new(shared),
+            sdk_config: shared.clone(),
         }
     }
 }

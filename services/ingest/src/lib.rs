@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use iris_shared::backends::Backends;
 use iris_shared::config::IrisConfig;
-use iris_shared::job::{JobId, JobRecord, JobStatus, Stage, UploadSource};
+use iris_shared::job::{JobId, JobRecord, JobStatus, Stage, StatsSummary, UploadSource};
 use iris_shared::keys::{self, QueueRole};
 use iris_shared::ports::ReceivedMessage;
 use iris_shared::runtime::{MessageHandler, Outcome, run_worker};
@@ -97,10 +97,18 @@ impl IngestHandler {
         let file_name = object.key.file_name().to_owned();
         let limits = self.limits;
         let converted = tokio::task::spawn_blocking(move || {
-            ingest_upload(bytes, &file_name, &limits).and_then(|v| encode_outputs(&v))
+            ingest_upload(bytes, &file_name, &limits).and_then(|ingested| {
+                let summary = StatsSummary {
+                    source_format: Some(ingested.report.source_format.clone()),
+                    dims: Some(ingested.report.canonical.dims),
+                    spacing_mm: Some(ingested.report.canonical.spacing_mm),
+                    ..StatsSummary::default()
+                };
+                Ok((encode_outputs(&ingested)?, summary))
+            })
         })
         .await;
-        let outputs = match converted {
+        let (outputs, summary) = match converted {
             Ok(Ok(outputs)) => outputs,
             Ok(Err(error)) => return fail(&job_id, &error),
             Err(panic) => return outcome_of_task_panic(&panic, &job_id, Stage::Ingest),
@@ -110,7 +118,7 @@ impl IngestHandler {
             (keys::ingest_report_key(&job_id), outputs.report_json),
             (keys::volume_key(&job_id), outputs.volume_nii_gz),
         ];
-        write_outputs_and_finish(&self.context, &job_id, Stage::Ingest, receive_count, outputs).await
+        write_outputs_and_finish(&self.context, &job_id, Stage::Ingest, receive_count, outputs, summary).await
     }
 }
 

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use iris_shared::backends::Backends;
 use iris_shared::config::IrisConfig;
-use iris_shared::job::{JobId, Stage};
+use iris_shared::job::{JobId, Stage, StatsSummary};
 use iris_shared::keys::{self, LABELS_FILE, QueueRole};
 use iris_shared::labels::{LabelTable, SegmentationStats, fallback_label};
 use iris_shared::nifti_codec::{DecodeLimits, NiftiDecodeError, decode_nifti};
@@ -346,11 +346,16 @@ impl TriggeredStage for MeshHandler {
             Ok(json) => json,
             Err(error) => return Outcome::Retry { reason: format!("encoding manifest: {error}") },
         };
+        let summary = StatsSummary {
+            meshes: Some(artifacts.manifest.labels.len() as u32),
+            triangles: Some(artifacts.manifest.labels.iter().map(|label| label.triangles as u64).sum()),
+            ..StatsSummary::default()
+        };
         // The manifest goes last: once it exists, every file it names does.
         let mut outputs: Vec<_> =
             artifacts.files.into_iter().map(|(name, bytes)| (keys::mesh_file_key(&job_id, &name), bytes)).collect();
         outputs.push((keys::mesh_manifest_key(&job_id), manifest));
-        write_outputs_and_finish(&self.context, &job_id, Stage::Mesh, receive_count, outputs).await
+        write_outputs_and_finish(&self.context, &job_id, Stage::Mesh, receive_count, outputs, summary).await
     }
 }
 

@@ -2,8 +2,10 @@
 //! the WebSocket route Lambda: routing client actions, and delivering job states to subscribers
 //! in order, each once, only to the job's own user.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use iris_shared::events::JobEventDetail;
 use iris_shared::job::JobId;
 use iris_shared::ports::{Connection, ConnectionGateway, ConnectionStore, JobStore, PortError};
@@ -16,13 +18,17 @@ pub struct NotifyCore {
     pub jobs: Arc<dyn JobStore>,
     pub connections: Arc<dyn ConnectionStore>,
     pub gateway: Arc<dyn ConnectionGateway>,
-    /// Serialises "record as delivered, then post" so two deliveries to one subscriber cannot
-    /// overtake each other within this process.
-    delivery_lock: Mutex<()>,
+    /// One lock per connection: serialises "record as delivered, then post" so two deliveries
+    /// to one subscriber cannot overtake each other within this process, while deliveries to
+    /// different connections go out concurrently.
+    connection_locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 /// How many of a user's jobs `list` returns.
 pub const LIST_LIMIT: usize = 50;
+
+/// Posts of one event that are in flight at once (fan-out to many subscribers).
+pub const FAN_OUT_CONCURRENCY: usize = 32;
 
 impl NotifyCore {
     pub fn new(
@@ -30,40 +36,87 @@ impl NotifyCore {
         connections: Arc<dyn ConnectionStore>,
         gateway: Arc<dyn ConnectionGateway>,
     ) -> NotifyCore {
-        NotifyCore { jobs, connections, gateway, delivery_lock: Mutex::new(()) }
+        NotifyCore { jobs, connections, gateway, connection_locks: std::sync::Mutex::new(HashMap::new()) }
     }
 
-    /// Sends a job's new state to every subscriber of the job who belongs to the job's user.
-    /// Returns how many connections it was sent to.
+    /// Sends a job's new state to every subscriber of the job who belongs to the job's user, up to
+    /// [`FAN_OUT_CONCURRENCY`] connections at once. Returns how many connections it was sent to.
+    /// When a post fails with a retryable error, every other subscriber is still served and the
+    /// error is returned, so the event is redelivered: subscribers that already have the state do
+    /// not get it again (`advance_delivery`), the failed one does.
     pub async fn deliver(&self, event: &JobEventDetail) -> Result<usize, PortError> {
         let subscribers = self.connections.subscribers(&event.job_id).await?;
+        let own: Vec<_> = subscribers
+            .into_iter()
+            .filter(|subscription| {
+                let own = subscription.user_id == event.user_id;
+                if !own {
+                    warn!(job_id = %event.job_id, connection_id = %subscription.connection_id, "subscriber of another user: not sent");
+                }
+                own
+            })
+            .collect();
+        let results: Vec<Result<bool, PortError>> = futures_util::stream::iter(own)
+            .map(|subscription| async move {
+                if event.progress.is_some() {
+                    self.send_progress(&subscription.connection_id, event).await
+                } else {
+                    self.send_state(&subscription.connection_id, subscription.delivered_rank, event).await
+                }
+            })
+            .buffer_unordered(FAN_OUT_CONCURRENCY)
+            .collect()
+            .await;
         let mut sent = 0;
-        for subscription in subscribers {
-            if subscription.user_id != event.user_id {
-                warn!(job_id = %event.job_id, connection_id = %subscription.connection_id, "subscriber of another user: not sent");
-                continue;
-            }
-            let delivered = if event.progress.is_some() {
-                self.send_progress(&subscription.connection_id, event).await?
-            } else {
-                self.send_state(&subscription.connection_id, event).await?
-            };
-            if delivered {
-                sent += 1;
+        let mut first_error = None;
+        for result in results {
+            match result {
+                Ok(true) => sent += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
             }
         }
-        Ok(sent)
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(sent),
+        }
+    }
+
+    fn connection_lock(&self, connection_id: &str) -> Arc<Mutex<()>> {
+        let mut locks = self.connection_locks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Forget the locks nobody holds, so the map does not grow with every connection ever seen.
+        if locks.len() > 4 * FAN_OUT_CONCURRENCY {
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        Arc::clone(locks.entry(connection_id.to_owned()).or_default())
     }
 
     /// Sends `event` to one connection unless it already got this status or a later one.
-    async fn send_state(&self, connection_id: &str, event: &JobEventDetail) -> Result<bool, PortError> {
-        let _guard = self.delivery_lock.lock().await;
-        if !self.connections.advance_delivery(connection_id, &event.job_id, event.status.rank()).await? {
+    /// `previous_rank` is what the subscription had been sent before; a post that fails with a
+    /// retryable error puts it back, so the retry sends the state again.
+    async fn send_state(
+        &self,
+        connection_id: &str,
+        previous_rank: u8,
+        event: &JobEventDetail,
+    ) -> Result<bool, PortError> {
+        let lock = self.connection_lock(connection_id);
+        let _guard = lock.lock().await;
+        let rank = event.status.rank();
+        if !self.connections.advance_delivery(connection_id, &event.job_id, rank).await? {
             debug!(connection_id, status = %event.status, "already delivered");
             return Ok(false);
         }
         let payload = ServerMessage::job_state(event.clone()).to_json();
-        self.post(connection_id, &payload).await
+        match self.post(connection_id, &payload).await {
+            Err(error) if error.is_retryable() => {
+                self.connections.release_delivery(connection_id, &event.job_id, rank, previous_rank).await?;
+                Err(error)
+            }
+            other => other,
+        }
     }
 
     /// Sends a progress event as it is: progress is advisory and not recorded per subscriber.
@@ -114,7 +167,14 @@ impl NotifyCore {
                 if let Some(job) = job {
                     // Acknowledge first, then the current state through the ordered delivery path.
                     self.gateway.post_to_connection(&connection.connection_id, &reply.to_json()).await?;
-                    self.send_state(&connection.connection_id, &JobEventDetail::from_job(&job)).await?;
+                    let previous_rank = self
+                        .connections
+                        .subscribers(&job_id)
+                        .await?
+                        .into_iter()
+                        .find(|s| s.connection_id == connection.connection_id)
+                        .map_or(0, |s| s.delivered_rank);
+                    self.send_state(&connection.connection_id, previous_rank, &JobEventDetail::from_job(&job)).await?;
                     return Ok(Vec::new());
                 }
                 Ok(vec![reply])

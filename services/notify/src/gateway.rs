@@ -1,10 +1,12 @@
 //! The local WebSocket gateway: plays API Gateway's part in embedded mode. It accepts
-//! connections (`ws://HOST:PORT/?user=<userId>`), records them in the connection store, hands
+//! connections (`ws://HOST:PORT/?token=<token>`), records them in the connection store, hands
 //! client frames to [`NotifyCore`], and implements `post_to_connection` (answering Gone for a
 //! connection it no longer has).
 //!
-//! Identity: the `user` query parameter (default `local`). Authenticated tokens arrive with the
-//! notify issue; until then the local gateway is meant for loopback use only.
+//! Identity: the same model as API Gateway's `$connect` authorizer. The upgrade request carries an
+//! iris token (`token` query parameter or `Authorization: Bearer`), checked with the public key
+//! ([`crate::auth`]); the token's subject is the connection's user. Without a valid token the
+//! upgrade is answered 401 and no connection exists.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,10 +25,9 @@ use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::auth::{TokenVerifier, token_from_request};
 use crate::core::NotifyCore;
 use crate::protocol::{ServerMessage, parse_client_message};
-
-pub const DEFAULT_USER: &str = "local";
 
 /// Open connections of this process: connection id → outgoing frames.
 #[derive(Default)]
@@ -66,6 +67,7 @@ pub async fn serve(
     listener: TcpListener,
     gateway: Arc<LocalGateway>,
     core: Arc<NotifyCore>,
+    verifier: TokenVerifier,
     shutdown: CancellationToken,
 ) {
     let address = listener.local_addr().ok();
@@ -78,22 +80,18 @@ pub async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 let (gateway, core, shutdown) = (Arc::clone(&gateway), Arc::clone(&core), shutdown.clone());
-                tokio::spawn(async move { handle_connection(stream, peer, gateway, core, shutdown).await });
+                let verifier = verifier.clone();
+                tokio::spawn(async move { handle_connection(stream, peer, gateway, core, verifier, shutdown).await });
             }
             Err(error) => warn!(%error, "accept failed"),
         }
     }
 }
 
-fn user_from_request(request: &Request) -> Result<UserId, String> {
-    let query = request.uri().query().unwrap_or("");
-    let user = query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(name, _)| *name == "user")
-        .map(|(_, value)| value)
-        .unwrap_or(DEFAULT_USER);
-    UserId::parse(user).map_err(|e| e.to_string())
+fn user_from_request(request: &Request, verifier: &TokenVerifier) -> Result<UserId, String> {
+    let authorization = request.headers().get("authorization").and_then(|value| value.to_str().ok());
+    let token = token_from_request(request.uri().query(), authorization).map_err(|e| e.to_string())?;
+    verifier.verify(&token).map_err(|e| e.to_string())
 }
 
 async fn handle_connection(
@@ -101,20 +99,22 @@ async fn handle_connection(
     peer: SocketAddr,
     gateway: Arc<LocalGateway>,
     core: Arc<NotifyCore>,
+    verifier: TokenVerifier,
     shutdown: CancellationToken,
 ) {
     let mut user = None;
     // The callback's signature is tungstenite's; its error type is an HTTP response.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
-        match user_from_request(request) {
+        match user_from_request(request, &verifier) {
             Ok(found) => {
                 user = Some(found);
                 Ok(response)
             }
             Err(reason) => {
+                debug!(%peer, %reason, "connection refused");
                 let mut refusal = ErrorResponse::new(Some(reason));
-                *refusal.status_mut() = StatusCode::BAD_REQUEST;
+                *refusal.status_mut() = StatusCode::UNAUTHORIZED;
                 Err(refusal)
             }
         }

@@ -1,8 +1,10 @@
 //! The notify service: consumes pipeline events from the notify queue and pushes each job state to
 //! the job's WebSocket subscribers; in embedded mode it also runs the local WebSocket gateway.
 
+pub mod auth;
 pub mod core;
 pub mod gateway;
+pub mod lambda;
 pub mod protocol;
 
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use iris_shared::config::IrisConfig;
 use iris_shared::events::EventEnvelope;
 use iris_shared::job::{JobId, Stage};
 use iris_shared::keys::QueueRole;
-use iris_shared::ports::ReceivedMessage;
+use iris_shared::ports::{ConnectionGateway, ReceivedMessage};
 use iris_shared::runtime::{MessageHandler, Outcome, WorkerSettings, run_worker};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -73,20 +75,46 @@ impl LocalNotify {
         let core = Arc::new(NotifyCore::new(
             Arc::clone(&backends.jobs),
             Arc::clone(&backends.connections),
-            gateway.clone() as Arc<dyn iris_shared::ports::ConnectionGateway>,
+            gateway.clone() as Arc<dyn ConnectionGateway>,
         ));
         LocalNotify { gateway, core }
     }
 }
 
-/// Runs the notify consumer and the local WebSocket gateway on `listener` until `shutdown`.
-/// Notify works on one message at a time so that states reach subscribers in publication order.
+/// Embedded mode: runs the notify consumer and the local WebSocket gateway on `listener` until
+/// `shutdown`. Tokens are checked with the key pair in the data directory (created on first use;
+/// `iris token issue` signs with the same one). If that key cannot be read or created, the
+/// gateway cannot authenticate anyone: the error is logged and notify does not start.
 pub async fn run_service(backends: &Backends, config: &IrisConfig, listener: TcpListener, shutdown: CancellationToken) {
+    let verifier = match auth::TokenSigner::load_or_create(&config.data_dir) {
+        Ok(signer) => signer.verifier(),
+        Err(error) => {
+            tracing::error!(%error, "notify cannot start: no token key");
+            return;
+        }
+    };
     let local = LocalNotify::new(backends);
-    let gateway =
-        tokio::spawn(gateway::serve(listener, Arc::clone(&local.gateway), Arc::clone(&local.core), shutdown.clone()));
-    let settings = WorkerSettings { concurrency: 1, ..config.worker_settings() };
-    let handler = Arc::new(NotifyHandler::new(local.core));
-    run_worker(handler, backends.queue(QueueRole::Notify), backends.ledger(), settings, shutdown).await;
+    let gateway = tokio::spawn(gateway::serve(
+        listener,
+        Arc::clone(&local.gateway),
+        Arc::clone(&local.core),
+        verifier,
+        shutdown.clone(),
+    ));
+    run_consumer(backends, config, local.core, shutdown).await;
     let _ = gateway.await;
+}
+
+/// The notify queue consumer alone, posting through `core`'s gateway (in AWS: the API Gateway
+/// Management API). Notify works on one message at a time so that states reach subscribers in
+/// publication order.
+pub async fn run_consumer(
+    backends: &Backends,
+    config: &IrisConfig,
+    core: Arc<NotifyCore>,
+    shutdown: CancellationToken,
+) {
+    let settings = WorkerSettings { concurrency: 1, ..config.worker_settings() };
+    let handler = Arc::new(NotifyHandler::new(core));
+    run_worker(handler, backends.queue(QueueRole::Notify), backends.ledger(), settings, shutdown).await;
 }

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use iris_shared::backends::Backends;
 use iris_shared::config::{IrisConfig, SegmentSettings};
 use iris_shared::ingest_report::IngestReport;
-use iris_shared::job::{JobId, Stage};
+use iris_shared::job::{JobId, Stage, StatsSummary};
 use iris_shared::keys::{self, QueueRole, VOLUME_FILE};
 use iris_shared::labels::{LabelTable, SegmentationStats};
 use iris_shared::nifti_codec::{DecodeLimits, NiftiDecodeError, decode_nifti_hounsfield, encode_nifti_gz};
@@ -473,10 +473,15 @@ impl TriggeredStage for SegmentHandler {
             Err(panic) => return outcome_of_task_panic(&panic, &job_id, Stage::Segment),
         };
         info!(model = %outputs.stats.model, "segmented");
+        let summary = StatsSummary {
+            model: Some(outputs.stats.model.clone()),
+            structures: Some(outputs.stats.labels.iter().filter(|label| label.voxels > 0).count() as u32),
+            ..StatsSummary::default()
+        };
         // Statistics first, labels last: the label map's notification starts meshing.
         let outputs =
             vec![(keys::stats_key(&job_id), outputs.stats_json), (keys::labels_key(&job_id), outputs.labels_nii_gz)];
-        write_outputs_and_finish(&self.context, &job_id, Stage::Segment, receive_count, outputs).await
+        write_outputs_and_finish(&self.context, &job_id, Stage::Segment, receive_count, outputs, summary).await
     }
 }
 
