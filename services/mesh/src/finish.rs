@@ -29,7 +29,7 @@ pub const MAX_SIMPLIFIED_VOLUME_ERROR: f64 = 0.04;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FinishFigures {
     pub extracted_triangles: usize,
-    /// Simplifications refused because the result was not a closed manifold (see [`finish_label`]).
+    /// Simplifications refused (not a closed manifold, or volume off) and redone (see [`finish_label`]).
     pub simplification_retries: u32,
 }
 
@@ -84,19 +84,32 @@ pub fn finish_label(
         // itself) nor a kept volume (a small label cut down to a few triangles loses its
         // rounded parts). A result that is not a closed manifold, or whose enclosed volume is
         // more than MAX_SIMPLIFIED_VOLUME_ERROR off the label's voxel volume (and moved by more
-        // than a quarter of that by simplification), is refused and simplification retried with
-        // less reduction; the unsimplified mesh always stands.
-        for share_of_reduction in [1.0, 0.85, 0.7, 0.5, 0.25] {
-            let attempt_reduction = reduction * share_of_reduction;
+        // than a quarter of that by simplification), is refused. A fold is local: first the
+        // vertices around it (two rings in the extracted mesh) are locked and the same reduction
+        // is tried again, up to LOCK_ROUNDS times; then simplification is retried with less
+        // reduction. The unsimplified mesh always stands.
+        let shares = [1.0, 0.85, 0.7, 0.5, 0.25];
+        let mut share = 0;
+        let mut locks: Vec<bool> = Vec::new();
+        let mut lock_rounds = 0;
+        while share < shares.len() {
+            let attempt_reduction = reduction * shares[share];
             let target_triangles = ((extracted_triangles as f64) * (1.0 - attempt_reduction)).round().max(4.0) as usize;
-            let simplified = meshopt::simplify_decoder(
-                &indices,
-                &positions,
-                target_triangles * 3,
-                settings.max_error_voxels * voxel,
-                meshopt::SimplifyOptions::ErrorAbsolute | meshopt::SimplifyOptions::RegularizeLight,
-                None,
-            );
+            let options = meshopt::SimplifyOptions::ErrorAbsolute | meshopt::SimplifyOptions::RegularizeLight;
+            let error = settings.max_error_voxels * voxel;
+            let simplified = if locks.is_empty() {
+                meshopt::simplify_decoder(&indices, &positions, target_triangles * 3, error, options, None)
+            } else {
+                meshopt::simplify_with_locks_decoder(
+                    &indices,
+                    &positions,
+                    &locks,
+                    target_triangles * 3,
+                    error,
+                    options,
+                    None,
+                )
+            };
             let volume_after = indexed_volume_mm3(&positions, &simplified);
             let volume_kept = (volume_after - voxel_volume).abs() <= MAX_SIMPLIFIED_VOLUME_ERROR * voxel_volume
                 || (volume_after - volume_before).abs() <= 0.25 * MAX_SIMPLIFIED_VOLUME_ERROR * volume_before.abs();
@@ -105,6 +118,15 @@ pub fn finish_label(
                 break;
             }
             simplification_retries += 1;
+            if volume_kept && lock_rounds < LOCK_ROUNDS {
+                if locks.is_empty() {
+                    locks = vec![false; positions.len()];
+                }
+                lock_around(&indices, &non_manifold_vertices(&simplified), &mut locks);
+                lock_rounds += 1;
+            } else {
+                share += 1;
+            }
         }
     }
     meshopt::optimize_vertex_cache_in_place(&mut indices, positions.len());
@@ -146,6 +168,50 @@ fn separate_split_vertices(topology: &LabelTopology, positions: &mut [[f32; 3]])
         let position = &mut positions[vertex as usize];
         for axis in 0..3 {
             position[axis] += SPLIT_VERTEX_SEPARATION * (sum[axis] / count - position[axis]);
+        }
+    }
+}
+
+/// Rounds of locking the vertices around a fold before simplifying less (see [`finish_label`]).
+const LOCK_ROUNDS: u32 = 2;
+
+/// Vertices of the faults that make `indices` not a closed manifold: degenerate triangles, directed
+/// edges used twice, and edges without their reverse.
+fn non_manifold_vertices(indices: &[u32]) -> Vec<u32> {
+    let mut faults = Vec::new();
+    let mut edges: Vec<u64> = Vec::with_capacity(indices.len());
+    for triangle in indices.chunks_exact(3) {
+        if triangle[0] == triangle[1] || triangle[1] == triangle[2] || triangle[0] == triangle[2] {
+            faults.extend_from_slice(triangle);
+        }
+        for n in 0..3 {
+            edges.push((u64::from(triangle[n]) << 32) | u64::from(triangle[(n + 1) % 3]));
+        }
+    }
+    edges.sort_unstable();
+    for (n, &edge) in edges.iter().enumerate() {
+        let repeated = n > 0 && edges[n - 1] == edge;
+        if repeated || edges.binary_search(&edge.rotate_left(32)).is_err() {
+            faults.extend_from_slice(&[(edge >> 32) as u32, edge as u32]);
+        }
+    }
+    faults
+}
+
+/// Locks `faults` and two rings of their neighbours in the mesh `indices`.
+fn lock_around(indices: &[u32], faults: &[u32], locks: &mut [bool]) {
+    for &vertex in faults {
+        locks[vertex as usize] = true;
+    }
+    for _ in 0..2 {
+        let ring: Vec<u32> = indices
+            .chunks_exact(3)
+            .filter(|triangle| triangle.iter().any(|&v| locks[v as usize]))
+            .flatten()
+            .copied()
+            .collect();
+        for vertex in ring {
+            locks[vertex as usize] = true;
         }
     }
 }
@@ -266,4 +332,39 @@ fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
 
 fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A closed tetrahedron (outward winding) and a strip of two more triangles hanging off vertex 3.
+    const TETRAHEDRON: [u32; 12] = [0, 2, 1, 0, 1, 3, 1, 2, 3, 2, 0, 3];
+
+    #[test]
+    fn folds_are_found_and_locked_with_their_neighbourhood() {
+        assert!(is_closed_manifold(&TETRAHEDRON));
+        assert!(non_manifold_vertices(&TETRAHEDRON).is_empty());
+
+        let mut doubled = TETRAHEDRON.to_vec();
+        doubled.extend_from_slice(&[0, 2, 1]);
+        assert!(!is_closed_manifold(&doubled));
+        let mut faults = non_manifold_vertices(&doubled);
+        faults.sort_unstable();
+        faults.dedup();
+        assert_eq!(faults, [0, 1, 2], "the repeated triangle's vertices");
+
+        let open = &TETRAHEDRON[..9];
+        let mut faults = non_manifold_vertices(open);
+        faults.sort_unstable();
+        faults.dedup();
+        assert_eq!(faults, [0, 2, 3], "the border of the missing face");
+        assert_eq!(non_manifold_vertices(&[4, 4, 5]), [4, 4, 5], "a degenerate triangle (its edges pair up)");
+
+        // Locking spreads two rings through the mesh, and no further.
+        let strip = [0, 1, 2, 2, 1, 3, 3, 1, 4, 4, 1, 5, 5, 6, 7, 7, 6, 8];
+        let mut locks = vec![false; 9];
+        lock_around(&strip, &[0], &mut locks);
+        assert_eq!(locks, [true, true, true, true, true, true, false, false, false]);
+    }
 }

@@ -206,7 +206,11 @@ pub fn mesh_labels(labels: &Volume<u8>, table: &LabelTable, settings: &MeshSetti
                 &settings.simplification,
             );
             if figures.simplification_retries > 0 {
-                info!(label = topology.label, retries = figures.simplification_retries, "simplified more gently");
+                info!(
+                    label = topology.label,
+                    retries = figures.simplification_retries,
+                    "simplification refused and redone (locked around folds, or gentler)"
+                );
             }
             MeshedLabel { mesh, voxels: topology.voxels, extracted_triangles: figures.extracted_triangles, file_name }
         })
