@@ -46,36 +46,8 @@ if ! [[ "$REPS" =~ ^[1-9][0-9]*$ ]]; then
     exit 2
 fi
 
-# --- peers: a venv with pinned versions (idempotent: pip skips what is already satisfied) ---
-if ! command -v python3 >/dev/null 2>&1; then
-    echo "error: python3 not found; it is needed for the peers (nibabel, SimpleITK, dicom2nifti)." >&2
-    exit 2
-fi
-if [[ ! -x "$VENV/bin/python" ]]; then
-    say "creating the peers' venv at $VENV"
-    if ! python3 -m venv "$VENV"; then
-        echo "error: 'python3 -m venv' failed; install the venv module (Debian/Ubuntu: apt-get install python3-venv)." >&2
-        exit 2
-    fi
-fi
-PY="$VENV/bin/python"
-if "$PY" - "${PINS[@]}" <<'EOF'
-import sys
-from importlib.metadata import version, PackageNotFoundError
-for pin in sys.argv[1:]:
-    name, want = pin.split("==")
-    try:
-        if version(name) != want:
-            sys.exit(1)
-    except PackageNotFoundError:
-        sys.exit(1)
-EOF
-then
-    say "peers already installed in $VENV"
-else
-    say "installing the peers into $VENV: ${PINS[*]}"
-    "$PY" -m pip install --quiet --disable-pip-version-check "${PINS[@]}"
-fi
+# --- peers: a venv with pinned versions (env.sh: ensure_peers_venv; sets PY) ---
+ensure_peers_venv "$VENV" "the peers (nibabel, SimpleITK, dicom2nifti)" "${PINS[@]}"
 
 # --- iris: the release build ---
 if [[ -n "${IRIS_BIN:-}" ]]; then

@@ -29,3 +29,41 @@ ensure_cmake() {
     fi
     export PATH="$venv/bin:$PATH"
 }
+
+# ensure_peers_venv VENV WHAT PIN...: a Python venv at VENV holding the pinned PINs (name==version)
+# of a benchmark's peers, created and filled if needed (idempotent: nothing is installed when every
+# pin is already satisfied). WHAT says what the peers are for, in the error when python3 is
+# missing. Sets PY to the venv's python.
+ensure_peers_venv() {
+    local venv="$1" what="$2"
+    shift 2
+    if ! command -v python3 >/dev/null 2>&1; then
+        echo "error: python3 not found; it is needed for $what." >&2
+        exit 2
+    fi
+    if [[ ! -x "$venv/bin/python" ]]; then
+        echo "creating the peers' venv at $venv" >&2
+        if ! python3 -m venv "$venv"; then
+            echo "error: 'python3 -m venv' failed; install the venv module (Debian/Ubuntu: apt-get install python3-venv)." >&2
+            exit 2
+        fi
+    fi
+    PY="$venv/bin/python"
+    if "$PY" - "$@" <<'EOF'
+import sys
+from importlib.metadata import version, PackageNotFoundError
+for pin in sys.argv[1:]:
+    name, want = pin.split("==")
+    try:
+        if version(name) != want:
+            sys.exit(1)
+    except PackageNotFoundError:
+        sys.exit(1)
+EOF
+    then
+        echo "peers already installed in $venv" >&2
+    else
+        echo "installing the peers into $venv: $*" >&2
+        "$PY" -m pip install --quiet --disable-pip-version-check "$@"
+    fi
+}

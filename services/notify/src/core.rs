@@ -125,8 +125,8 @@ impl NotifyCore {
         self.post(connection_id, &payload).await
     }
 
-    /// Posts to one connection; a connection that is gone is removed.
-    async fn post(&self, connection_id: &str, payload: &str) -> Result<bool, PortError> {
+    /// Posts to one connection; a connection that is gone is removed (false).
+    pub(crate) async fn post(&self, connection_id: &str, payload: &str) -> Result<bool, PortError> {
         match self.gateway.post_to_connection(connection_id, payload).await {
             Ok(()) => Ok(true),
             Err(PortError::Gone(_)) => {

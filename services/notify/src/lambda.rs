@@ -162,10 +162,7 @@ impl WebSocketRoutes {
 
     /// Posts a reply; a connection that went away meanwhile is removed, not an error.
     async fn post_reply(&self, connection_id: &str, reply: &ServerMessage) -> Result<(), PortError> {
-        match self.core.gateway.post_to_connection(connection_id, &reply.to_json()).await {
-            Err(PortError::Gone(_)) => self.core.connections.remove_connection(connection_id).await,
-            other => other,
-        }
+        self.core.post(connection_id, &reply.to_json()).await.map(|_| ())
     }
 }
 
