@@ -7,6 +7,7 @@
 #          | SimpleITK (ReadImage + DICOMOrient + WriteImage with compression)
 #   DICOM: the shared series (../shared/data/totalseg/example_ct_dicom, zipped for iris) → NIfTI
 #          iris ingest | dicom2nifti (pylibjpeg-openjpeg decoding) | SimpleITK's GDCM series reader
+#          and the same for a 300-slice series made of the shared series' slices (how memory scales)
 #
 # Each tool runs as its own process BENCH_REPS times (default 3, interleaved): median wall time, largest
 # peak RSS. Outputs are checked against nibabel's / dicom2nifti's (same grid and voxels once both are RAS).
@@ -85,6 +86,7 @@ mkdir -p "$WORK/logs"
 
 HAVE_DICOM=0
 DICOM_RAW=""
+DICOM300_RAW=""
 if [[ -d "$SERIES" ]] && [[ -n "$(ls -A "$SERIES")" ]]; then
     HAVE_DICOM=1
     SERIES="$(cd "$SERIES" && pwd)"
@@ -99,6 +101,15 @@ first = pydicom.dcmread(files[0], stop_before_pixels=True)
 print(int(first.Rows) * int(first.Columns) * len(files) * 2)
 EOF
 )"
+    LONG="$CACHE/long-series-300-v1"
+    if [[ ! -s "$LONG/IM00300.dcm" ]]; then
+        say "making a 300-slice series from the shared one's slices (once) → $LONG"
+        rm -rf "$LONG" "$LONG.tmp"
+        "$PY" "$PEERS" make-long-series "$SERIES" "$LONG.tmp" 300
+        mv "$LONG.tmp" "$LONG"
+    fi
+    "$PY" "$PEERS" make-zip "$LONG" "$WORK/long-series.zip"
+    DICOM300_RAW=$((DICOM_RAW * 300 / $(find "$SERIES" -maxdepth 1 -type f | wc -l)))
 else
     say "NOTE: no DICOM series at $SERIES; skipping the DICOM part (set BENCH_DICOM_SERIES to point at one)"
 fi
@@ -170,6 +181,10 @@ if [[ $HAVE_DICOM == 1 ]]; then
         measure dicom iris "$rep" "$IRIS" ingest "$WORK/series.zip" --out "$OUT/iris-dicom"
         measure dicom dicom2nifti "$rep" "$PY" "$PEERS" dicom2nifti "$SERIES" "$OUT/dicom2nifti.nii.gz"
         measure dicom simpleitk-dicom "$rep" "$PY" "$PEERS" simpleitk-dicom "$SERIES" "$OUT/simpleitk-dicom.nii.gz"
+        rm -rf "$OUT/iris-dicom300"
+        measure dicom300 iris "$rep" "$IRIS" ingest "$WORK/long-series.zip" --out "$OUT/iris-dicom300"
+        measure dicom300 dicom2nifti "$rep" "$PY" "$PEERS" dicom2nifti "$LONG" "$OUT/dicom2nifti-300.nii.gz"
+        measure dicom300 simpleitk-dicom "$rep" "$PY" "$PEERS" simpleitk-dicom "$LONG" "$OUT/simpleitk-dicom-300.nii.gz"
     done
 fi
 
@@ -199,6 +214,8 @@ check "iris and SimpleITK vs nibabel on the NIfTI" \
 if [[ $HAVE_DICOM == 1 ]]; then
     check "iris and SimpleITK vs dicom2nifti on the DICOM series" \
         "$OUT/dicom2nifti.nii.gz" "$OUT/iris-dicom/volume.nii.gz" "$OUT/simpleitk-dicom.nii.gz"
+    check "iris and SimpleITK vs dicom2nifti on the 300-slice series" \
+        "$OUT/dicom2nifti-300.nii.gz" "$OUT/iris-dicom300/volume.nii.gz" "$OUT/simpleitk-dicom-300.nii.gz"
 fi
 
 # --- report ---
@@ -210,7 +227,7 @@ CPU="$(awk -F': *' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null 
 MEM="$(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo 2>/dev/null || true)"
 META="$WORK/meta.json"
 (
-    export VERSIONS CPU MEM LOAD_START COMMAND IRIS_DESC TIMER REPS NIFTI_RAW DICOM_RAW HAVE_DICOM SERIES
+    export VERSIONS CPU MEM LOAD_START COMMAND IRIS_DESC TIMER REPS NIFTI_RAW DICOM_RAW DICOM300_RAW HAVE_DICOM SERIES
     NPROC="$(nproc)"
     DATE="$(date -u +%Y-%m-%d)"
     CHECKS_TEXT="$(printf '%s\n' "${CHECKS[@]}")"
@@ -223,8 +240,10 @@ raw = {"nifti": int(e["NIFTI_RAW"])}
 skipped = {}
 if e["HAVE_DICOM"] == "1":
     raw["dicom"] = int(e["DICOM_RAW"])
+    raw["dicom300"] = int(e["DICOM300_RAW"])
 else:
     skipped["dicom"] = f"no series at {e['SERIES']}"
+    skipped["dicom300"] = skipped["dicom"]
 peers = "python scripts/bench_ingest_peers.py"
 commands = [
     "iris, NIfTI: `iris ingest ct.nii.gz --out DIR` (writes `DIR/volume.nii.gz` and `DIR/ingest.json`)",
@@ -236,6 +255,9 @@ commands = [
     "JPEG 2000 decoded by pylibjpeg-openjpeg (pydicom's other decoders removed)",
     f"SimpleITK, DICOM: `{peers} simpleitk-dicom SERIES_DIR out.nii.gz` — `ImageSeriesReader` with "
     "`GetGDCMSeriesFileNames`, `DICOMOrient(img, \"RAS\")`, `WriteImage(..., useCompression=True)`",
+    "the 300-slice series is made by `scripts/bench_ingest_peers.py make-long-series SERIES_DIR OUT 300`: the "
+    "shared series' 20 JPEG 2000 slices cycled along the slice normal at its own spacing (pixel data untouched); "
+    "iris reads it zipped, the peers from its folder",
     "input: `ct.nii.gz` is made by `scripts/bench_ingest_peers.py make-input` (deterministic CT-like phantom, "
     "0.8×0.8×1.5 mm, LPS affine, nibabel's default gzip level); SERIES_DIR is `shared/data/totalseg/example_ct_dicom`",
 ]

@@ -4,6 +4,7 @@ process with its own wall time and peak RSS.
 
     bench_ingest_peers.py make-input OUT.nii.gz          512×512×300 int16 CT-like volume, LPS affine
     bench_ingest_peers.py make-zip DIR OUT.zip           zip a DICOM series (flat, deflated)
+    bench_ingest_peers.py make-long-series DIR OUT N     N slices: DIR's slices repeated along the slice normal
     bench_ingest_peers.py nibabel IN.nii.gz OUT.nii.gz   load + as_closest_canonical + save
     bench_ingest_peers.py simpleitk-nifti IN OUT         ReadImage + DICOMOrient("RAS") + WriteImage(compressed)
     bench_ingest_peers.py dicom2nifti DIR OUT.nii.gz     dicom_series_to_nifti, JPEG 2000 via pylibjpeg-openjpeg
@@ -92,6 +93,40 @@ def make_zip(series_dir, out_path):
     with zipfile.ZipFile(out_path, "w", zipfile.ZIP_DEFLATED) as z:
         for name in names:
             z.write(os.path.join(series_dir, name), name)
+
+
+def make_long_series(series_dir, out_dir, count):
+    """A longer series from a real one: its slices (compressed pixel data untouched) cycled in
+    position order and placed `count` times along the slice normal at the series' own spacing, each
+    with a new SOPInstanceUID and InstanceNumber. For measuring how memory and time scale."""
+    import os
+
+    import numpy as np
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    count = int(count)
+    paths = [os.path.join(series_dir, n) for n in sorted(os.listdir(series_dir))]
+    slices = [pydicom.dcmread(p) for p in paths if os.path.isfile(p)]
+    orientation = np.array(slices[0].ImageOrientationPatient, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    slices.sort(key=lambda ds: float(np.dot(normal, np.array(ds.ImagePositionPatient, dtype=float))))
+    first = np.array(slices[0].ImagePositionPatient, dtype=float)
+    spacing = float(np.dot(normal, np.array(slices[1].ImagePositionPatient, dtype=float) - first))
+    os.makedirs(out_dir, exist_ok=True)
+    series_uid = generate_uid(entropy_srcs=["iris-bench-long-series", str(count)])
+    for k in range(count):
+        ds = slices[k % len(slices)]
+        position = first + k * spacing * normal
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
+        ds.InstanceNumber = k + 1
+        uid = generate_uid(entropy_srcs=["iris-bench-long-series", str(count), str(k)])
+        ds.SOPInstanceUID = uid
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.SeriesInstanceUID = series_uid
+        if "SliceLocation" in ds:
+            ds.SliceLocation = f"{position[2]:.6f}"
+        ds.save_as(os.path.join(out_dir, f"IM{k + 1:05d}.dcm"), enforce_file_format=True)
 
 
 def run_nibabel(in_path, out_path):
@@ -200,6 +235,11 @@ END_MARKER = "<!-- ingest:end -->"
 JOBS = [
     ("nifti", "512×512×300 i16 `.nii.gz` (LPS) → canonical RAS `.nii.gz`", ["iris", "nibabel", "simpleitk-nifti"]),
     ("dicom", "shared DICOM series (JPEG 2000) → NIfTI", ["iris", "dicom2nifti", "simpleitk-dicom"]),
+    (
+        "dicom300",
+        "the shared series' slices repeated to 300 (JPEG 2000) → NIfTI",
+        ["iris", "dicom2nifti", "simpleitk-dicom"],
+    ),
 ]
 TOOL_LABEL = {
     "iris": "**iris**",
@@ -301,7 +341,7 @@ def report(results_path, meta_path):
             + (" (a small series: the process's own baseline weighs here)" if raw < 64 * mib else "")
         )
     own = [
-        f"{'NIfTI' if job == 'nifti' else 'DICOM'} {statistics.median(e['own']):.2f} s"
+        f"{ {'nifti': 'NIfTI', 'dicom': 'DICOM', 'dicom300': 'DICOM × 300'}[job]} {statistics.median(e['own']):.2f} s"
         for job, _, _ in JOBS
         for e in [runs.get((job, "iris"))]
         if e and e["own"] and not e["failed"]
@@ -362,6 +402,8 @@ def main(argv):
     }
     if op == "make-input" and len(args) == 1:
         make_input(args[0])
+    elif op == "make-long-series" and len(args) == 3:
+        make_long_series(*args)
     elif op in two and len(args) == 2:
         two[op](*args)
     elif op == "compare" and len(args) >= 2:

@@ -140,14 +140,13 @@ pub fn ingest_upload(bytes: Vec<u8>, file_name: &str, limits: &IngestLimits) -> 
             } else {
                 read_dicom_file(&bytes, &limits.dicom())?
             };
-            let (volume, clipped) = round_to_hounsfield(&series.volume)?;
             DecodedSource {
-                clipped,
+                clipped: series.clipped,
                 format: "dicom",
                 datatype: "DICOM".into(),
                 geometry: NiftiGeometry::from_affine(series.volume.dims(), series.volume.affine()),
                 affine_source: AffineSource::DicomSlices,
-                volume,
+                volume: series.volume,
                 dicom: Some(series.metadata),
                 notes: series.notes,
             }
@@ -202,12 +201,6 @@ pub fn ingest_upload(bytes: Vec<u8>, file_name: &str, limits: &IngestLimits) -> 
         warnings,
     };
     Ok(IngestedVolume { canonical, report })
-}
-
-/// Whole Hounsfield units: rounded, clipped to int16; returns the number clipped.
-fn round_to_hounsfield(values: &Volume<f32>) -> Result<(Volume<i16>, u64), IngestError> {
-    let (voxels, clipped) = iris_shared::nifti_codec::round_to_int16(values.voxels());
-    Ok((values.with_voxels(voxels)?, clipped))
 }
 
 /// Encodes the canonical volume as `.nii.gz` and the report as JSON. Deterministic.

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read};
+use std::sync::Mutex;
 
 use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
@@ -20,6 +21,7 @@ use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_pixeldata::PixelDecoder;
 use iris_shared::ingest_report::DicomSeries;
 use iris_shared::volume::{Affine, Reorientation, Volume};
+use rayon::prelude::*;
 
 /// Caps applied while unpacking, before anything large is allocated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +36,10 @@ pub struct DicomLimits {
 /// A series assembled into a volume on dicom2nifti's grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DicomVolume {
-    /// Modality values (HU for CT) on the LAS grid, affine in RAS millimetres.
-    pub volume: Volume<f32>,
+    /// Modality values (HU for CT), rounded to int16, on the LAS grid; affine in RAS millimetres.
+    pub volume: Volume<i16>,
+    /// Voxels whose value was outside the int16 range, clipped.
+    pub clipped: u64,
     pub metadata: DicomSeries,
     /// Choices made and things ignored, for the ingest report (never identifiers).
     pub notes: Vec<String>,
@@ -86,29 +90,62 @@ impl DicomError {
 
 /// Largest tilt (between the slice normal and the direction the slices advance) taken as none.
 const TILT_TOLERANCE_DEGREES: f64 = 0.1;
+/// JPEG baseline and extended, JPEG-LS near-lossless, JPEG 2000 (irreversible), HTJ2K lossy.
+const LOSSY_TRANSFER_SYNTAXES: [&str; 6] = [
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.93",
+    "1.2.840.10008.1.2.4.203",
+];
 /// Slice distances may differ from the median by this share and still count as even.
 const SPACING_TOLERANCE: f64 = 0.01;
 
 /// One image plane of the upload.
 struct Plane {
-    object: usize,
+    /// Index of the file (in the chosen series) that holds it.
+    file: usize,
     frame: u32,
     position: [f64; 3],
     orientation: [f64; 6],
     pixel_spacing: [f64; 2],
 }
 
-/// A parsed file and what it is.
-struct ParsedFile {
-    object: DefaultDicomObject,
+/// What the first pass learns of one file; the file itself is not kept (its pixel data is read
+/// again, decoded and placed in the second pass, so only one file per thread is ever in memory).
+struct FileSummary {
+    /// Zip entry index (0 for a single-file upload).
+    source: usize,
     series: String,
     modality: String,
+    rows: Option<usize>,
+    columns: Option<usize>,
+    /// The file's planes, or why it has none (an error only if its series is chosen).
+    planes: Result<Vec<Plane>, DicomError>,
+    transfer_syntax: String,
+    /// LossyImageCompression is "01" (the pixels were lossy-compressed at some point).
+    lossy_compressed_before: bool,
+    kvp: Option<f64>,
+    slice_thickness: Option<f64>,
+}
+
+/// The upload's DICOM files: entries of a zip, or one file.
+enum DicomFiles<'a> {
+    Zip(zip::ZipArchive<Cursor<&'a [u8]>>),
+    Single(&'a [u8]),
+}
+
+/// Where slice-grid voxel (column i, row j, slice k) lands in the output volume:
+/// `offset + i·strides[0] + j·strides[1] + k·strides[2]` (a permutation with flips: exact).
+struct Placement {
+    offset: isize,
+    strides: [isize; 3],
 }
 
 /// Reads a zip of DICOM files.
 pub fn read_dicom_zip(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume, DicomError> {
-    let mut archive =
-        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| DicomError::CorruptArchive(e.to_string()))?;
+    let archive = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| DicomError::CorruptArchive(e.to_string()))?;
     if archive.len() > limits.max_files {
         return Err(DicomError::TooLarge(format!(
             "the archive has {} entries, more than {}",
@@ -117,11 +154,14 @@ pub fn read_dicom_zip(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume,
         )));
     }
     let mut notes = Vec::new();
-    let mut files = Vec::new();
+    let mut summaries = Vec::new();
+    let mut not_dicom = 0;
+    let mut without_pixels = 0;
     let mut unpacked = 0u64;
     let mut skipped_unsafe = 0;
+    let mut reader = archive.clone();
     for index in 0..archive.len() {
-        let mut entry = archive.by_index(index).map_err(|e| DicomError::CorruptArchive(e.to_string()))?;
+        let entry = reader.by_index(index).map_err(|e| DicomError::CorruptArchive(e.to_string()))?;
         if entry.is_dir() {
             continue;
         }
@@ -145,22 +185,42 @@ pub fn read_dicom_zip(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume,
                 limits.max_decompressed_bytes
             )));
         }
-        let mut content = Vec::with_capacity(declared as usize);
-        // Never trust the declared size: read at most one byte more than it.
-        (&mut entry)
-            .take(declared + 1)
-            .read_to_end(&mut content)
-            .map_err(|e| DicomError::CorruptArchive(e.to_string()))?;
-        if content.len() as u64 > declared {
-            return Err(DicomError::CorruptArchive("an entry holds more bytes than its header declares".into()));
-        }
+        drop(entry);
+        let content = read_zip_entry(&archive, index)?;
         unpacked += content.len() as u64;
-        files.push(content);
+        match summarize(index, &content) {
+            Some(Ok(summary)) => summaries.push(summary),
+            Some(Err(NoPixels)) => without_pixels += 1,
+            None => not_dicom += 1,
+        }
     }
     if skipped_unsafe > 0 {
         notes.push(format!("ignored {skipped_unsafe} archive entries with absolute or '..' paths"));
     }
-    assemble(files, limits, notes)
+    assemble(DicomFiles::Zip(archive), summaries, not_dicom, without_pixels, limits, notes)
+}
+
+/// Reads one DICOM file (a multi-frame image, e.g. enhanced CT).
+pub fn read_dicom_file(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume, DicomError> {
+    let (summaries, not_dicom, without_pixels) = match summarize(0, bytes) {
+        Some(Ok(summary)) => (vec![summary], 0, 0),
+        Some(Err(NoPixels)) => (Vec::new(), 0, 1),
+        None => (Vec::new(), 1, 0),
+    };
+    assemble(DicomFiles::Single(bytes), summaries, not_dicom, without_pixels, limits, Vec::new())
+}
+
+/// An entry's bytes. Never trusts the declared size: reads at most one byte more than it.
+fn read_zip_entry(archive: &zip::ZipArchive<Cursor<&[u8]>>, index: usize) -> Result<Vec<u8>, DicomError> {
+    let mut archive = archive.clone();
+    let mut entry = archive.by_index(index).map_err(|e| DicomError::CorruptArchive(e.to_string()))?;
+    let declared = entry.size();
+    let mut content = Vec::with_capacity(usize::try_from(declared).unwrap_or(0).min(1 << 30));
+    (&mut entry).take(declared + 1).read_to_end(&mut content).map_err(|e| DicomError::CorruptArchive(e.to_string()))?;
+    if content.len() as u64 > declared {
+        return Err(DicomError::CorruptArchive("an entry holds more bytes than its header declares".into()));
+    }
+    Ok(content)
 }
 
 /// An entry name that is absolute (`/x`, `\\x`, `C:x`) or climbs out with `..`. (The zip crate's
@@ -173,11 +233,6 @@ fn is_absolute_or_escaping(name: &str) -> bool {
         || name.split(['/', '\\']).any(|segment| segment == "..")
 }
 
-/// Reads one DICOM file (a multi-frame image, e.g. enhanced CT).
-pub fn read_dicom_file(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume, DicomError> {
-    assemble(vec![bytes.to_vec()], limits, Vec::new())
-}
-
 fn parse(bytes: &[u8]) -> Option<DefaultDicomObject> {
     let preamble = if bytes.len() > 132 && &bytes[128..132] == b"DICM" {
         ReadPreamble::Always
@@ -187,6 +242,30 @@ fn parse(bytes: &[u8]) -> Option<DefaultDicomObject> {
         return None;
     };
     OpenFileOptions::new().read_preamble(preamble).from_reader(bytes).ok()
+}
+
+/// A DICOM file without pixel data.
+struct NoPixels;
+
+/// The first pass over one file: `None` if it is not DICOM.
+fn summarize(source: usize, bytes: &[u8]) -> Option<Result<FileSummary, NoPixels>> {
+    let object = parse(bytes)?;
+    if object.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+        return Some(Err(NoPixels));
+    }
+    let count = |tag| text(&object, tag).and_then(|t| t.parse::<usize>().ok());
+    Some(Ok(FileSummary {
+        source,
+        series: text(&object, tags::SERIES_INSTANCE_UID).unwrap_or_default(),
+        modality: text(&object, tags::MODALITY).unwrap_or_default().to_ascii_uppercase(),
+        rows: count(tags::ROWS),
+        columns: count(tags::COLUMNS),
+        planes: planes_of(&object),
+        transfer_syntax: object.meta().transfer_syntax().trim_end_matches('\0').to_owned(),
+        lossy_compressed_before: text(&object, tags::LOSSY_IMAGE_COMPRESSION).as_deref() == Some("01"),
+        kvp: float(&object, tags::KVP),
+        slice_thickness: float(&object, tags::SLICE_THICKNESS),
+    }))
 }
 
 fn text(object: &InMemDicomObject, tag: dicom_object::Tag) -> Option<String> {
@@ -211,8 +290,8 @@ fn group_item(group: &InMemDicomObject, sequence: dicom_object::Tag) -> Option<&
 }
 
 /// The planes of one file: its own position for a classic image, or one per frame from the
-/// functional groups of an enhanced multi-frame image.
-fn planes_of(index: usize, object: &InMemDicomObject) -> Result<Vec<Plane>, DicomError> {
+/// functional groups of an enhanced multi-frame image. `Plane::file` is set when the series is chosen.
+fn planes_of(object: &InMemDicomObject) -> Result<Vec<Plane>, DicomError> {
     let frames = text(object, tags::NUMBER_OF_FRAMES).and_then(|t| t.parse::<u32>().ok()).unwrap_or(1).max(1);
     let shared = items(object, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE).and_then(|i| i.first());
     let per_frame = items(object, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
@@ -246,7 +325,7 @@ fn planes_of(index: usize, object: &InMemDicomObject) -> Result<Vec<Plane>, Dico
             return Err(DicomError::InconsistentSeries("an image has malformed geometry attributes".into()));
         }
         planes.push(Plane {
-            object: index,
+            file: 0,
             frame: frame as u32,
             position: [position[0], position[1], position[2]],
             orientation: [
@@ -275,30 +354,21 @@ fn norm(a: [f64; 3]) -> f64 {
     dot(a, a).sqrt()
 }
 
-fn assemble(files: Vec<Vec<u8>>, limits: &DicomLimits, mut notes: Vec<String>) -> Result<DicomVolume, DicomError> {
-    let total = files.len();
-    let mut parsed = Vec::new();
-    let mut not_dicom = 0;
-    let mut without_pixels = 0;
-    for bytes in files {
-        let Some(object) = parse(&bytes) else {
-            not_dicom += 1;
-            continue;
-        };
-        if object.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
-            without_pixels += 1;
-            continue;
-        }
-        let series = text(&object, tags::SERIES_INSTANCE_UID).unwrap_or_default();
-        let modality = text(&object, tags::MODALITY).unwrap_or_default().to_ascii_uppercase();
-        parsed.push(ParsedFile { object, series, modality });
-    }
-    if parsed.is_empty() {
+fn assemble(
+    upload: DicomFiles<'_>,
+    summaries: Vec<FileSummary>,
+    not_dicom: usize,
+    without_pixels: usize,
+    limits: &DicomLimits,
+    mut notes: Vec<String>,
+) -> Result<DicomVolume, DicomError> {
+    if summaries.is_empty() {
         if without_pixels > 0 && not_dicom == 0 {
             return Err(DicomError::NoPixelData);
         }
         return Err(DicomError::NoImages(format!(
-            "{total} files: {not_dicom} not DICOM, {without_pixels} DICOM without pixel data"
+            "{} files: {not_dicom} not DICOM, {without_pixels} DICOM without pixel data",
+            not_dicom + without_pixels
         )));
     }
     if not_dicom + without_pixels > 0 {
@@ -306,7 +376,7 @@ fn assemble(files: Vec<Vec<u8>>, limits: &DicomLimits, mut notes: Vec<String>) -
     }
     // Series: the CT series with the most images.
     let mut series: BTreeMap<&str, (String, usize)> = BTreeMap::new();
-    for file in &parsed {
+    for file in &summaries {
         let entry = series.entry(file.series.as_str()).or_insert((file.modality.clone(), 0));
         entry.1 += 1;
     }
@@ -323,28 +393,23 @@ fn assemble(files: Vec<Vec<u8>>, limits: &DicomLimits, mut notes: Vec<String>) -
             series.iter().filter(|(k, _)| **k != chosen).map(|(_, (m, n))| format!("{m} with {n} images")).collect();
         notes.push(format!("took the CT series with the most images; also present: {}", others.join(", ")));
     }
-    let files: Vec<&ParsedFile> = parsed.iter().filter(|f| f.series == chosen).collect();
+    let mut files: Vec<FileSummary> = summaries.into_iter().filter(|f| f.series == chosen).collect();
     let mut planes = Vec::new();
-    for (index, file) in files.iter().enumerate() {
-        planes.extend(planes_of(index, &file.object)?);
+    for (index, file) in files.iter_mut().enumerate() {
+        let file_planes = std::mem::replace(&mut file.planes, Ok(Vec::new()))?;
+        planes.extend(file_planes.into_iter().map(|plane| Plane { file: index, ..plane }));
     }
     if planes.len() < 2 {
         return Err(DicomError::SingleSlice);
     }
-    let first = &files[0].object;
-    let rows = text(first, tags::ROWS).and_then(|t| t.parse::<usize>().ok()).unwrap_or(0);
-    let columns = text(first, tags::COLUMNS).and_then(|t| t.parse::<usize>().ok()).unwrap_or(0);
-    if rows == 0 || columns == 0 {
+    let first = &files[0];
+    let (Some(rows), Some(columns)) = (first.rows.filter(|r| *r > 0), first.columns.filter(|c| *c > 0)) else {
         return Err(DicomError::InconsistentSeries("Rows or Columns is missing".into()));
+    };
+    if files.iter().any(|file| file.rows != Some(rows) || file.columns != Some(columns)) {
+        return Err(DicomError::InconsistentSeries("images of different sizes".into()));
     }
-    for file in &files {
-        let same = text(&file.object, tags::ROWS).and_then(|t| t.parse::<usize>().ok()) == Some(rows)
-            && text(&file.object, tags::COLUMNS).and_then(|t| t.parse::<usize>().ok()) == Some(columns);
-        if !same {
-            return Err(DicomError::InconsistentSeries("images of different sizes".into()));
-        }
-    }
-    let voxels = (rows * columns * planes.len()) as u64;
+    let voxels = (rows as u64).saturating_mul(columns as u64).saturating_mul(planes.len() as u64);
     if voxels > limits.max_voxels {
         return Err(DicomError::TooLarge(format!(
             "the series has {voxels} voxels, more than the limit of {}",
@@ -416,48 +481,63 @@ fn assemble(files: Vec<Vec<u8>>, limits: &DicomLimits, mut notes: Vec<String>) -
         }
     }
     let slice_affine = Affine(ras);
+    let slice_dims = [columns, rows, planes.len()];
     let acquisition_orientation =
         slice_affine.orientation_code().map_err(|e| DicomError::InconsistentSeries(e.to_string()))?;
-    // Decode every plane, in sorted order.
-    let transfer_syntax = files[0].object.meta().transfer_syntax().trim_end_matches('\0').to_owned();
-    // Objects are decoded once and freed after their last frame is placed (one-frame slices at once).
-    let mut frames_left: BTreeMap<usize, usize> = BTreeMap::new();
-    for plane in &planes {
-        *frames_left.entry(plane.object).or_default() += 1;
+    let (dims, affine, placement) = dicom2nifti_grid(slice_dims, &slice_affine)?;
+    // Second pass: each file read again, its frames decoded, rounded to int16 and placed straight
+    // onto the output grid (files in parallel; one file per thread in memory at a time).
+    let mut frames_of_file: Vec<Vec<(u32, usize)>> = vec![Vec::new(); files.len()];
+    for (slice, plane) in planes.iter().enumerate() {
+        frames_of_file[plane.file].push((plane.frame, slice));
     }
-    let mut decoded_objects: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
+    let transfer_syntax = files[0].transfer_syntax.clone();
+    if files
+        .iter()
+        .any(|file| file.lossy_compressed_before || LOSSY_TRANSFER_SYNTAXES.contains(&file.transfer_syntax.as_str()))
+    {
+        notes.push(
+            "the images were stored with lossy compression (LossyImageCompression or a lossy transfer syntax): \
+             intensities differ slightly from the scanner's"
+                .into(),
+        );
+    }
+    let output = Mutex::new(vec![0i16; rows * columns * planes.len()]);
     let frame_size = rows * columns;
-    let mut voxels_out = Vec::with_capacity(frame_size * planes.len());
-    for plane in &planes {
-        let values = match decoded_objects.entry(plane.object) {
-            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::btree_map::Entry::Vacant(entry) => {
-                let decoded =
-                    files[plane.object].object.decode_pixel_data().map_err(|e| decode_error(&transfer_syntax, e))?;
-                if decoded.samples_per_pixel() != 1 {
-                    return Err(DicomError::InconsistentSeries("colour images are not CT".into()));
-                }
-                entry.insert(decoded.to_vec().map_err(|e| decode_error(&transfer_syntax, e))?)
+    let clipped = files
+        .par_iter()
+        .zip(frames_of_file.par_iter())
+        .map(|(file, frames)| -> Result<u64, DicomError> {
+            let object = match &upload {
+                DicomFiles::Zip(archive) => parse(&read_zip_entry(archive, file.source)?),
+                DicomFiles::Single(bytes) => parse(bytes),
             }
-        };
-        let start = plane.frame as usize * frame_size;
-        let frame = values
-            .get(start..start + frame_size)
-            .ok_or_else(|| DicomError::Corrupt("pixel data is shorter than Rows × Columns × frames".into()))?;
-        voxels_out.extend_from_slice(frame);
-        let left = frames_left.entry(plane.object).or_default();
-        *left = left.saturating_sub(1);
-        if *left == 0 {
-            decoded_objects.remove(&plane.object);
-        }
-    }
-    let slice_volume = Volume::new([columns, rows, planes.len()], slice_affine, voxels_out)
-        .map_err(|e| DicomError::InconsistentSeries(e.to_string()))?;
-    let volume = to_dicom2nifti_grid(&slice_volume)?;
-    let kvp = float(first, tags::KVP);
-    let slice_thickness = float(first, tags::SLICE_THICKNESS);
+            .ok_or_else(|| DicomError::Corrupt("a file changed between two readings".into()))?;
+            frames
+                .par_iter()
+                .map(|&(frame, slice)| {
+                    let decoded =
+                        object.decode_pixel_data_frame(frame).map_err(|e| decode_error(&transfer_syntax, e))?;
+                    if decoded.samples_per_pixel() != 1 {
+                        return Err(DicomError::InconsistentSeries("colour images are not CT".into()));
+                    }
+                    let values: Vec<f32> = decoded.to_vec().map_err(|e| decode_error(&transfer_syntax, e))?;
+                    let values = values.get(..frame_size).ok_or_else(|| {
+                        DicomError::Corrupt("pixel data is shorter than Rows × Columns × frames".into())
+                    })?;
+                    let (hounsfield, clipped) = iris_shared::nifti_codec::round_to_int16(values);
+                    let mut output = output.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    placement.place_frame(&mut output, &hounsfield, columns, slice);
+                    Ok(clipped)
+                })
+                .try_reduce(|| 0, |a, b| Ok(a + b))
+        })
+        .try_reduce(|| 0, |a, b| Ok(a + b))?;
+    let voxels = output.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let volume = Volume::new(dims, affine, voxels).map_err(|e| DicomError::InconsistentSeries(e.to_string()))?;
     Ok(DicomVolume {
         volume,
+        clipped,
         metadata: DicomSeries {
             modality: "CT".into(),
             transfer_syntax,
@@ -466,14 +546,68 @@ fn assemble(files: Vec<Vec<u8>>, limits: &DicomLimits, mut notes: Vec<String>) -
             slices: planes.len(),
             pixel_spacing_mm: pixel_spacing,
             slice_spacing_mm: median,
-            slice_thickness_mm: slice_thickness,
-            kvp,
+            slice_thickness_mm: files[0].slice_thickness,
+            kvp: files[0].kvp,
             acquisition_orientation,
             series_in_upload: series_count,
             files_read: files.len(),
         },
         notes,
     })
+}
+
+/// dicom2nifti's output grid for a slice grid: the nearest LAS orientation (permutation and flips
+/// only, no resampling): its dims, its affine and where each slice-grid voxel lands on it.
+fn dicom2nifti_grid(
+    slice_dims: [usize; 3],
+    slice_affine: &Affine,
+) -> Result<([usize; 3], Affine, Placement), DicomError> {
+    let to_ras = Reorientation::to_canonical(slice_dims, slice_affine)
+        .map_err(|e| DicomError::InconsistentSeries(e.to_string()))?;
+    let dims = to_ras.canonical_dims();
+    let output_strides = [1, dims[0] as isize, (dims[0] * dims[1]) as isize];
+    // `to_output` takes an output index to the slice-grid index it shows.
+    let mut to_output = [[0.0; 4]; 4];
+    to_output[3][3] = 1.0;
+    let mut placement = Placement { offset: 0, strides: [0; 3] };
+    for (voxel, axis) in to_ras.axes.iter().enumerate() {
+        let world = axis.world_axis;
+        // LAS: the first world axis runs right to left, the other two as in RAS.
+        let reversed = axis.flipped != (world == 0);
+        if reversed {
+            placement.strides[voxel] = -output_strides[world];
+            placement.offset += (dims[world] as isize - 1) * output_strides[world];
+            to_output[voxel][world] = -1.0;
+            to_output[voxel][3] = (slice_dims[voxel] - 1) as f64;
+        } else {
+            placement.strides[voxel] = output_strides[world];
+            to_output[voxel][world] = 1.0;
+        }
+    }
+    Ok((dims, slice_affine.compose(&Affine(to_output)), placement))
+}
+
+impl Placement {
+    /// Copies one decoded frame (row-major: `columns` values per row) to slice `slice`.
+    fn place_frame(&self, output: &mut [i16], frame: &[i16], columns: usize, slice: usize) {
+        let [along_row, along_column, along_slices] = self.strides;
+        let base = self.offset + slice as isize * along_slices;
+        for (row, values) in frame.chunks_exact(columns).enumerate() {
+            let start = base + row as isize * along_column;
+            match along_row {
+                1 => output[start as usize..start as usize + columns].copy_from_slice(values),
+                -1 => {
+                    let end = start as usize + 1;
+                    output[end - columns..end].iter_mut().zip(values.iter().rev()).for_each(|(o, v)| *o = *v);
+                }
+                step => {
+                    for (column, value) in values.iter().enumerate() {
+                        output[(start + column as isize * step) as usize] = *value;
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn decode_error(transfer_syntax: &str, error: dicom_pixeldata::Error) -> DicomError {
@@ -483,26 +617,4 @@ fn decode_error(transfer_syntax: &str, error: dicom_pixeldata::Error) -> DicomEr
     } else {
         DicomError::Corrupt(text)
     }
-}
-
-/// dicom2nifti's output grid: the nearest LAS orientation (permutation and flips only).
-fn to_dicom2nifti_grid(slices: &Volume<f32>) -> Result<Volume<f32>, DicomError> {
-    let geometry_error = |e: iris_shared::volume::VolumeError| DicomError::InconsistentSeries(e.to_string());
-    let to_ras = Reorientation::to_canonical(slices.dims(), slices.affine()).map_err(geometry_error)?;
-    let ras = to_ras.apply(slices).map_err(geometry_error)?;
-    let [nx, ny, nz] = ras.dims();
-    let mut voxels = Vec::with_capacity(ras.voxel_count());
-    let source = ras.voxels();
-    for k in 0..nz {
-        for j in 0..ny {
-            let row = nx * (j + ny * k);
-            voxels.extend((0..nx).rev().map(|i| source[row + i]));
-        }
-    }
-    let mut affine = ras.affine().0;
-    for row in &mut affine[..3] {
-        row[3] += row[0] * (nx - 1) as f64;
-        row[0] = -row[0];
-    }
-    Volume::new(ras.dims(), Affine(affine), voxels).map_err(geometry_error)
 }

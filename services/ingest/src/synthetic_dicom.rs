@@ -13,6 +13,7 @@ pub const PHI_CANARY: &str = "CANARYPHI";
 
 const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
 const MR_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.4";
+const ENHANCED_CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2.1";
 const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
 
 /// One slice to write.
@@ -59,6 +60,105 @@ pub fn axial_series(
             with_pixels: true,
         })
         .collect()
+}
+
+/// Slices with any orientation: ImageOrientationPatient `orientation` (row direction, column
+/// direction), slice `k` at `origin + k · slice_spacing · (row × column)`; otherwise as [`axial_series`].
+#[allow(clippy::too_many_arguments)]
+pub fn oriented_series(
+    orientation: [f64; 6],
+    rows: usize,
+    columns: usize,
+    slices: usize,
+    pixel_spacing: [f64; 2],
+    slice_spacing: f64,
+    origin: [f64; 3],
+    hounsfield: impl Fn(usize, usize, usize) -> i16,
+) -> Vec<SyntheticSlice> {
+    let [a, b, c, d, e, f] = orientation;
+    let normal = [b * f - c * e, c * d - a * f, a * e - b * d];
+    let mut series = axial_series(rows, columns, slices, pixel_spacing, slice_spacing, origin, hounsfield);
+    for (k, slice) in series.iter_mut().enumerate() {
+        slice.orientation = orientation;
+        slice.position = [0, 1, 2].map(|axis| origin[axis] + k as f64 * slice_spacing * normal[axis]);
+    }
+    series
+}
+
+/// One enhanced CT file (multi-frame) holding `slices` as frames, in the order given: orientation
+/// and pixel spacing in the shared functional groups, each frame's position in its own group.
+/// All slices must share size, orientation and spacing.
+pub fn write_multiframe(slices: &[SyntheticSlice]) -> Result<Vec<u8>, String> {
+    let first = slices.first().ok_or("no slices")?;
+    let instance_uid = "1.2.826.0.1.3680043.10.999.77.1";
+    let mut object = InMemDicomObject::new_empty();
+    let mut put = |tag, vr, value: PrimitiveValue| object.put(DataElement::new(tag, vr, value));
+    put(tags::SOP_CLASS_UID, VR::UI, ENHANCED_CT_IMAGE_STORAGE.into());
+    put(tags::SOP_INSTANCE_UID, VR::UI, instance_uid.into());
+    put(tags::SERIES_INSTANCE_UID, VR::UI, "1.2.826.0.1.3680043.10.999.77".into());
+    put(tags::PATIENT_NAME, VR::PN, format!("{PHI_CANARY}^JANE").into());
+    put(tags::PATIENT_ID, VR::LO, format!("{PHI_CANARY}-ID-0042").into());
+    put(tags::MODALITY, VR::CS, "CT".into());
+    put(tags::NUMBER_OF_FRAMES, VR::IS, slices.len().to_string().as_str().into());
+    put(tags::KVP, VR::DS, "120".into());
+    put(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16));
+    put(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2".into());
+    put(tags::ROWS, VR::US, PrimitiveValue::from(first.rows as u16));
+    put(tags::COLUMNS, VR::US, PrimitiveValue::from(first.columns as u16));
+    put(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16));
+    put(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16));
+    put(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16));
+    put(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(1u16));
+    put(tags::RESCALE_INTERCEPT, VR::DS, "-1024".into());
+    put(tags::RESCALE_SLOPE, VR::DS, "1".into());
+    let item = |elements: Vec<DataElement<InMemDicomObject>>| InMemDicomObject::from_element_iter(elements);
+    let sequence = |tag, items: Vec<InMemDicomObject>| {
+        DataElement::new(tag, VR::SQ, dicom_core::value::DataSetSequence::from(items))
+    };
+    let shared = item(vec![
+        sequence(
+            tags::PLANE_ORIENTATION_SEQUENCE,
+            vec![item(vec![DataElement::new(
+                tags::IMAGE_ORIENTATION_PATIENT,
+                VR::DS,
+                PrimitiveValue::from(join(&first.orientation).as_str()),
+            )])],
+        ),
+        sequence(
+            tags::PIXEL_MEASURES_SEQUENCE,
+            vec![item(vec![DataElement::new(
+                tags::PIXEL_SPACING,
+                VR::DS,
+                PrimitiveValue::from(join(&first.pixel_spacing).as_str()),
+            )])],
+        ),
+    ]);
+    let per_frame: Vec<InMemDicomObject> = slices
+        .iter()
+        .map(|slice| {
+            item(vec![sequence(
+                tags::PLANE_POSITION_SEQUENCE,
+                vec![item(vec![DataElement::new(
+                    tags::IMAGE_POSITION_PATIENT,
+                    VR::DS,
+                    PrimitiveValue::from(join(&slice.position).as_str()),
+                )])],
+            )])
+        })
+        .collect();
+    object.put(sequence(tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]));
+    object.put(sequence(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame));
+    let stored: Vec<i16> =
+        slices.iter().flat_map(|slice| slice.hounsfield.iter().map(|hu| hu.saturating_add(1024))).collect();
+    object.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::I16(stored.into())));
+    let meta = FileMetaTableBuilder::new()
+        .transfer_syntax(EXPLICIT_VR_LITTLE_ENDIAN)
+        .media_storage_sop_class_uid(ENHANCED_CT_IMAGE_STORAGE)
+        .media_storage_sop_instance_uid(instance_uid);
+    let file = object.with_meta(meta).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.write_all(&mut bytes).map_err(|e| e.to_string())?;
+    Ok(bytes)
 }
 
 fn join(values: &[f64]) -> String {

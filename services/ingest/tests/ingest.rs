@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use iris_ingest::synthetic_dicom::{PHI_CANARY, SyntheticSlice, axial_series, write_slice, zip_series};
+use iris_ingest::synthetic_dicom::{
+    PHI_CANARY, SyntheticSlice, axial_series, oriented_series, write_multiframe, write_slice, zip_series,
+};
 use iris_ingest::{IngestLimits, encode_outputs, ingest_upload};
 
 const LIMITS: IngestLimits = IngestLimits { max_upload_bytes: 1 << 31, max_voxels: 512 * 512 * 2000 };
@@ -226,25 +228,92 @@ fn no_patient_identifier_reaches_the_ingest_report() {
 fn series_in_each_transfer_syntax_decode_to_the_same_values_or_fail_with_a_code() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transfer-syntaxes");
     let expected_hu = |i: usize, j: usize, k: usize| (-1000 + 37 * i as i32 + 101 * j as i32 + 503 * k as i32) as i16;
-    for (folder, uid) in [
-        ("implicit-little-endian", "1.2.840.10008.1.2"),
-        ("deflated-explicit-little-endian", "1.2.840.10008.1.2.1.99"),
-        ("rle-lossless", "1.2.840.10008.1.2.5"),
-        ("jpeg-ls-lossless", "1.2.840.10008.1.2.4.80"),
+    // (folder, transfer syntax, largest error in HU allowed: 0 for lossless)
+    for (folder, uid, tolerance) in [
+        ("implicit-little-endian", "1.2.840.10008.1.2", 0),
+        ("deflated-explicit-little-endian", "1.2.840.10008.1.2.1.99", 0),
+        ("rle-lossless", "1.2.840.10008.1.2.5", 0),
+        ("jpeg-ls-lossless", "1.2.840.10008.1.2.4.80", 0),
+        ("jpeg-lossless", "1.2.840.10008.1.2.4.57", 0),
+        ("jpeg-lossless-sv1", "1.2.840.10008.1.2.4.70", 0),
+        ("jpeg2000-lossless", "1.2.840.10008.1.2.4.90", 0),
+        // 8-bit JPEG stores (HU + 1024) / 10 (RescaleSlope 10): rounding to 10 HU plus JPEG's loss.
+        ("jpeg-baseline", "1.2.840.10008.1.2.4.50", 25),
+        ("jpeg2000", "1.2.840.10008.1.2.4.91", 25),
     ] {
         let ingested = ingest_upload(zip_directory(&root.join(folder)), "series.zip", &LIMITS)
             .unwrap_or_else(|e| panic!("{folder}: {e}"));
         let report = &ingested.report;
         assert_eq!(report.dicom.as_ref().unwrap().transfer_syntax, uid, "{folder}");
         assert_eq!(report.original.dims, [10, 12, 3], "{folder}");
+        let lossy_noted = report.notes.iter().any(|note| note.contains("lossy"));
+        assert_eq!(lossy_noted, tolerance > 0, "{folder}: notes {:?}", report.notes);
         let original = report.reorientation.restore(&ingested.canonical, report.original.affine).unwrap();
         // dicom2nifti's LAS grid flips DICOM rows: LAS (i, j, k) is column i, row 11 - j.
-        for (i, j, k) in [(0, 0, 0), (9, 11, 2), (4, 3, 1)] {
-            assert_eq!(*original.get(i, j, k), expected_hu(i, 11 - j, k), "{folder} voxel ({i},{j},{k})");
+        let mut worst = 0;
+        for (i, j, k) in (0..10).flat_map(|i| (0..12).flat_map(move |j| (0..3).map(move |k| (i, j, k)))) {
+            let error = (i32::from(*original.get(i, j, k)) - i32::from(expected_hu(i, 11 - j, k))).abs();
+            worst = worst.max(error);
         }
+        assert!(worst <= tolerance, "{folder}: largest error {worst} HU, allowed {tolerance}");
     }
     // MPEG-2 video is not an image codec the pipeline decodes.
     let mpeg2 = ingest_upload(zip_directory(&root.join("mpeg2-unsupported")), "series.zip", &LIMITS).unwrap_err();
     assert_eq!(mpeg2.code(), "unsupported_transfer_syntax", "{mpeg2}");
     assert!(mpeg2.to_string().contains("1.2.840.10008.1.2.4.100"), "{mpeg2}");
+}
+
+/// Every voxel of the result, traced back to the DICOM pixel it came from (values are unique
+/// per pixel), sits at that pixel's world position from ImagePositionPatient,
+/// ImageOrientationPatient and PixelSpacing (LPS → RAS), for axial, coronal, sagittal and flipped
+/// orientations, from a zip of slices (in shuffled order) and from one multi-frame file.
+#[test]
+fn every_voxel_lands_at_its_dicom_world_position_for_any_orientation_zip_or_multiframe() {
+    let (rows, columns, slices) = (5usize, 7usize, 4usize);
+    let value = |i: usize, j: usize, k: usize| (i + 10 * j + 100 * k) as i16 - 1000;
+    let orientations: [(&str, [f64; 6]); 5] = [
+        ("axial", [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+        ("axial, rows flipped", [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+        ("coronal", [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]),
+        ("sagittal", [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]),
+        ("sagittal, transposed", [0.0, 0.0, -1.0, 0.0, 1.0, 0.0]),
+    ];
+    for (name, orientation) in orientations {
+        let series = oriented_series(orientation, rows, columns, slices, [0.9, 0.6], 2.0, [10.0, -20.0, 30.0], value);
+        let mut shuffled = series.clone();
+        shuffled.swap(0, 2);
+        shuffled.reverse();
+        let from_zip = ingest_upload(zip_series(&shuffled, &[]).unwrap(), "series.zip", &LIMITS)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let from_file = ingest_upload(write_multiframe(&shuffled).unwrap(), "enhanced.dcm", &LIMITS)
+            .unwrap_or_else(|e| panic!("{name} (multi-frame): {e}"));
+        assert_eq!(from_zip.canonical, from_file.canonical, "{name}: zip and multi-frame differ");
+        assert_eq!(from_zip.report.original, from_file.report.original, "{name}");
+        assert_eq!(from_zip.report.original.orientation.as_bytes()[0], b'L', "{name}: dicom2nifti's grid is L..");
+        let canonical = &from_zip.canonical;
+        let [nx, ny, nz] = canonical.dims();
+        assert_eq!(nx * ny * nz, rows * columns * slices, "{name}");
+        let mut seen = std::collections::HashSet::new();
+        for z in 0..nz {
+            for y in 0..ny {
+                for x in 0..nx {
+                    let v = i32::from(*canonical.get(x, y, z)) + 1000;
+                    let (i, j, k) = ((v % 10) as usize, (v / 10 % 10) as usize, (v / 100) as usize);
+                    assert!(i < columns && j < rows && k < slices && seen.insert(v), "{name}: value {v}");
+                    let row = [orientation[0], orientation[1], orientation[2]];
+                    let column = [orientation[3], orientation[4], orientation[5]];
+                    let position = series[k].position;
+                    let lps = [0, 1, 2].map(|a| position[a] + i as f64 * 0.6 * row[a] + j as f64 * 0.9 * column[a]);
+                    let world = canonical.affine().apply([x as f64, y as f64, z as f64]);
+                    let expected = [-lps[0], -lps[1], lps[2]];
+                    for axis in 0..3 {
+                        assert!(
+                            (world[axis] - expected[axis]).abs() < 1e-6,
+                            "{name}: voxel ({x},{y},{z}) at {world:?}, pixel ({i},{j},{k}) at {expected:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
