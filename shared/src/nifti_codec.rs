@@ -143,17 +143,7 @@ pub fn decode_nifti_hounsfield(
         // The common CT case: the voxel bytes are already int16 in memory order. Reading them
         // straight into the destination avoids the nifti crate's byte buffer plus typed copy
         // (half the peak memory, and no per-voxel conversion).
-        let count = dims[0] * dims[1] * dims[2];
-        if let Some(voxels) = inflate_single_member_int16(bytes, data_offset, count) {
-            return Ok((finish(header, dims, voxels)?, 0));
-        }
-        let mut voxels: Vec<i16> = crate::memory::large_zeroed_vec(count);
-        let mut source = source_reader(bytes);
-        std::io::copy(&mut (&mut source).take(data_offset), &mut std::io::sink())
-            .map_err(|e| NiftiDecodeError::Corrupt(e.to_string()))?;
-        source.read_exact(bytemuck::cast_slice_mut(&mut voxels)).map_err(|e| {
-            NiftiDecodeError::Corrupt(format!("the file holds less voxel data than its header promises ({e})"))
-        })?;
+        let voxels = read_raw_voxels::<i16>(bytes, data_offset, dims)?;
         return Ok((finish(header, dims, voxels)?, 0));
     }
     let volume = read_volume(bytes, &header, data_offset)?;
@@ -185,21 +175,56 @@ pub fn round_to_int16(values: &[f32]) -> (Vec<i16>, u64) {
 /// straight into the destination (about 1.5× the streaming decoder's speed). `None` when the file
 /// is not like that (not gzip, several members, trailing data, an odd offset): the caller then
 /// streams it.
-fn inflate_single_member_int16(bytes: &[u8], data_offset: u64, count: usize) -> Option<Vec<i16>> {
+fn inflate_single_member<T: bytemuck::Pod>(bytes: &[u8], data_offset: u64, count: usize) -> Option<Vec<T>> {
+    let size = std::mem::size_of::<T>();
     let gzip = bytes.len() > 18 && bytes[0] == 0x1f && bytes[1] == 0x8b;
-    let total = usize::try_from(data_offset).ok()?.checked_add(count.checked_mul(2)?)?;
+    let total = usize::try_from(data_offset).ok()?.checked_add(count.checked_mul(size)?)?;
     let trailer_size = u32::from_le_bytes(bytes.get(bytes.len().checked_sub(4)?..)?.try_into().ok()?);
-    if !gzip || !data_offset.is_multiple_of(2) || u64::from(trailer_size) != total as u64 & 0xffff_ffff {
+    if !gzip || !data_offset.is_multiple_of(size as u64) || u64::from(trailer_size) != total as u64 & 0xffff_ffff {
         return None;
     }
-    let mut buffer: Vec<i16> = crate::memory::large_zeroed_vec(total / 2);
+    let mut buffer: Vec<T> = crate::memory::large_zeroed_vec(total / size);
     let written =
         libdeflater::Decompressor::new().gzip_decompress(bytes, bytemuck::cast_slice_mut(&mut buffer)).ok()?;
     if written != total {
         return None;
     }
-    buffer.drain(..(data_offset / 2) as usize);
+    buffer.drain(..data_offset as usize / size);
     Some(buffer)
+}
+
+/// The voxel data as stored, for a type whose stored bytes are its in-memory bytes (the caller
+/// checked data type and byte order): one libdeflate call when the file allows, else streamed.
+fn read_raw_voxels<T: bytemuck::Pod>(
+    bytes: &[u8],
+    data_offset: u64,
+    dims: [usize; 3],
+) -> Result<Vec<T>, NiftiDecodeError> {
+    let count = dims[0] * dims[1] * dims[2];
+    if let Some(voxels) = inflate_single_member::<T>(bytes, data_offset, count) {
+        return Ok(voxels);
+    }
+    let mut voxels: Vec<T> = crate::memory::large_zeroed_vec(count);
+    let mut source = source_reader(bytes);
+    std::io::copy(&mut (&mut source).take(data_offset), &mut std::io::sink())
+        .map_err(|e| NiftiDecodeError::Corrupt(e.to_string()))?;
+    source.read_exact(bytemuck::cast_slice_mut(&mut voxels)).map_err(|e| {
+        NiftiDecodeError::Corrupt(format!("the file holds less voxel data than its header promises ({e})"))
+    })?;
+    Ok(voxels)
+}
+
+/// Decodes a label map stored as uint8 without scaling straight into bytes (no floating-point copy:
+/// a quarter of [`decode_nifti`]'s memory). `Ok(None)` when the file stores anything else; the
+/// caller then decodes it with [`decode_nifti`] and checks its values.
+pub fn decode_nifti_uint8(bytes: &[u8], limits: &DecodeLimits) -> Result<Option<DecodedNifti<u8>>, NiftiDecodeError> {
+    let (header, dims, data_offset) = read_header(bytes, limits)?;
+    let identity = (header.scl_slope == 0.0 || header.scl_slope == 1.0) && header.scl_inter == 0.0;
+    if !identity || header.datatype != nifti::NiftiType::Uint8 as i16 {
+        return Ok(None);
+    }
+    let voxels = read_raw_voxels::<u8>(bytes, data_offset, dims)?;
+    Ok(Some(finish(header, dims, voxels)?))
 }
 
 /// Header checks, then the voxel data (read exactly as the header sizes it).
@@ -625,8 +650,8 @@ mod tests {
         std::io::Write::write_all(&mut encoder, &raw).unwrap();
         let single = encoder.finish().unwrap();
         let count = volume.voxel_count();
-        assert!(inflate_single_member_int16(&multi, 352, count).is_none(), "several members: streamed");
-        assert_eq!(inflate_single_member_int16(&single, 352, count).as_deref(), Some(volume.voxels()));
+        assert!(inflate_single_member::<i16>(&multi, 352, count).is_none(), "several members: streamed");
+        assert_eq!(inflate_single_member::<i16>(&single, 352, count).as_deref(), Some(volume.voxels()));
         let limits = DecodeLimits { max_voxels: u64::MAX };
         for bytes in [&multi, &single] {
             let (decoded, clipped) = decode_nifti_hounsfield(bytes, &limits).unwrap();
@@ -636,6 +661,39 @@ mod tests {
         }
         // A truncated single member is refused, not half-read.
         assert!(decode_nifti_hounsfield(&single[..single.len() - 1000], &limits).is_err());
+    }
+
+    #[test]
+    fn uint8_label_maps_are_read_as_stored_and_other_types_are_left_to_the_general_path() {
+        // 300 × 200 × 80 bytes is more than one 4 MiB chunk: several members (streamed); one
+        // flate2 member takes libdeflate's one-call path.
+        let dims = [300, 200, 80];
+        let labels: Vec<u8> = (0..dims.iter().product::<usize>()).map(|i| ((i / 97) % 118) as u8).collect();
+        let volume = Volume::new(dims, *lps_volume().affine(), labels).unwrap();
+        let geometry = NiftiGeometry::from_affine(dims, volume.affine());
+        let multi = encode_nifti_gz(&volume, &geometry).unwrap();
+        let header = nifti1_header_bytes::<u8>(&geometry).unwrap();
+        let raw: Vec<u8> = header.iter().chain(volume.voxels()).copied().collect();
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut encoder, &raw).unwrap();
+        let single = encoder.finish().unwrap();
+        let limits = DecodeLimits { max_voxels: u64::MAX };
+        for bytes in [&multi, &single, &raw] {
+            let decoded = decode_nifti_uint8(bytes, &limits).unwrap().expect("uint8 without scaling");
+            assert_eq!(decoded.volume.voxels(), volume.voxels());
+            assert_eq!(decoded.volume.affine(), volume.affine());
+            // The same values as the general (float) decoder.
+            let general = decode_nifti(bytes, &limits).unwrap();
+            assert!(general.volume.voxels().iter().zip(volume.voxels()).all(|(f, u)| *f == f32::from(*u)));
+        }
+        assert!(decode_nifti_uint8(&single[..single.len() - 1000], &limits).is_err(), "truncated");
+        assert!(decode_nifti_uint8(&raw[..raw.len() - 10], &limits).is_err(), "truncated, uncompressed");
+        let int16 =
+            encode_nifti_gz(&lps_volume(), &NiftiGeometry::from_affine(lps_volume().dims(), lps_volume().affine()))
+                .unwrap();
+        assert!(decode_nifti_uint8(&int16, &limits).unwrap().is_none(), "int16 is not read as bytes");
+        let over_cap = DecodeLimits { max_voxels: 1000 };
+        assert_eq!(decode_nifti_uint8(&single, &over_cap).unwrap_err().code(), "too_large");
     }
 
     fn lps_volume() -> Volume<i16> {

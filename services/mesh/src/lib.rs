@@ -26,7 +26,7 @@ use iris_shared::config::IrisConfig;
 use iris_shared::job::{JobId, Stage, StatsSummary};
 use iris_shared::keys::{self, LABELS_FILE, QueueRole};
 use iris_shared::labels::{LabelTable, SegmentationStats, fallback_label};
-use iris_shared::nifti_codec::{DecodeLimits, NiftiDecodeError, decode_nifti};
+use iris_shared::nifti_codec::{DecodeLimits, NiftiDecodeError, decode_nifti, decode_nifti_uint8};
 use iris_shared::ports::PortError;
 use iris_shared::runtime::{Outcome, run_worker};
 use iris_shared::stage::{
@@ -170,8 +170,12 @@ pub fn mesh_label_map(
     settings: &MeshSettings,
     max_voxels: u64,
 ) -> Result<MeshArtifacts, MeshError> {
-    let decoded = decode_nifti(labels_nifti, &DecodeLimits { max_voxels })?;
-    let labels = label_volume(&decoded.volume)?;
+    let limits = DecodeLimits { max_voxels };
+    // uint8 label maps (what segment writes) are read as they are stored; others are checked.
+    let labels = match decode_nifti_uint8(labels_nifti, &limits)? {
+        Some(decoded) => decoded.volume,
+        None => label_volume(&decode_nifti(labels_nifti, &limits)?.volume)?,
+    };
     let scene = mesh_labels(&labels, table, settings)?;
     export_scene(&scene, table, settings)
 }
