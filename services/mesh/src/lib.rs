@@ -195,12 +195,19 @@ pub fn mesh_labels(labels: &Volume<u8>, table: &LabelTable, settings: &MeshSetti
         .collect();
     let names: Vec<(u16, &str)> = descriptions.iter().map(|d| (d.id, d.name.as_str())).collect();
     let file_names = export::safe_unique_names(&names);
-    let finished: Vec<MeshedLabel> = extraction
-        .topologies
-        .par_iter()
-        .zip(descriptions.par_iter())
-        .zip(file_names.into_par_iter())
-        .map(|((topology, description), file_name)| {
+    // Largest labels first, one label per task: the longest simplifications start at once and the
+    // small ones fill the other threads around them (rayon's default split would hand one thread a
+    // contiguous run of labels, and a large label met late becomes the tail of the whole stage).
+    let mut order: Vec<usize> = (0..extraction.topologies.len()).collect();
+    order.sort_by_key(|&index| std::cmp::Reverse(extraction.topologies[index].quads.len()));
+    let mut file_names: Vec<Option<String>> = file_names.into_iter().map(Some).collect();
+    let jobs: Vec<(usize, String)> =
+        order.iter().map(|&index| (index, file_names[index].take().unwrap_or_default())).collect();
+    let mut finished: Vec<(usize, MeshedLabel)> = jobs
+        .into_par_iter()
+        .with_max_len(1)
+        .map(|(index, file_name)| {
+            let (topology, description) = (&extraction.topologies[index], &descriptions[index]);
             let (mesh, figures) = finish::finish_label(
                 topology,
                 &corners,
@@ -216,9 +223,17 @@ pub fn mesh_labels(labels: &Volume<u8>, table: &LabelTable, settings: &MeshSetti
                     "simplification refused and redone (locked around folds, or gentler)"
                 );
             }
-            MeshedLabel { mesh, voxels: topology.voxels, extracted_triangles: figures.extracted_triangles, file_name }
+            let meshed = MeshedLabel {
+                mesh,
+                voxels: topology.voxels,
+                extracted_triangles: figures.extracted_triangles,
+                file_name,
+            };
+            (index, meshed)
         })
         .collect();
+    finished.sort_by_key(|(index, _)| *index);
+    let finished: Vec<MeshedLabel> = finished.into_iter().map(|(_, meshed)| meshed).collect();
     info!(
         labels = finished.len(),
         skipped = extraction.skipped.len(),
