@@ -161,7 +161,7 @@ pub fn read_dicom_zip(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume,
     let mut skipped_unsafe = 0;
     let mut reader = archive.clone();
     for index in 0..archive.len() {
-        let entry = reader.by_index(index).map_err(|e| DicomError::CorruptArchive(e.to_string()))?;
+        let mut entry = reader.by_index(index).map_err(|e| DicomError::CorruptArchive(e.to_string()))?;
         if entry.is_dir() {
             continue;
         }
@@ -185,8 +185,8 @@ pub fn read_dicom_zip(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume,
                 limits.max_decompressed_bytes
             )));
         }
+        let content = read_entry(&mut entry)?;
         drop(entry);
-        let content = read_zip_entry(&archive, index)?;
         unpacked += content.len() as u64;
         match summarize(index, &content) {
             Some(Ok(summary)) => summaries.push(summary),
@@ -214,9 +214,14 @@ pub fn read_dicom_file(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume
 fn read_zip_entry(archive: &zip::ZipArchive<Cursor<&[u8]>>, index: usize) -> Result<Vec<u8>, DicomError> {
     let mut archive = archive.clone();
     let mut entry = archive.by_index(index).map_err(|e| DicomError::CorruptArchive(e.to_string()))?;
+    read_entry(&mut entry)
+}
+
+/// The bytes of an open entry, at most its declared size (one byte more is an error).
+fn read_entry<R: Read>(entry: &mut zip::read::ZipFile<'_, R>) -> Result<Vec<u8>, DicomError> {
     let declared = entry.size();
     let mut content = Vec::with_capacity(usize::try_from(declared).unwrap_or(0).min(1 << 30));
-    (&mut entry).take(declared + 1).read_to_end(&mut content).map_err(|e| DicomError::CorruptArchive(e.to_string()))?;
+    entry.take(declared + 1).read_to_end(&mut content).map_err(|e| DicomError::CorruptArchive(e.to_string()))?;
     if content.len() as u64 > declared {
         return Err(DicomError::CorruptArchive("an entry holds more bytes than its header declares".into()));
     }

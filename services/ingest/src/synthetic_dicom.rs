@@ -92,6 +92,7 @@ pub fn write_multiframe(slices: &[SyntheticSlice]) -> Result<Vec<u8>, String> {
     let first = slices.first().ok_or("no slices")?;
     let instance_uid = "1.2.826.0.1.3680043.10.999.77.1";
     let mut object = InMemDicomObject::new_empty();
+    put_ct_pixel_module(&mut object, first.rows, first.columns);
     let mut put = |tag, vr, value: PrimitiveValue| object.put(DataElement::new(tag, vr, value));
     put(tags::SOP_CLASS_UID, VR::UI, ENHANCED_CT_IMAGE_STORAGE.into());
     put(tags::SOP_INSTANCE_UID, VR::UI, instance_uid.into());
@@ -101,16 +102,6 @@ pub fn write_multiframe(slices: &[SyntheticSlice]) -> Result<Vec<u8>, String> {
     put(tags::MODALITY, VR::CS, "CT".into());
     put(tags::NUMBER_OF_FRAMES, VR::IS, slices.len().to_string().as_str().into());
     put(tags::KVP, VR::DS, "120".into());
-    put(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16));
-    put(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2".into());
-    put(tags::ROWS, VR::US, PrimitiveValue::from(first.rows as u16));
-    put(tags::COLUMNS, VR::US, PrimitiveValue::from(first.columns as u16));
-    put(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16));
-    put(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16));
-    put(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16));
-    put(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(1u16));
-    put(tags::RESCALE_INTERCEPT, VR::DS, "-1024".into());
-    put(tags::RESCALE_SLOPE, VR::DS, "1".into());
     let item = |elements: Vec<DataElement<InMemDicomObject>>| InMemDicomObject::from_element_iter(elements);
     let sequence = |tag, items: Vec<InMemDicomObject>| {
         DataElement::new(tag, VR::SQ, dicom_core::value::DataSetSequence::from(items))
@@ -161,6 +152,22 @@ pub fn write_multiframe(slices: &[SyntheticSlice]) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// The image pixel module of these files (signed 16-bit, one sample) and the rescale that turns
+/// stored values into HU (intercept -1024).
+fn put_ct_pixel_module(object: &mut InMemDicomObject, rows: usize, columns: usize) {
+    let mut put = |tag, vr, value: PrimitiveValue| object.put(DataElement::new(tag, vr, value));
+    put(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16));
+    put(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2".into());
+    put(tags::ROWS, VR::US, PrimitiveValue::from(rows as u16));
+    put(tags::COLUMNS, VR::US, PrimitiveValue::from(columns as u16));
+    put(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16));
+    put(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16));
+    put(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16));
+    put(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(1u16));
+    put(tags::RESCALE_INTERCEPT, VR::DS, "-1024".into());
+    put(tags::RESCALE_SLOPE, VR::DS, "1".into());
+}
+
 fn join(values: &[f64]) -> String {
     values.iter().map(|v| format!("{v}")).collect::<Vec<_>>().join("\\")
 }
@@ -171,6 +178,7 @@ pub fn write_slice(slice: &SyntheticSlice, instance: u32) -> Result<Vec<u8>, Str
     let instance_uid = format!("{series_uid}.{instance}");
     let class = if slice.modality == "MR" { MR_IMAGE_STORAGE } else { CT_IMAGE_STORAGE };
     let mut object = InMemDicomObject::new_empty();
+    put_ct_pixel_module(&mut object, slice.rows, slice.columns);
     let mut put = |tag, vr, value: PrimitiveValue| object.put(DataElement::new(tag, vr, value));
     put(tags::SOP_CLASS_UID, VR::UI, class.into());
     put(tags::SOP_INSTANCE_UID, VR::UI, instance_uid.as_str().into());
@@ -192,16 +200,6 @@ pub fn write_slice(slice: &SyntheticSlice, instance: u32) -> Result<Vec<u8>, Str
     put(tags::PIXEL_SPACING, VR::DS, join(&slice.pixel_spacing).as_str().into());
     put(tags::SLICE_THICKNESS, VR::DS, "2".into());
     put(tags::KVP, VR::DS, "120".into());
-    put(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16));
-    put(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2".into());
-    put(tags::ROWS, VR::US, PrimitiveValue::from(slice.rows as u16));
-    put(tags::COLUMNS, VR::US, PrimitiveValue::from(slice.columns as u16));
-    put(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16));
-    put(tags::BITS_STORED, VR::US, PrimitiveValue::from(16u16));
-    put(tags::HIGH_BIT, VR::US, PrimitiveValue::from(15u16));
-    put(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(1u16));
-    put(tags::RESCALE_INTERCEPT, VR::DS, "-1024".into());
-    put(tags::RESCALE_SLOPE, VR::DS, "1".into());
     if slice.with_pixels {
         // Stored values are HU + 1024 (RescaleIntercept -1024), as scanners commonly write them.
         let stored: Vec<i16> = slice.hounsfield.iter().map(|hu| hu.saturating_add(1024)).collect();

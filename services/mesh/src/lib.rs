@@ -198,11 +198,8 @@ pub fn mesh_labels(labels: &Volume<u8>, table: &LabelTable, settings: &MeshSetti
     // Largest labels first, one label per task: the longest simplifications start at once and the
     // small ones fill the other threads around them (rayon's default split would hand one thread a
     // contiguous run of labels, and a large label met late becomes the tail of the whole stage).
-    let mut order: Vec<usize> = (0..extraction.topologies.len()).collect();
-    order.sort_by_key(|&index| std::cmp::Reverse(extraction.topologies[index].quads.len()));
-    let mut file_names: Vec<Option<String>> = file_names.into_iter().map(Some).collect();
-    let jobs: Vec<(usize, String)> =
-        order.iter().map(|&index| (index, file_names[index].take().unwrap_or_default())).collect();
+    let mut jobs: Vec<(usize, String)> = file_names.into_iter().enumerate().collect();
+    jobs.sort_by_key(|(index, _)| std::cmp::Reverse(extraction.topologies[*index].quads.len()));
     let mut finished: Vec<(usize, MeshedLabel)> = jobs
         .into_par_iter()
         .with_max_len(1)
