@@ -412,3 +412,56 @@ pub async fn aws_bootstrap(config: &IrisConfig) -> anyhow::Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(&resources)?);
     Ok(ExitCode::SUCCESS)
 }
+
+/// A reliability suite and its plan.
+pub enum Suite {
+    Chaos(crate::reliability::chaos::ChaosPlan),
+    Duplicates(crate::reliability::duplicates::DuplicatesPlan),
+    BadInputs(crate::reliability::bad_inputs::BadInputPlan),
+    Load(crate::reliability::load::LoadPlan),
+}
+
+/// `iris reliability …`: runs the suite, prints its report (Markdown), records it in `record`'s
+/// `<suite>-<backend>` section, and exits 1 when any promise broke.
+pub async fn reliability(
+    suite: Suite,
+    target: &crate::reliability::Target,
+    record: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    use crate::reliability::{bad_inputs, binaries_beside_this_executable, chaos, duplicates, load};
+    let binaries = binaries_beside_this_executable()?;
+    let (name, markdown, problems) = match suite {
+        Suite::Chaos(plan) => {
+            let report = chaos::run_chaos(target, &binaries, &plan).await?;
+            ("chaos", report.to_markdown(), report.problems)
+        }
+        Suite::Duplicates(plan) => {
+            let report = duplicates::run_duplicates(target, &plan).await?;
+            ("duplicates", report.to_markdown(), report.problems)
+        }
+        Suite::BadInputs(plan) => {
+            let report = bad_inputs::run_bad_inputs(target, &binaries, &plan).await?;
+            ("bad-inputs", report.to_markdown(), report.problems)
+        }
+        Suite::Load(plan) => {
+            let report = load::run_load(target, &binaries, &plan).await?;
+            ("load", report.to_markdown(), report.problems)
+        }
+    };
+    println!("{markdown}");
+    if let Some(path) = record {
+        let command: Vec<String> = std::env::args().collect();
+        let body = format!(
+            "{markdown}\nMeasured {} on {} cores by `{}`.\n",
+            iris_shared::time::Timestamp::now().to_rfc3339(),
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            command.join(" ").replace(&binaries.display().to_string(), "…"),
+        );
+        crate::bench::replace_section(path, &format!("{name}-{}", target.name()), &body)?;
+        println!("recorded in {}", path.display());
+    }
+    for problem in &problems {
+        eprintln!("problem: {problem}");
+    }
+    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

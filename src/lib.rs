@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod commands;
 pub mod inbox;
+pub mod reliability;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

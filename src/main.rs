@@ -87,6 +87,22 @@ enum Command {
         #[command(subcommand)]
         benchmark: Benchmark,
     },
+    /// Reliability suites (RELIABILITY.md): the services under SIGKILLs, duplicate delivery, bad
+    /// input and load, on a private deployment; exit 1 if any promise broke.
+    Reliability {
+        #[command(subcommand)]
+        suite: ReliabilitySuite,
+        /// Where to run: the embedded backends in a temporary directory, or a private set of
+        /// resources on moto server (--moto-url).
+        #[arg(long, value_enum, default_value = "embedded", global = true)]
+        on: SuiteTarget,
+        /// The moto server for --on moto (scripts/moto.sh start prints it).
+        #[arg(long, env = "IRIS_MOTO_URL", global = true)]
+        moto_url: Option<String>,
+        /// Write the report into this Markdown file's section for the suite and backend.
+        #[arg(long, value_name = "FILE", global = true)]
+        record: Option<PathBuf>,
+    },
     /// Run ingest's logic on a local file (no queues).
     Ingest {
         input: PathBuf,
@@ -154,6 +170,47 @@ enum AwsCommand {
     /// Print the resource contract (names, notification rules, queue settings, tables, event
     /// rules) as JSON; the CDK app reads the copy in cdk/pipeline-contract.json.
     Contract,
+}
+
+#[derive(Debug, Subcommand)]
+enum ReliabilitySuite {
+    /// SIGKILL a random service at random moments while studies run; outputs must equal an
+    /// undisturbed run's.
+    Chaos {
+        #[arg(long, default_value_t = 20)]
+        studies: usize,
+        #[arg(long, default_value_t = 50)]
+        kills: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Every queue message delivered twice, the copy late (out of order).
+    Duplicates {
+        #[arg(long, default_value_t = 8)]
+        studies: usize,
+        #[arg(long, default_value_t = 1500)]
+        max_delay_ms: u64,
+    },
+    /// The malformed-upload corpus and malformed queue messages.
+    BadInputs {
+        /// Peak resident memory no service may exceed (far below the smallest production task's
+        /// 512 MiB: every refusal must come before the allocation a lying header asks for).
+        #[arg(long, default_value_t = 256)]
+        memory_cap_mib: u64,
+    },
+    /// Many small studies uploaded at once.
+    Load {
+        #[arg(long, default_value_t = 200)]
+        studies: usize,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SuiteTarget {
+    Embedded,
+    Moto,
 }
 
 #[derive(Debug, Subcommand)]
@@ -274,6 +331,42 @@ async fn dispatch(command: Command, config: IrisConfig) -> anyhow::Result<ExitCo
         Command::Bench { benchmark: Benchmark::NotifyLatency { jobs, record } } => {
             iris::bench::notify_latency(&config, jobs, record.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Reliability { suite, on, moto_url, record } => {
+            let target = match (on, moto_url) {
+                (SuiteTarget::Embedded, _) => iris::reliability::Target::Embedded,
+                (SuiteTarget::Moto, Some(endpoint_url)) => iris::reliability::Target::Moto { endpoint_url },
+                (SuiteTarget::Moto, None) => anyhow::bail!("--on moto needs --moto-url or IRIS_MOTO_URL"),
+            };
+            let suite = match suite {
+                ReliabilitySuite::Chaos { studies, kills, seed } => {
+                    commands::Suite::Chaos(iris::reliability::chaos::ChaosPlan {
+                        studies,
+                        kills,
+                        seed,
+                        ..Default::default()
+                    })
+                }
+                ReliabilitySuite::Duplicates { studies, max_delay_ms } => {
+                    commands::Suite::Duplicates(iris::reliability::duplicates::DuplicatesPlan {
+                        studies,
+                        max_delay: Duration::from_millis(max_delay_ms),
+                    })
+                }
+                ReliabilitySuite::BadInputs { memory_cap_mib } => {
+                    commands::Suite::BadInputs(iris::reliability::bad_inputs::BadInputPlan {
+                        memory_cap_bytes: memory_cap_mib << 20,
+                    })
+                }
+                ReliabilitySuite::Load { studies, concurrency } => {
+                    commands::Suite::Load(iris::reliability::load::LoadPlan {
+                        studies,
+                        concurrency,
+                        ..Default::default()
+                    })
+                }
+            };
+            commands::reliability(suite, &target, record.as_deref()).await
         }
         Command::Ingest { input, out } => commands::ingest_file(&config, &input, &out),
         Command::Segment { input, out, model, device, fast } => {

@@ -1260,3 +1260,110 @@ fn walk(directory: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+// ---------------------------------------------------------------------------------------------
+// The reliability suites (src/reliability, RELIABILITY.md), short versions, on both backends:
+// chaos (SIGKILLs), duplicate and late delivery, the bad-input corpus, and a small load. The long
+// runs are `scripts/reliability.sh`.
+mod reliability_suites {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use iris::reliability::bad_inputs::{BadInputPlan, run_bad_inputs};
+    use iris::reliability::chaos::{ChaosPlan, run_chaos};
+    use iris::reliability::duplicates::{DuplicatesPlan, run_duplicates};
+    use iris::reliability::load::{LoadPlan, run_load};
+    use iris::reliability::{Service, Target};
+
+    fn binaries() -> PathBuf {
+        let directory = super::iris_binary().parent().unwrap().to_owned();
+        assert!(
+            directory.join("iris-segment").is_file(),
+            "the service binaries are not built: run `cargo build --workspace --bins` first (scripts/test.sh does)"
+        );
+        directory
+    }
+
+    fn moto() -> Target {
+        Target::Moto { endpoint_url: iris_aws::local::moto_url_for_tests() }
+    }
+
+    async fn chaos(target: Target) {
+        let plan = ChaosPlan { studies: 6, kills: 8, seed: 7, ..ChaosPlan::default() };
+        let report = run_chaos(&target, &binaries(), &plan).await.expect("the suite runs");
+        eprintln!("{}", report.to_markdown());
+        assert!(report.problems.is_empty(), "{:#?}", report.problems);
+        assert_eq!(report.kills.values().sum::<usize>(), 8, "every kill landed while a job was unfinished");
+        assert_eq!((report.completed, report.failed_as_expected), (4, 2));
+    }
+
+    async fn duplicates(target: Target) {
+        let plan = DuplicatesPlan { studies: 3, max_delay: Duration::from_millis(1500) };
+        let report = run_duplicates(&target, &plan).await.expect("the suite runs");
+        eprintln!("{}", report.to_markdown());
+        assert!(report.problems.is_empty(), "{:#?}", report.problems);
+        assert_eq!(report.jobs, 4, "one job per upload");
+        // Three completed jobs of seven states and a failed one of three, each seen once.
+        assert_eq!(report.distinct_states, 3 * 7 + 3);
+        assert!(report.copies_delivered >= 16, "{} copies", report.copies_delivered);
+    }
+
+    async fn bad_inputs(target: Target) {
+        let report = run_bad_inputs(&target, &binaries(), &BadInputPlan::default()).await.expect("the suite runs");
+        eprintln!("{}", report.to_markdown());
+        assert!(report.problems.is_empty(), "{:#?}", report.problems);
+        assert!(report.uploads.len() > 30, "{} uploads", report.uploads.len());
+        assert_eq!(report.dead_lettered.values().sum::<u64>(), report.malformed_messages as u64);
+        assert_eq!(report.peak_rss.len(), Service::ALL.len());
+    }
+
+    async fn load(target: Target) {
+        let plan = LoadPlan { studies: 12, ..LoadPlan::default() };
+        let report = run_load(&target, &binaries(), &plan).await.expect("the suite runs");
+        eprintln!("{}", report.to_markdown());
+        assert!(report.problems.is_empty(), "{:#?}", report.problems);
+        assert_eq!(report.completed, 12);
+        assert!(report.studies_per_minute() > 0.0 && report.queue_age_p99_all >= 0.0);
+        assert_eq!(report.queue_age_seconds.len(), 3, "a queue wait for every stage");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chaos_sigkills_leave_every_job_as_an_undisturbed_run_ends_it_embedded() {
+        chaos(Target::Embedded).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chaos_sigkills_leave_every_job_as_an_undisturbed_run_ends_it_on_moto() {
+        chaos(moto()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_message_delivered_twice_and_late_changes_nothing_embedded() {
+        duplicates(Target::Embedded).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_message_delivered_twice_and_late_changes_nothing_on_moto() {
+        duplicates(moto()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_bad_input_fails_with_its_code_and_malformed_messages_are_dead_lettered_embedded() {
+        bad_inputs(Target::Embedded).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_bad_input_fails_with_its_code_and_malformed_messages_are_dead_lettered_on_moto() {
+        bad_inputs(moto()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_studies_all_completes_embedded() {
+        load(Target::Embedded).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_studies_all_completes_on_moto() {
+        load(moto()).await;
+    }
+}

@@ -49,6 +49,10 @@ pub struct IrisConfig {
     /// `IRIS_FAULT_PAUSE_BEFORE_FINISH_MS` (unset by default): fault injection for crash tests; each
     /// stage pauses this long after writing its outputs and before recording itself finished.
     pub fault_pause_before_finish: Option<Duration>,
+    /// `IRIS_FAULT_DUPLICATE_DELIVERY_MS` (unset by default): fault injection for the duplicate-delivery
+    /// suite; every message a service receives is sent to its queue once more, after a delay of up to
+    /// this many milliseconds, so it is delivered twice and out of order (see [`crate::fault`]).
+    pub fault_duplicate_delivery: Option<Duration>,
     /// The segment service's model settings.
     pub segment: SegmentSettings,
 }
@@ -166,6 +170,7 @@ impl IrisConfig {
             });
         }
         let fault_pause: u64 = parse(&lookup, "IRIS_FAULT_PAUSE_BEFORE_FINISH_MS", 0)?;
+        let fault_duplicate: u64 = parse(&lookup, "IRIS_FAULT_DUPLICATE_DELIVERY_MS", 0)?;
         let data_dir =
             PathBuf::from(lookup("IRIS_DATA_DIR").filter(|v| !v.trim().is_empty()).unwrap_or_else(|| ".iris".into()));
         let segment = SegmentSettings {
@@ -200,6 +205,7 @@ impl IrisConfig {
             max_voxels: parse(&lookup, "IRIS_MAX_VOXELS", 512u64 * 512 * 2000)?,
             processing_limit: Duration::from_secs(parse(&lookup, "IRIS_PROCESSING_LIMIT_SECS", 1800u64)?.max(1)),
             fault_pause_before_finish: (fault_pause > 0).then(|| Duration::from_millis(fault_pause)),
+            fault_duplicate_delivery: (fault_duplicate > 0).then(|| Duration::from_millis(fault_duplicate)),
             segment,
         })
     }

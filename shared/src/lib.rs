@@ -7,6 +7,7 @@ pub mod config;
 pub mod contract;
 pub mod embedded;
 pub mod events;
+pub mod fault;
 pub mod ingest_report;
 pub mod job;
 pub mod keys;

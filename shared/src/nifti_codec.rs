@@ -73,6 +73,10 @@ pub enum NiftiDecodeError {
     UnsupportedDataType(String),
     #[error("the image's geometry is unusable: {0}")]
     BadGeometry(String),
+    #[error(
+        "the compressed file holds more than {limit_mib} MiB beyond the voxel data its header describes (a gzip bomb?)"
+    )]
+    TrailingData { limit_mib: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +92,7 @@ impl NiftiDecodeError {
             NiftiDecodeError::NotNifti(_) | NiftiDecodeError::UnsupportedDataType(_) => "unsupported_format",
             NiftiDecodeError::Corrupt(_) => "corrupt_file",
             NiftiDecodeError::NotAVolume(_) | NiftiDecodeError::BadGeometry(_) => "not_a_volume",
-            NiftiDecodeError::TooLarge { .. } => "too_large",
+            NiftiDecodeError::TooLarge { .. } | NiftiDecodeError::TrailingData { .. } => "too_large",
         }
     }
 }
@@ -100,6 +104,24 @@ const NIFTI2_HEADER_SIZE: usize = 540;
 fn source_reader(bytes: &[u8]) -> Box<dyn Read + '_> {
     // Multi-member gzip (pigz, and this codec's own parallel writer) is read to the end.
     if bytes.starts_with(&GZIP_MAGIC) { Box::new(MultiGzDecoder::new(bytes)) } else { Box::new(bytes) }
+}
+
+/// Decompressed bytes a `.nii.gz` may hold past its voxel data (extensions some writers append).
+const MAX_TRAILING_BYTES: u64 = 16 << 20;
+
+/// Reads a gzip stream from the end of the voxel data to its end, so every member's CRC-32 and
+/// length are checked (a damaged file must not pass as a CT with wrong values), refusing one that
+/// goes on for more than [`MAX_TRAILING_BYTES`] (a small header on a huge stream of zeros).
+fn check_rest_of_stream(bytes: &[u8], source: &mut dyn Read) -> Result<(), NiftiDecodeError> {
+    if !bytes.starts_with(&GZIP_MAGIC) {
+        return Ok(());
+    }
+    let rest = std::io::copy(&mut source.take(MAX_TRAILING_BYTES + 1), &mut std::io::sink())
+        .map_err(|e| NiftiDecodeError::Corrupt(format!("the compressed data is damaged: {e}")))?;
+    if rest > MAX_TRAILING_BYTES {
+        return Err(NiftiDecodeError::TrailingData { limit_mib: MAX_TRAILING_BYTES >> 20 });
+    }
+    Ok(())
 }
 
 /// Reads the first bytes of the (possibly gzipped) file: enough for either header.
@@ -211,6 +233,7 @@ fn read_raw_voxels<T: bytemuck::Pod>(
     source.read_exact(bytemuck::cast_slice_mut(&mut voxels)).map_err(|e| {
         NiftiDecodeError::Corrupt(format!("the file holds less voxel data than its header promises ({e})"))
     })?;
+    check_rest_of_stream(bytes, &mut source)?;
     Ok(voxels)
 }
 
@@ -279,13 +302,15 @@ fn read_volume(
     let mut source = source_reader(bytes);
     std::io::copy(&mut (&mut source).take(data_offset), &mut std::io::sink())
         .map_err(|e| NiftiDecodeError::Corrupt(e.to_string()))?;
-    nifti::volume::InMemNiftiVolume::from_reader(source, header).map_err(|e| match e {
+    let volume = nifti::volume::InMemNiftiVolume::from_reader(&mut source, header).map_err(|e| match e {
         nifti::NiftiError::Io(io) => NiftiDecodeError::Corrupt(io.to_string()),
         nifti::NiftiError::IncompatibleLength(got, expected) => NiftiDecodeError::Corrupt(format!(
             "the file holds {got} bytes of voxel data, the header promises {expected}"
         )),
         other => NiftiDecodeError::NotNifti(other.to_string()),
-    })
+    })?;
+    check_rest_of_stream(bytes, &mut source)?;
+    Ok(volume)
 }
 
 fn finish<T>(header: NiftiHeader, dims: [usize; 3], voxels: Vec<T>) -> Result<DecodedNifti<T>, NiftiDecodeError> {
@@ -661,6 +686,23 @@ mod tests {
         }
         // A truncated single member is refused, not half-read.
         assert!(decode_nifti_hounsfield(&single[..single.len() - 1000], &limits).is_err());
+        // A wrong CRC-32 in the last member (found by the bad-input corpus: the streaming path
+        // stopped reading at the last voxel and never reached it) is refused, in both shapes.
+        for bytes in [&multi, &single] {
+            let mut damaged = bytes.clone();
+            let crc_at = damaged.len() - 8;
+            damaged[crc_at] ^= 0xff;
+            let error = decode_nifti_hounsfield(&damaged, &limits).unwrap_err();
+            assert_eq!(error.code(), "corrupt_file", "{error}");
+        }
+        // A small header on a long run of zeros (a gzip bomb) is refused once it passes the limit.
+        let mut bomb = raw.clone();
+        bomb.resize(raw.len() + MAX_TRAILING_BYTES as usize + 1, 0);
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut encoder, &bomb).unwrap();
+        let error = decode_nifti_hounsfield(&encoder.finish().unwrap(), &limits).unwrap_err();
+        assert!(matches!(error, NiftiDecodeError::TrailingData { .. }), "{error}");
+        assert_eq!(error.code(), "too_large");
     }
 
     #[test]

@@ -90,11 +90,11 @@ pub async fn open_backends(config: &IrisConfig, clients: &AwsClients) -> Result<
 
 /// The backends `config.backend` names: the embedded ones in the data directory, or AWS (whose
 /// resources must exist). What every binary calls to wire its adapters.
+/// Fault injection (`IRIS_FAULT_*`, off by default) wraps them as the configuration asks.
 pub async fn open_configured_backends(config: &IrisConfig) -> Result<Backends, PortError> {
-    match config.backend {
-        iris_shared::config::BackendKind::Embedded => {
-            Ok(iris_shared::backends::EmbeddedBackends::open(config)?.ports())
-        }
-        iris_shared::config::BackendKind::Aws => open_backends(config, &AwsClients::from_environment().await).await,
-    }
+    let backends = match config.backend {
+        iris_shared::config::BackendKind::Embedded => iris_shared::backends::EmbeddedBackends::open(config)?.ports(),
+        iris_shared::config::BackendKind::Aws => open_backends(config, &AwsClients::from_environment().await).await?,
+    };
+    Ok(iris_shared::fault::with_injected_faults(backends, config))
 }

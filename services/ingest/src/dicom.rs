@@ -156,6 +156,7 @@ pub fn read_dicom_zip(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume,
     let mut notes = Vec::new();
     let mut summaries = Vec::new();
     let mut not_dicom = 0;
+    let mut damaged = 0;
     let mut without_pixels = 0;
     let mut unpacked = 0u64;
     let mut skipped_unsafe = 0;
@@ -191,11 +192,20 @@ pub fn read_dicom_zip(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume,
         match summarize(index, &content) {
             Some(Ok(summary)) => summaries.push(summary),
             Some(Err(NoPixels)) => without_pixels += 1,
+            None if has_dicom_magic(&content) => damaged += 1,
             None => not_dicom += 1,
         }
     }
     if skipped_unsafe > 0 {
         notes.push(format!("ignored {skipped_unsafe} archive entries with absolute or '..' paths"));
+    }
+    if damaged > 0 {
+        if summaries.is_empty() {
+            return Err(DicomError::Corrupt(format!(
+                "{damaged} DICOM files in the archive cannot be read: they are damaged or truncated"
+            )));
+        }
+        notes.push(format!("ignored {damaged} damaged DICOM files"));
     }
     assemble(DicomFiles::Zip(archive), summaries, not_dicom, without_pixels, limits, notes)
 }
@@ -205,6 +215,11 @@ pub fn read_dicom_file(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume
     let (summaries, not_dicom, without_pixels) = match summarize(0, bytes) {
         Some(Ok(summary)) => (vec![summary], 0, 0),
         Some(Err(NoPixels)) => (Vec::new(), 0, 1),
+        None if has_dicom_magic(bytes) => {
+            return Err(DicomError::Corrupt(
+                "the file starts as DICOM but cannot be read: it is damaged or truncated".into(),
+            ));
+        }
         None => (Vec::new(), 1, 0),
     };
     assemble(DicomFiles::Single(bytes), summaries, not_dicom, without_pixels, limits, Vec::new())
@@ -238,15 +253,165 @@ fn is_absolute_or_escaping(name: &str) -> bool {
         || name.split(['/', '\\']).any(|segment| segment == "..")
 }
 
+/// Whether the bytes carry DICOM's "DICM" marker (after the 128-byte preamble, or at the start).
+fn has_dicom_magic(bytes: &[u8]) -> bool {
+    (bytes.len() >= 132 && &bytes[128..132] == b"DICM") || bytes.starts_with(b"DICM")
+}
+
 fn parse(bytes: &[u8]) -> Option<DefaultDicomObject> {
-    let preamble = if bytes.len() > 132 && &bytes[128..132] == b"DICM" {
-        ReadPreamble::Always
+    let (preamble, file) = if bytes.len() > 132 && &bytes[128..132] == b"DICM" {
+        (ReadPreamble::Always, &bytes[128..])
     } else if bytes.starts_with(b"DICM") {
-        ReadPreamble::Never
+        (ReadPreamble::Never, bytes)
     } else {
         return None;
     };
+    if !declared_lengths_fit(file) {
+        return None;
+    }
     OpenFileOptions::new().read_preamble(preamble).from_reader(bytes).ok()
+}
+
+/// VRs whose explicit-VR element header has a 16-bit length (PS3.5 7.1.2); every other VR, an
+/// unknown one included, has a reserved field and a 32-bit length (as dicom-encoding reads them).
+const SHORT_LENGTH_VRS: [&[u8; 2]; 21] = [
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL", b"SS",
+    b"ST", b"TM", b"UI", b"UL", b"US",
+];
+const UNDEFINED_LENGTH: u32 = u32::MAX;
+/// Transfer syntaxes whose data set is deflated: [`declared_lengths_fit`] checks their meta group only.
+const DEFLATED_TRANSFER_SYNTAXES: [&str; 3] =
+    ["1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"];
+
+/// Whether every value length a DICOM file (from "DICM" on) declares fits in the bytes after it.
+/// The DICOM parser reserves, and mostly zero-fills, a value's declared length before reading it,
+/// so a few bytes declaring a 4 GiB value would cost 4 GiB of memory (found by fuzzing). Walks the
+/// element headers as the parser reads them: flat (the contents of sequences and items are
+/// elements in turn), skipping values and the fragments of encapsulated pixel data, through the
+/// file meta group and, unless it is deflated, the data set. Where the walk cannot go on, the
+/// parser fails there too: the file is accepted and left to it.
+fn declared_lengths_fit(file: &[u8]) -> bool {
+    let mut walker = HeaderWalker { bytes: file, position: 4, explicit_vr: true, big_endian: false };
+    // The file meta group (explicit VR little endian): (0002,0000) gives its length.
+    match walker.next_header() {
+        Some(ElementHeader { tag: (0x0002, 0x0000), length: 4, .. }) => {}
+        _ => return true,
+    }
+    let Some(group_length) = walker.u32(walker.position) else { return true };
+    walker.position += 4;
+    let meta_end = walker.position.saturating_add(group_length as usize);
+    let mut transfer_syntax = "";
+    while walker.position < meta_end {
+        let Some(header) = walker.next_header() else { return true };
+        if header.length == UNDEFINED_LENGTH {
+            return true;
+        }
+        let value = walker.position;
+        if !walker.skip(header.length) {
+            return false;
+        }
+        if header.tag == (0x0002, 0x0010) {
+            let uid = std::str::from_utf8(&file[value..walker.position]).unwrap_or_default();
+            transfer_syntax = uid.trim_end_matches(['\0', ' ']);
+        }
+    }
+    if DEFLATED_TRANSFER_SYNTAXES.contains(&transfer_syntax) {
+        return true;
+    }
+    walker.explicit_vr = transfer_syntax != "1.2.840.10008.1.2";
+    walker.big_endian = transfer_syntax == "1.2.840.10008.1.2.2";
+    let mut in_fragments = false;
+    while let Some(ElementHeader { tag, vr, length }) = walker.next_header() {
+        if in_fragments {
+            match tag {
+                (0xFFFE, 0xE000) if length != UNDEFINED_LENGTH => {
+                    if !walker.skip(length) {
+                        return false;
+                    }
+                }
+                (0xFFFE, 0xE0DD) => in_fragments = false,
+                _ => return true,
+            }
+            continue;
+        }
+        if tag.0 == 0xFFFE {
+            continue; // an item or a delimiter: what follows are elements
+        }
+        if tag == (0x7FE0, 0x0010) && length == UNDEFINED_LENGTH {
+            in_fragments = true;
+            continue;
+        }
+        let sequence = match vr {
+            Some(vr) => &vr == b"SQ",
+            None => {
+                use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+                dicom_dictionary_std::StandardDataDictionary
+                    .by_tag(dicom_object::Tag(tag.0, tag.1))
+                    .is_some_and(|entry| entry.vr().relaxed() == dicom_core::VR::SQ)
+            }
+        };
+        // A sequence's items, and any other undefined-length value, are read as elements.
+        if !sequence && length != UNDEFINED_LENGTH && !walker.skip(length) {
+            return false;
+        }
+    }
+    true
+}
+
+struct ElementHeader {
+    tag: (u16, u16),
+    /// The VR of an explicit-VR element header (none for item headers and implicit VR).
+    vr: Option<[u8; 2]>,
+    length: u32,
+}
+
+/// Reads DICOM element headers in a file held in memory (for [`declared_lengths_fit`]).
+struct HeaderWalker<'a> {
+    bytes: &'a [u8],
+    position: usize,
+    explicit_vr: bool,
+    big_endian: bool,
+}
+
+impl HeaderWalker<'_> {
+    fn u16(&self, at: usize) -> Option<u16> {
+        let bytes = self.bytes.get(at..at.checked_add(2)?)?.try_into().ok()?;
+        Some(if self.big_endian { u16::from_be_bytes(bytes) } else { u16::from_le_bytes(bytes) })
+    }
+
+    fn u32(&self, at: usize) -> Option<u32> {
+        let bytes = self.bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        Some(if self.big_endian { u32::from_be_bytes(bytes) } else { u32::from_le_bytes(bytes) })
+    }
+
+    /// The header at the current position, moving past it; `None` at the end of the bytes.
+    fn next_header(&mut self) -> Option<ElementHeader> {
+        let at = self.position;
+        let tag = (self.u16(at)?, self.u16(at + 2)?);
+        let (vr, length, size) = if tag.0 == 0xFFFE || !self.explicit_vr {
+            (None, self.u32(at + 4)?, 8)
+        } else {
+            let vr: [u8; 2] = self.bytes.get(at + 4..at + 6)?.try_into().ok()?;
+            if SHORT_LENGTH_VRS.contains(&&vr) {
+                (Some(vr), u32::from(self.u16(at + 6)?), 8)
+            } else {
+                (Some(vr), self.u32(at + 8)?, 12)
+            }
+        };
+        self.position = at + size;
+        Some(ElementHeader { tag, vr, length })
+    }
+
+    /// Moves past a value of `length` bytes; false when it runs past the end.
+    fn skip(&mut self, length: u32) -> bool {
+        match self.position.checked_add(length as usize) {
+            Some(end) if end <= self.bytes.len() => {
+                self.position = end;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A DICOM file without pixel data.
