@@ -189,7 +189,7 @@ pub fn read_dicom_zip(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume,
         let content = read_entry(&mut entry)?;
         drop(entry);
         unpacked += content.len() as u64;
-        match summarize(index, &content) {
+        match summarize(index, &content, limits) {
             Some(Ok(summary)) => summaries.push(summary),
             Some(Err(NoPixels)) => without_pixels += 1,
             None if has_dicom_magic(&content) => damaged += 1,
@@ -212,7 +212,7 @@ pub fn read_dicom_zip(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume,
 
 /// Reads one DICOM file (a multi-frame image, e.g. enhanced CT).
 pub fn read_dicom_file(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume, DicomError> {
-    let (summaries, not_dicom, without_pixels) = match summarize(0, bytes) {
+    let (summaries, not_dicom, without_pixels) = match summarize(0, bytes, limits) {
         Some(Ok(summary)) => (vec![summary], 0, 0),
         Some(Err(NoPixels)) => (Vec::new(), 0, 1),
         None if has_dicom_magic(bytes) => {
@@ -258,7 +258,7 @@ fn has_dicom_magic(bytes: &[u8]) -> bool {
     (bytes.len() >= 132 && &bytes[128..132] == b"DICM") || bytes.starts_with(b"DICM")
 }
 
-fn parse(bytes: &[u8]) -> Option<DefaultDicomObject> {
+fn parse(bytes: &[u8], max_inflated_bytes: u64) -> Option<DefaultDicomObject> {
     let (preamble, file) = if bytes.len() > 132 && &bytes[128..132] == b"DICM" {
         (ReadPreamble::Always, &bytes[128..])
     } else if bytes.starts_with(b"DICM") {
@@ -266,7 +266,7 @@ fn parse(bytes: &[u8]) -> Option<DefaultDicomObject> {
     } else {
         return None;
     };
-    if !declared_lengths_fit(file) {
+    if !declared_lengths_fit(file, max_inflated_bytes) {
         return None;
     }
     OpenFileOptions::new().read_preamble(preamble).from_reader(bytes).ok()
@@ -279,7 +279,8 @@ const SHORT_LENGTH_VRS: [&[u8; 2]; 21] = [
     b"ST", b"TM", b"UI", b"UL", b"US",
 ];
 const UNDEFINED_LENGTH: u32 = u32::MAX;
-/// Transfer syntaxes whose data set is deflated: [`declared_lengths_fit`] checks their meta group only.
+/// Transfer syntaxes whose data set is deflated (raw deflate, PS3.5 A.5): [`declared_lengths_fit`]
+/// inflates it to walk it.
 const DEFLATED_TRANSFER_SYNTAXES: [&str; 3] =
     ["1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"];
 
@@ -288,9 +289,10 @@ const DEFLATED_TRANSFER_SYNTAXES: [&str; 3] =
 /// so a few bytes declaring a 4 GiB value would cost 4 GiB of memory (found by fuzzing). Walks the
 /// element headers as the parser reads them: flat (the contents of sequences and items are
 /// elements in turn), skipping values and the fragments of encapsulated pixel data, through the
-/// file meta group and, unless it is deflated, the data set. Where the walk cannot go on, the
+/// file meta group and the data set (inflated first when it is deflated; a data set inflating to
+/// more than `max_inflated_bytes`, or not inflating, is refused). Where the walk cannot go on, the
 /// parser fails there too: the file is accepted and left to it.
-fn declared_lengths_fit(file: &[u8]) -> bool {
+fn declared_lengths_fit(file: &[u8], max_inflated_bytes: u64) -> bool {
     let mut walker = HeaderWalker { bytes: file, position: 4, explicit_vr: true, big_endian: false };
     // The file meta group (explicit VR little endian): (0002,0000) gives its length.
     match walker.next_header() {
@@ -316,10 +318,27 @@ fn declared_lengths_fit(file: &[u8]) -> bool {
         }
     }
     if DEFLATED_TRANSFER_SYNTAXES.contains(&transfer_syntax) {
-        return true;
+        use std::io::Read;
+        let mut inflated = Vec::new();
+        let mut inflater = flate2::read::DeflateDecoder::new(&file[walker.position.min(file.len())..])
+            .take(max_inflated_bytes.saturating_add(1));
+        if inflater.read_to_end(&mut inflated).is_err() || inflated.len() as u64 > max_inflated_bytes {
+            return false;
+        }
+        return data_set_lengths_fit(HeaderWalker {
+            bytes: &inflated,
+            position: 0,
+            explicit_vr: true,
+            big_endian: false,
+        });
     }
     walker.explicit_vr = transfer_syntax != "1.2.840.10008.1.2";
     walker.big_endian = transfer_syntax == "1.2.840.10008.1.2.2";
+    data_set_lengths_fit(walker)
+}
+
+/// [`declared_lengths_fit`] for a data set, from the walker's position to the end of its bytes.
+fn data_set_lengths_fit(mut walker: HeaderWalker) -> bool {
     let mut in_fragments = false;
     while let Some(ElementHeader { tag, vr, length }) = walker.next_header() {
         if in_fragments {
@@ -418,8 +437,8 @@ impl HeaderWalker<'_> {
 struct NoPixels;
 
 /// The first pass over one file: `None` if it is not DICOM.
-fn summarize(source: usize, bytes: &[u8]) -> Option<Result<FileSummary, NoPixels>> {
-    let object = parse(bytes)?;
+fn summarize(source: usize, bytes: &[u8], limits: &DicomLimits) -> Option<Result<FileSummary, NoPixels>> {
+    let object = parse(bytes, limits.max_decompressed_bytes)?;
     if object.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
         return Some(Err(NoPixels));
     }
@@ -679,13 +698,16 @@ fn assemble(
         .zip(frames_of_file.par_iter())
         .map(|(file, frames)| -> Result<u64, DicomError> {
             let object = match &upload {
-                DicomFiles::Zip(archive) => parse(&read_zip_entry(archive, file.source)?),
-                DicomFiles::Single(bytes) => parse(bytes),
+                DicomFiles::Zip(archive) => {
+                    parse(&read_zip_entry(archive, file.source)?, limits.max_decompressed_bytes)
+                }
+                DicomFiles::Single(bytes) => parse(bytes, limits.max_decompressed_bytes),
             }
             .ok_or_else(|| DicomError::Corrupt("a file changed between two readings".into()))?;
             frames
                 .par_iter()
                 .map(|&(frame, slice)| {
+                    check_rle_frame(&object, frame)?;
                     let decoded =
                         object.decode_pixel_data_frame(frame).map_err(|e| decode_error(&transfer_syntax, e))?;
                     if decoded.samples_per_pixel() != 1 {
@@ -778,6 +800,66 @@ impl Placement {
             }
         }
     }
+}
+
+/// RLE Lossless (PS3.5 annex G): dicom-transfer-syntax-registry 0.10.1 trusts a frame's RLE
+/// header and segments. It allocates 4 bytes per segment the header claims before checking that the
+/// fragment holds them (asking for up to 16 GiB, then panicking on the slice), and it indexes each
+/// decoded segment up to Rows × Columns without checking that it decoded that many bytes (a
+/// panic). Both found by fuzzing: such a frame is refused here, before the decoder sees it.
+/// Anything else wrong with the frame is left to the decoder, which reports it as an error.
+fn check_rle_frame(object: &DefaultDicomObject, frame: u32) -> Result<(), DicomError> {
+    if object.meta().transfer_syntax().trim_end_matches('\0') != "1.2.840.10008.1.2.5" {
+        return Ok(());
+    }
+    let number = |tag| object.element_opt(tag).ok().flatten().and_then(|e| e.uint16().ok()).map(usize::from);
+    let (Some(rows), Some(columns), Some(samples), Some(bits)) =
+        (number(tags::ROWS), number(tags::COLUMNS), number(tags::SAMPLES_PER_PIXEL), number(tags::BITS_ALLOCATED))
+    else {
+        return Ok(());
+    };
+    let fragments = object.element_opt(tags::PIXEL_DATA).ok().flatten().and_then(|e| e.value().fragments());
+    let Some(fragment) = fragments.and_then(|fragments| fragments.get(frame as usize)) else { return Ok(()) };
+    let damaged = || Err(DicomError::Corrupt("an RLE frame's header or segments are damaged".into()));
+    let le_u32 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let Some(count) = fragment.get(..4).map(le_u32) else { return damaged() };
+    if 4 * (u64::from(count) + 1) > fragment.len() as u64 {
+        return damaged();
+    }
+    if bits != 8 && bits != 16 {
+        return Ok(());
+    }
+    let mut offsets: Vec<usize> =
+        fragment[4..4 * (count as usize + 1)].chunks_exact(4).map(|b| le_u32(b) as usize).collect();
+    offsets.push(fragment.len());
+    for segment in 0..samples * (bits / 8) {
+        let (Some(&start), Some(&end)) = (offsets.get(segment), offsets.get(segment + 1)) else { return Ok(()) };
+        let Some(bytes) = fragment.get(start..end) else { return Ok(()) };
+        if packbits_length(bytes).is_some_and(|length| length < rows * columns) {
+            return damaged();
+        }
+    }
+    Ok(())
+}
+
+/// How many bytes a PackBits segment decodes to, read as the RLE decoder reads it; `None` where
+/// the decoder fails on it (a repeat run without its byte).
+fn packbits_length(segment: &[u8]) -> Option<usize> {
+    let (mut at, mut length) = (0, 0);
+    while at < segment.len() {
+        let header = segment[at] as i8;
+        at += 1;
+        if header >= 0 {
+            let run = header as usize + 1;
+            length += run.min(segment.len() - at);
+            at += run;
+        } else if header != -128 {
+            segment.get(at)?;
+            length += (1 - isize::from(header)) as usize;
+            at += 1;
+        }
+    }
+    Some(length)
 }
 
 fn decode_error(transfer_syntax: &str, error: dicom_pixeldata::Error) -> DicomError {

@@ -1,5 +1,6 @@
 //! Ingest on real and crafted DICOM: geometry equal to dicom2nifti's on the shared series,
-//! series selection, every DICOM error code, zip safety, and no identifier in the outputs.
+//! series selection, every DICOM error code, zip safety, no identifier in the outputs, and the
+//! inputs fuzzing found (`fuzz/regressions/`).
 
 use std::path::PathBuf;
 
@@ -7,6 +8,41 @@ use iris_ingest::synthetic_dicom::{
     PHI_CANARY, SyntheticSlice, axial_series, oriented_series, write_multiframe, write_slice, zip_series,
 };
 use iris_ingest::{IngestLimits, encode_outputs, ingest_upload};
+
+/// Records, per thread, the largest single allocation asked for, so that a test can prove that a
+/// few bytes declaring a huge value do not make ingest ask for that memory (the allocation would
+/// succeed here, untouched pages cost nothing, so only the request shows the bug).
+struct RecordsLargestAllocation;
+
+thread_local! {
+    static LARGEST_ALLOCATION: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn note_allocation(size: usize) {
+    let _ = LARGEST_ALLOCATION.try_with(|largest| largest.set(largest.get().max(size)));
+}
+
+// SAFETY: every call is passed on unchanged to the system allocator.
+unsafe impl std::alloc::GlobalAlloc for RecordsLargestAllocation {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note_allocation(layout.size());
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        note_allocation(layout.size());
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, pointer: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        note_allocation(new_size);
+        unsafe { std::alloc::System.realloc(pointer, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, pointer: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(pointer, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: RecordsLargestAllocation = RecordsLargestAllocation;
 
 const LIMITS: IngestLimits = IngestLimits { max_upload_bytes: 1 << 31, max_voxels: 512 * 512 * 2000 };
 
@@ -316,4 +352,39 @@ fn every_voxel_lands_at_its_dicom_world_position_for_any_orientation_zip_or_mult
             }
         }
     }
+}
+
+/// Every input kept under `fuzz/regressions/dicom_file/` (see its README: each once crashed the
+/// `dicom_file` fuzz target, by a panic or by asking for gigabytes) is refused as `corrupt_file`,
+/// without a panic and without asking for more than 64 MiB at once on this thread.
+#[test]
+fn inputs_that_crashed_the_fuzzer_are_refused_as_corrupt_without_large_allocations() {
+    let directory = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/dicom_file");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&directory)
+        .expect("fuzz/regressions/dicom_file")
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "dcm"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "expected the committed regressions in {}", directory.display());
+    let mut problems = Vec::new();
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        LARGEST_ALLOCATION.with(|largest| largest.set(0));
+        let outcome = std::panic::catch_unwind(|| ingest_upload(bytes, "upload.dcm", &LIMITS));
+        let largest = LARGEST_ALLOCATION.with(|largest| largest.get());
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        match outcome {
+            Ok(Err(error)) if error.code() != "corrupt_file" => {
+                problems.push(format!("{name}: {}: {error}", error.code()))
+            }
+            Ok(Err(_)) => {}
+            Ok(Ok(ingested)) => problems.push(format!("{name}: accepted as a {:?} volume", ingested.canonical.dims())),
+            Err(_) => problems.push(format!("{name}: ingest panicked")),
+        }
+        if largest >= 64 << 20 {
+            problems.push(format!("{name}: asked for {largest} bytes at once"));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
 }

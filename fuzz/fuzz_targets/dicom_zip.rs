@@ -1,0 +1,10 @@
+//! The DICOM series assembler: a `.zip` of DICOM files (zip extraction with its path, size and
+//! ratio checks), then series assembly: parsing, geometry checks, pixel decoding (native, JPEG,
+//! JPEG-LS, JPEG 2000, RLE), placement on the dicom2nifti grid, then the ingest outputs' encoder.
+//! An `Err` is a normal outcome; a panic, abort, timeout or an allocation past the RSS limit is a bug.
+#![no_main]
+
+use iris_fuzz::{SMALL_LIMITS, ingest_and_encode};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| ingest_and_encode(data, "upload.zip", &SMALL_LIMITS));

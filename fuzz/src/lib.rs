@@ -1,0 +1,28 @@
+//! What the fuzz targets share: running one upload through ingest and its output encoder, and
+//! printing each input's outcome on request.
+
+use iris_ingest::{IngestLimits, encode_outputs, ingest_upload};
+
+/// Small caps, so that a file claiming a huge image is refused rather than allocated.
+pub const SMALL_LIMITS: IngestLimits = IngestLimits { max_upload_bytes: 1 << 24, max_voxels: 1 << 22 };
+
+/// Ingests `data` as an upload named `file_name`, then encodes the outputs of a volume it accepts.
+/// An `Err` is a normal outcome; a panic, abort, timeout or an allocation past the RSS limit is a bug.
+pub fn ingest_and_encode(data: &[u8], file_name: &str, limits: &IngestLimits) {
+    match ingest_upload(data.to_vec(), file_name, limits) {
+        Ok(ingested) => {
+            let encoded = encode_outputs(&ingested);
+            show(|| format!("ingest: {:?}, encoded: {}", ingested.canonical.dims(), encoded.is_ok()));
+        }
+        Err(error) => show(|| format!("ingest: {}: {error}", error.code())),
+    }
+}
+
+/// `IRIS_FUZZ_SHOW=1`: print each input's outcome (to check seeds and triage; run a target's
+/// binary on files: `$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/TARGET FILE...`).
+pub fn show(outcome: impl FnOnce() -> String) {
+    static SHOW: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *SHOW.get_or_init(|| std::env::var_os("IRIS_FUZZ_SHOW").is_some()) {
+        eprintln!("iris-fuzz: {}", outcome());
+    }
+}
