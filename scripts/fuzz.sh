@@ -129,7 +129,10 @@ if [[ "$mode" == cmin ]]; then
     exit 0
 fi
 
-revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git status --porcelain -- services shared fuzz/fuzz_targets 2>/dev/null | grep -q . && echo '+changes')"
+revision="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [[ -n "$(git status --porcelain -- services shared fuzz/src fuzz/fuzz_targets 2>/dev/null)" ]]; then
+    revision="$revision+changes"
+fi
 rows=()
 crashed=()
 for target in "${targets[@]}"; do
