@@ -76,58 +76,14 @@ pub fn finish_label(
     let reduction = f64::from(settings.reduction_percent.min(99)) / 100.0;
     let mut simplification_retries = 0;
     if reduction > 0.0 && !indices.is_empty() {
-        let spacing = affine.spacing();
-        let voxel = spacing.iter().copied().fold(f64::INFINITY, f64::min) as f32;
-        let volume_before = indexed_volume_mm3(&positions, &indices);
-        let voxel_volume = topology.voxels as f64 * affine.linear_determinant().abs();
-        // meshoptimizer promises neither a manifold result (a collapse can fold the surface onto
-        // itself) nor a kept volume (a small label cut down to a few triangles loses its
-        // rounded parts). A result that is not a closed manifold, or whose enclosed volume is
-        // more than MAX_SIMPLIFIED_VOLUME_ERROR off the label's voxel volume (and moved by more
-        // than a quarter of that by simplification), is refused. A fold is local: first the
-        // vertices around it (two rings in the extracted mesh) are locked and the same reduction
-        // is tried again, up to LOCK_ROUNDS times; then simplification is retried with less
-        // reduction. The unsimplified mesh always stands.
-        let shares = [1.0, 0.85, 0.7, 0.5, 0.25];
-        let mut share = 0;
-        let mut locks: Vec<bool> = Vec::new();
-        let mut lock_rounds = 0;
-        while share < shares.len() {
-            let attempt_reduction = reduction * shares[share];
-            let target_triangles = ((extracted_triangles as f64) * (1.0 - attempt_reduction)).round().max(4.0) as usize;
-            let options = meshopt::SimplifyOptions::ErrorAbsolute | meshopt::SimplifyOptions::RegularizeLight;
-            let error = settings.max_error_voxels * voxel;
-            let simplified = if locks.is_empty() {
-                meshopt::simplify_decoder(&indices, &positions, target_triangles * 3, error, options, None)
-            } else {
-                meshopt::simplify_with_locks_decoder(
-                    &indices,
-                    &positions,
-                    &locks,
-                    target_triangles * 3,
-                    error,
-                    options,
-                    None,
-                )
-            };
-            let volume_after = indexed_volume_mm3(&positions, &simplified);
-            let volume_kept = (volume_after - voxel_volume).abs() <= MAX_SIMPLIFIED_VOLUME_ERROR * voxel_volume
-                || (volume_after - volume_before).abs() <= 0.25 * MAX_SIMPLIFIED_VOLUME_ERROR * volume_before.abs();
-            if volume_kept && is_closed_manifold(&simplified) {
-                indices = simplified;
-                break;
-            }
-            simplification_retries += 1;
-            if volume_kept && lock_rounds < LOCK_ROUNDS {
-                if locks.is_empty() {
-                    locks = vec![false; positions.len()];
-                }
-                lock_around(&indices, &non_manifold_vertices(&simplified), &mut locks);
-                lock_rounds += 1;
-            } else {
-                share += 1;
-            }
-        }
+        let voxel = affine.spacing().iter().copied().fold(f64::INFINITY, f64::min) as f32;
+        let goal = SimplificationGoal {
+            reduction,
+            max_error: settings.max_error_voxels * voxel,
+            volume_before: indexed_volume_mm3(&positions, &indices),
+            voxel_volume: topology.voxels as f64 * affine.linear_determinant().abs(),
+        };
+        (indices, simplification_retries) = simplify_in_parts(indices, &positions, &goal, TRIANGLES_PER_PART);
     }
     meshopt::optimize_vertex_cache_in_place(&mut indices, positions.len());
     let positions = meshopt::optimize_vertex_fetch(&mut indices, &positions);
@@ -135,6 +91,231 @@ pub fn finish_label(
     let normals = vertex_normals(&positions, &triangles);
     let mesh = LabelMesh { label: topology.label, name, color_srgb, positions, normals, triangles };
     (mesh, FinishFigures { extracted_triangles, simplification_retries })
+}
+
+/// What simplification of one label aims at, and the figures its result is checked against.
+struct SimplificationGoal {
+    /// Share of the triangles to remove.
+    reduction: f64,
+    /// Largest deviation, in millimetres.
+    max_error: f32,
+    /// Volume enclosed by the unsimplified surface, mm³.
+    volume_before: f64,
+    /// The label's voxel volume, mm³.
+    voxel_volume: f64,
+}
+
+/// Labels of more triangles than this are simplified in parts of about this many triangles.
+const TRIANGLES_PER_PART: usize = 250_000;
+
+/// Shares of the reduction asked for that simplification tries in turn (see [`simplify_in_parts`]).
+const REDUCTION_SHARES: [f64; 5] = [1.0, 0.85, 0.7, 0.5, 0.25];
+
+/// Rounds of locking the vertices around a fold before simplifying less (see [`simplify_in_parts`]).
+const LOCK_ROUNDS: u32 = 2;
+
+/// One part of a label's surface under simplification.
+struct Part {
+    /// The part's vertices, as indices in the label's mesh; the part's own index of each is its place here.
+    vertices: Vec<u32>,
+    /// Their positions.
+    positions: Vec<[f32; 3]>,
+    /// The part's triangles (flat list of the part's own vertex indices).
+    indices: Vec<u32>,
+    /// Vertices simplification must keep: those shared with other parts, and those around folds.
+    locks: Vec<bool>,
+    lock_rounds: u32,
+    /// Index in [`REDUCTION_SHARES`]; past its end the part is left unsimplified.
+    share: usize,
+    /// The simplified triangles of the last attempt (vertex indices of the label's mesh).
+    simplified: Vec<u32>,
+}
+
+/// Simplifies a closed surface (flat index list) with meshoptimizer; returns the triangles and the
+/// number of attempts refused.
+///
+/// meshoptimizer promises neither a manifold result (a collapse can fold the surface onto itself)
+/// nor a kept volume (a small label cut down to a few triangles loses its rounded parts). A result
+/// that is not a closed manifold, or whose enclosed volume is more than
+/// [`MAX_SIMPLIFIED_VOLUME_ERROR`] off the label's voxel volume (and moved by more than a quarter of
+/// that by simplification), is refused. A fold is local: first the vertices around it (two rings in
+/// the extracted mesh) are locked and the same reduction is tried again, up to [`LOCK_ROUNDS`]
+/// times; then simplification is retried with less reduction. The unsimplified surface always stands.
+///
+/// A large surface is cut into slabs of about `triangles_per_part` triangles along its longest
+/// axis, each simplified on its own (in parallel) with the vertices it shares with another slab
+/// locked, so the slabs still meet edge to edge; a refused attempt is redone only in the slabs
+/// that hold its faults (all of them when the volume is off). This keeps one large organ from
+/// being the tail of the stage, and a fold from costing a second simplification of the whole organ.
+fn simplify_in_parts(
+    indices: Vec<u32>,
+    positions: &[[f32; 3]],
+    goal: &SimplificationGoal,
+    triangles_per_part: usize,
+) -> (Vec<u32>, u32) {
+    use rayon::prelude::*;
+    let (mut parts, shared) = cut_into_parts(&indices, positions, triangles_per_part);
+    let mut part_of_vertex = vec![u32::MAX; positions.len()];
+    for (number, part) in parts.iter().enumerate() {
+        for &vertex in &part.vertices {
+            part_of_vertex[vertex as usize] = number as u32;
+        }
+    }
+    let exhausted = |part: &Part| part.share >= REDUCTION_SHARES.len();
+    let mut redo: Vec<bool> = vec![true; parts.len()];
+    let mut retries = 0;
+    loop {
+        parts.par_iter_mut().zip(redo.par_iter()).filter(|(_, redo)| **redo).for_each(|(part, _)| {
+            part.simplified = simplify_part(part, goal);
+        });
+        let simplified: Vec<u32> = parts.iter().flat_map(|part| part.simplified.iter().copied()).collect();
+        let volume_after = indexed_volume_mm3(positions, &simplified);
+        let volume_kept = (volume_after - goal.voxel_volume).abs() <= MAX_SIMPLIFIED_VOLUME_ERROR * goal.voxel_volume
+            || (volume_after - goal.volume_before).abs()
+                <= 0.25 * MAX_SIMPLIFIED_VOLUME_ERROR * goal.volume_before.abs();
+        let faults = if volume_kept { non_manifold_vertices(&simplified) } else { Vec::new() };
+        if volume_kept && faults.is_empty() {
+            return (simplified, retries);
+        }
+        if parts.iter().all(exhausted) {
+            return (indices, retries);
+        }
+        retries += 1;
+        // The parts that hold a fault (every part, for a fault on a vertex they share, or for the
+        // volume); when those are all left unsimplified already, every part that is not.
+        redo.fill(!volume_kept);
+        for &vertex in &faults {
+            if shared[vertex as usize] {
+                redo.fill(true);
+            } else if let Some(redo) = redo.get_mut(part_of_vertex[vertex as usize] as usize) {
+                *redo = true;
+            }
+        }
+        if !parts.iter().zip(&redo).any(|(part, redo)| *redo && !exhausted(part)) {
+            redo = parts.iter().map(|part| !exhausted(part)).collect();
+        }
+        for (part, _) in parts.iter_mut().zip(&redo).filter(|(_, redo)| **redo) {
+            if volume_kept && part.lock_rounds < LOCK_ROUNDS {
+                let local: std::collections::HashMap<u32, u32> =
+                    part.vertices.iter().enumerate().map(|(local, &vertex)| (vertex, local as u32)).collect();
+                let faults: Vec<u32> = faults.iter().filter_map(|vertex| local.get(vertex).copied()).collect();
+                lock_around(&part.indices, &faults, &mut part.locks);
+                part.lock_rounds += 1;
+            } else {
+                part.share += 1;
+            }
+        }
+    }
+}
+
+/// The surface as one part, or, when large, as slabs of consecutive triangle centroids along its
+/// longest axis, with the vertices shared between slabs locked in each; and which vertices those are.
+fn cut_into_parts(indices: &[u32], positions: &[[f32; 3]], triangles_per_part: usize) -> (Vec<Part>, Vec<bool>) {
+    let triangles = indices.len() / 3;
+    let count = triangles.div_ceil(triangles_per_part.max(1)).max(1);
+    if count == 1 {
+        let part = Part {
+            vertices: (0..positions.len() as u32).collect(),
+            positions: positions.to_vec(),
+            indices: indices.to_vec(),
+            locks: vec![false; positions.len()],
+            lock_rounds: 0,
+            share: 0,
+            simplified: Vec::new(),
+        };
+        return (vec![part], vec![false; positions.len()]);
+    }
+    let mut minimum = [f32::INFINITY; 3];
+    let mut maximum = [f32::NEG_INFINITY; 3];
+    for &vertex in indices {
+        for axis in 0..3 {
+            minimum[axis] = minimum[axis].min(positions[vertex as usize][axis]);
+            maximum[axis] = maximum[axis].max(positions[vertex as usize][axis]);
+        }
+    }
+    let axis = (0..3).max_by(|&a, &b| (maximum[a] - minimum[a]).total_cmp(&(maximum[b] - minimum[b]))).unwrap_or(0);
+    // Twice the centroid (the sum of the three corners): the order is the same.
+    let mut order: Vec<(f32, u32)> = indices
+        .chunks_exact(3)
+        .enumerate()
+        .map(|(triangle, corners)| (corners.iter().map(|&v| positions[v as usize][axis]).sum(), triangle as u32))
+        .collect();
+    order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut slab_of_triangle = vec![0u32; triangles];
+    for (rank, &(_, triangle)) in order.iter().enumerate() {
+        slab_of_triangle[triangle as usize] = (rank * count / triangles) as u32;
+    }
+    let mut slab_of_vertex = vec![u32::MAX; positions.len()];
+    let mut shared = vec![false; positions.len()];
+    let mut slabs: Vec<Vec<u32>> = vec![Vec::with_capacity(3 * triangles_per_part); count];
+    for (triangle, corners) in indices.chunks_exact(3).enumerate() {
+        let slab = slab_of_triangle[triangle];
+        slabs[slab as usize].extend_from_slice(corners);
+        for &vertex in corners {
+            let seen = &mut slab_of_vertex[vertex as usize];
+            if *seen != u32::MAX && *seen != slab {
+                shared[vertex as usize] = true;
+            }
+            *seen = slab;
+        }
+    }
+    let mut local_of_vertex = vec![u32::MAX; positions.len()];
+    let parts = slabs
+        .into_iter()
+        .map(|slab| {
+            let mut vertices = Vec::new();
+            let indices = slab
+                .iter()
+                .map(|&vertex| {
+                    let local = &mut local_of_vertex[vertex as usize];
+                    if *local == u32::MAX || vertices.get(*local as usize) != Some(&vertex) {
+                        *local = vertices.len() as u32;
+                        vertices.push(vertex);
+                    }
+                    *local
+                })
+                .collect();
+            Part {
+                positions: vertices.iter().map(|&vertex| positions[vertex as usize]).collect(),
+                locks: vertices.iter().map(|&vertex| shared[vertex as usize]).collect(),
+                vertices,
+                indices,
+                lock_rounds: 0,
+                share: 0,
+                simplified: Vec::new(),
+            }
+        })
+        .collect();
+    (parts, shared)
+}
+
+/// One attempt at a part: meshoptimizer's simplification with the part's locks at its current
+/// share of the reduction, or the part's triangles as they are once the shares are used up; as
+/// vertex indices of the label's mesh.
+fn simplify_part(part: &Part, goal: &SimplificationGoal) -> Vec<u32> {
+    let local = match REDUCTION_SHARES.get(part.share) {
+        None => part.indices.clone(),
+        Some(share) => {
+            let triangles = part.indices.len() / 3;
+            let target_triangles = ((triangles as f64) * (1.0 - goal.reduction * share)).round().max(4.0) as usize;
+            let options = meshopt::SimplifyOptions::ErrorAbsolute | meshopt::SimplifyOptions::RegularizeLight;
+            let (indices, positions, locks) = (&part.indices, &part.positions, &part.locks);
+            if locks.iter().any(|&locked| locked) {
+                meshopt::simplify_with_locks_decoder(
+                    indices,
+                    positions,
+                    locks,
+                    target_triangles * 3,
+                    goal.max_error,
+                    options,
+                    None,
+                )
+            } else {
+                meshopt::simplify_decoder(indices, positions, target_triangles * 3, goal.max_error, options, None)
+            }
+        }
+    };
+    local.into_iter().map(|vertex| part.vertices[vertex as usize]).collect()
 }
 
 /// Share of the way from its corner to the centre of its own faces that a split vertex moves.
@@ -171,9 +352,6 @@ fn separate_split_vertices(topology: &LabelTopology, positions: &mut [[f32; 3]])
         }
     }
 }
-
-/// Rounds of locking the vertices around a fold before simplifying less (see [`finish_label`]).
-const LOCK_ROUNDS: u32 = 2;
 
 /// Vertices of the faults that make `indices` not a closed manifold: degenerate triangles, directed
 /// edges used twice, and edges without their reverse.
@@ -366,5 +544,67 @@ mod tests {
         let mut locks = vec![false; 9];
         lock_around(&strip, &[0], &mut locks);
         assert_eq!(locks, [true, true, true, true, true, true, false, false, false]);
+    }
+
+    /// A closed surface: a cube of `n` × `n` quads a face, pushed out onto a sphere of radius 10
+    /// with a ripple, wound outward. Returns positions and the flat triangle list.
+    fn rippled_sphere(n: i32) -> (Vec<[f32; 3]>, Vec<u32>) {
+        let mut positions = Vec::new();
+        let mut index_of = std::collections::HashMap::new();
+        let mut vertex = |point: [i32; 3]| {
+            *index_of.entry(point).or_insert_with(|| {
+                let p = point.map(|c| c as f32 / n as f32 * 2.0 - 1.0);
+                let length = (p[0] * p[0] + p[1] * p[1] + p[2] * p[2]).sqrt();
+                let radius = 10.0 + 0.8 * (3.0 * p[0]).sin() * (2.0 * p[1]).cos();
+                positions.push(p.map(|c| c / length * radius));
+                positions.len() as u32 - 1
+            })
+        };
+        let mut indices = Vec::new();
+        for axis in 0..3 {
+            for side in [0, n] {
+                for i in 0..n {
+                    for j in 0..n {
+                        let corner = |di: i32, dj: i32| {
+                            let mut point = [0; 3];
+                            point[axis] = side;
+                            point[(axis + 1) % 3] = i + di;
+                            point[(axis + 2) % 3] = j + dj;
+                            point
+                        };
+                        let quad = [corner(0, 0), corner(1, 0), corner(1, 1), corner(0, 1)].map(&mut vertex);
+                        let [a, b, c, d] = if side == n { quad } else { [quad[0], quad[3], quad[2], quad[1]] };
+                        indices.extend_from_slice(&[a, b, c, a, c, d]);
+                    }
+                }
+            }
+        }
+        (positions, indices)
+    }
+
+    #[test]
+    fn a_surface_simplified_in_parts_is_closed_keeps_its_volume_and_meets_the_reduction() {
+        let (positions, indices) = rippled_sphere(48);
+        assert!(is_closed_manifold(&indices), "the test surface itself");
+        let volume = indexed_volume_mm3(&positions, &indices);
+        assert!(volume > 3000.0, "outward winding: {volume}");
+        let goal = SimplificationGoal { reduction: 0.75, max_error: 0.2, volume_before: volume, voxel_volume: volume };
+        let triangles = indices.len() / 3;
+        let (whole, _) = simplify_in_parts(indices.clone(), &positions, &goal, usize::MAX);
+        for part_size in [triangles / 4, triangles / 7] {
+            let (parts, shared) = cut_into_parts(&indices, &positions, part_size);
+            assert!(parts.len() >= 4, "{} parts of {part_size} triangles", parts.len());
+            assert!(shared.iter().any(|&s| s), "slabs share vertices");
+            let (simplified, retries) = simplify_in_parts(indices.clone(), &positions, &goal, part_size);
+            assert!(is_closed_manifold(&simplified), "slabs of {part_size}: not closed ({retries} retries)");
+            let kept = simplified.len() / 3;
+            assert!(kept < triangles / 2, "slabs of {part_size}: {kept} of {triangles} triangles kept");
+            // Locked seams keep a few more triangles than simplifying the whole at once.
+            assert!(kept <= whole.len() / 3 * 3 / 2, "{kept} triangles against {} whole", whole.len() / 3);
+            let volume_after = indexed_volume_mm3(&positions, &simplified);
+            assert!((volume_after - volume).abs() < 0.01 * volume, "volume {volume_after} of {volume}");
+            // Deterministic: the same input gives the same triangles.
+            assert_eq!(simplify_in_parts(indices.clone(), &positions, &goal, part_size).0, simplified);
+        }
     }
 }

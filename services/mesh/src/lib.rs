@@ -205,6 +205,7 @@ pub fn mesh_labels(labels: &Volume<u8>, table: &LabelTable, settings: &MeshSetti
         .with_max_len(1)
         .map(|(index, file_name)| {
             let (topology, description) = (&extraction.topologies[index], &descriptions[index]);
+            let label_started = std::time::Instant::now();
             let (mesh, figures) = finish::finish_label(
                 topology,
                 &corners,
@@ -212,6 +213,13 @@ pub fn mesh_labels(labels: &Volume<u8>, table: &LabelTable, settings: &MeshSetti
                 description.name.clone(),
                 description.color,
                 &settings.simplification,
+            );
+            tracing::debug!(
+                label = topology.label,
+                triangles = figures.extracted_triangles,
+                retries = figures.simplification_retries,
+                finish_ms = label_started.elapsed().as_millis() as u64,
+                "label finished"
             );
             if figures.simplification_retries > 0 {
                 info!(
