@@ -14,7 +14,8 @@
 # seeds the corpora when empty (scripts/fuzz-seed.sh: committed seeds in fuzz/corpus/<target>,
 # seeds from the real files of ../shared/data in the ignored fuzz/seeds/<target>), fuzzes each
 # target with -max_total_time=FUZZ_SECONDS, prints runs executed, corpus size and PASS/CRASH, and
-# writes fuzz/last-run.md. Exits 1 when any target crashed (a panic, an abort, a timeout of one
+# writes fuzz/last-run.md (one row per target; the rows of targets not run are kept) and its table
+# into RELIABILITY.md. Exits 1 when any target crashed (a panic, an abort, a timeout of one
 # input, or memory past the RSS limit); the input is under fuzz/artifacts/<target>/ (not
 # committed): reproduce it with `cargo +nightly fuzz run -O --fuzz-dir fuzz TARGET FILE`, then
 # keep it under fuzz/regressions/<target>/ with a test beside the fix.
@@ -166,7 +167,7 @@ done
 # One row per target: the rows of the targets run now replace theirs, the others are kept.
 previous_rows=()
 if [[ -f "$SUMMARY" ]]; then
-    mapfile -t previous_rows < <(grep '^| [a-z_]* | 20' "$SUMMARY" || true)
+    mapfile -t previous_rows < <(grep '^| [a-z0-9_]* | 20' "$SUMMARY" || true)
 fi
 {
     echo "# Last fuzzing run of each target"
@@ -190,7 +191,17 @@ fi
         [[ -n "$row" ]] && echo "$row"
     done
 } >"$SUMMARY"
-say "summary in $SUMMARY"
+# RELIABILITY.md shows the same table, between its fuzz markers.
+python3 - "$SUMMARY" RELIABILITY.md <<'PY'
+import sys
+summary, target = sys.argv[1], sys.argv[2]
+table = "\n".join(line for line in open(summary).read().splitlines() if line.startswith("|"))
+text = open(target).read()
+start, end = "<!-- fuzz:start -->", "<!-- fuzz:end -->"
+before, after = text.index(start) + len(start), text.index(end)
+open(target, "w").write(text[:before] + "\n" + table + "\n" + text[after:])
+PY
+say "summary in $SUMMARY and RELIABILITY.md"
 
 if [[ ${#crashed[@]} -gt 0 ]]; then
     echo "CRASH: ${crashed[*]} (inputs under fuzz/artifacts/)" >&2
