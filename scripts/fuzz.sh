@@ -21,9 +21,10 @@
 # keep it under fuzz/regressions/<target>/ with a test beside the fix.
 #
 # cmin: entries larger than FUZZ_COMMIT_MAX_BYTES are first moved out of the committed corpus to
-# fuzz/seeds/<target>/ (they are mutations of the real files, which are not to be copied into the
-# repository, and they keep the committed corpus small), then `cargo fuzz cmin` keeps the smallest
-# set of entries with the same coverage.
+# fuzz/seeds/<target>/ (they keep the committed corpus small), then `cargo fuzz cmin` keeps the
+# smallest set of entries with the same coverage, then scripts/fuzz_keep_real_data_out.py moves
+# out every entry that holds 32 consecutive bytes of a real file of ../shared/data (mutations of
+# the real seeds: those files are not to be copied into the repository).
 #
 # Sanitizer: AddressSanitizer (FUZZ_SANITIZER=address, cargo-fuzz's default): the code under test is
 # safe Rust, but its decoders (openjp2, zlib-rs, libdeflate, CharLS) are not. FUZZ_SANITIZER=none
@@ -46,6 +47,7 @@ export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-1}"
 cd "$IRIS_ROOT"
 
 ALL_TARGETS=(nifti dicom_file dicom_zip s3_event websocket_message)
+REAL_DATA="${IRIS_FUZZ_DATA:-$IRIS_ROOT/../shared/data/totalseg}"
 SECONDS_EACH="${FUZZ_SECONDS:-600}"
 SANITIZER="${FUZZ_SANITIZER:-address}"
 RSS_LIMIT_MB="${FUZZ_RSS_LIMIT_MB:-2048}"
@@ -125,6 +127,8 @@ if [[ "$mode" == cmin ]]; then
             echo "error: cmin of $target failed (log: $LOG_DIR/$target.cmin.log)" >&2
             exit 1
         }
+        python3 scripts/fuzz_keep_real_data_out.py "$REAL_DATA" "$corpus" "fuzz/seeds/$target" \
+            services/ingest/tests/fixtures "$corpus"/seed-*
         echo "$target: $before -> $(entries "$corpus") entries, $(du -sk "$corpus" | cut -f1) KiB"
     done
     exit 0
