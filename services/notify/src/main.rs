@@ -27,7 +27,8 @@ async fn main() -> anyhow::Result<()> {
                 .clone()
                 .context("IRIS_WS_CALLBACK_URL must name the WebSocket stage's Management API endpoint")?;
             let clients = iris_aws::AwsClients::from_environment().await;
-            let backends = iris_aws::open_backends(&config, &clients).await?;
+            let backends =
+                iris_shared::fault::with_injected_faults(iris_aws::open_backends(&config, &clients).await?, &config);
             let gateway = Arc::new(iris_aws::ApiGatewayConnectionGateway::new(&clients.sdk_config, &callback_url));
             let core = Arc::new(iris_notify::NotifyCore::new(
                 Arc::clone(&backends.jobs),
