@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 
-use iris_ingest::synthetic_dicom::{SyntheticSlice, axial_series, write_slice, zip_series};
+use iris_ingest::synthetic_dicom::{SyntheticSlice, small_axial_series, write_slice, zip_series};
 use iris_shared::keys::QueueRole;
 use iris_shared::nifti_codec::{NiftiGeometry, encode_nifti_gz};
 use iris_shared::phantom::{PhantomSpec, synthetic_ct};
@@ -118,29 +118,29 @@ pub fn bad_inputs() -> Vec<Study> {
     add("all-air.nii.gz", encode(&air), "not_ct_like");
 
     // DICOM.
-    let series = || small_series(|_, _| {});
+    let series = || small_axial_series(|_, _| {});
     add("not-a-zip.zip", b"PK\x03\x04 broken".to_vec(), "corrupt_file");
     add("random.dcm", (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect(), "no_dicom_images");
     let slice = write_slice(&series()[0], 1).expect("write slice");
     add("truncated.dcm", slice[..slice.len() / 2].to_vec(), "corrupt_file");
     add("only-notes.zip", zip(&[], &[("notes.txt", b"hello".to_vec())]), "no_dicom_images");
     add("escaping-entries-only.zip", zip(&[], &[("../../etc/evil.dcm", slice.clone())]), "no_dicom_images");
-    add("no-pixel-data.zip", zip(&small_series(|_, s| s.with_pixels = false), &[]), "no_pixel_data");
-    add("mr-only.zip", zip(&small_series(|_, s| s.modality = "MR"), &[]), "no_ct_series");
-    add("gantry-tilt.zip", zip(&small_series(|k, s| s.position[1] += k as f64), &[]), "gantry_tilt");
-    let gap = small_series(|k, s| {
+    add("no-pixel-data.zip", zip(&small_axial_series(|_, s| s.with_pixels = false), &[]), "no_pixel_data");
+    add("mr-only.zip", zip(&small_axial_series(|_, s| s.modality = "MR"), &[]), "no_ct_series");
+    add("gantry-tilt.zip", zip(&small_axial_series(|k, s| s.position[1] += k as f64), &[]), "gantry_tilt");
+    let gap = small_axial_series(|k, s| {
         if k >= 3 {
             s.position[2] += 2.5;
         }
     });
     add("slice-gap.zip", zip(&gap, &[]), "uneven_slice_spacing");
-    let mixed = small_series(|k, s| {
+    let mixed = small_axial_series(|k, s| {
         if k == 2 {
             s.orientation = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0];
         }
     });
     add("mixed-orientations.zip", zip(&mixed, &[]), "inconsistent_series");
-    let doubled = small_series(|k, s| {
+    let doubled = small_axial_series(|k, s| {
         if k == 1 {
             s.position[2] -= 2.5;
         }
@@ -265,16 +265,6 @@ fn four_dimensional(nii: &[u8]) -> Vec<u8> {
     copy.extend_from_slice(&voxels);
     copy.extend_from_slice(&voxels);
     copy
-}
-
-/// A six-slice axial CT series of 8 × 10 pixels, `change`d per slice.
-fn small_series(mut change: impl FnMut(usize, &mut SyntheticSlice)) -> Vec<SyntheticSlice> {
-    let mut slices =
-        axial_series(8, 10, 6, [0.8, 0.7], 2.5, [-30.0, -40.0, 100.0], |i, j, k| (i * 10 + j * 3 + k) as i16 - 1000);
-    for (k, slice) in slices.iter_mut().enumerate() {
-        change(k, slice);
-    }
-    slices
 }
 
 fn zip(slices: &[SyntheticSlice], extra: &[(&str, Vec<u8>)]) -> Vec<u8> {

@@ -62,6 +62,18 @@ pub fn axial_series(
         .collect()
 }
 
+/// The small axial CT series the tests start from (six slices of 8 × 10 pixels, 0.8 × 0.7 mm,
+/// 2.5 mm apart, every voxel a distinct value), each slice passed to `change` (slice number, slice)
+/// to make it good or bad in one way.
+pub fn small_axial_series(mut change: impl FnMut(usize, &mut SyntheticSlice)) -> Vec<SyntheticSlice> {
+    let mut slices =
+        axial_series(8, 10, 6, [0.8, 0.7], 2.5, [-30.0, -40.0, 100.0], |i, j, k| (i * 10 + j * 3 + k) as i16 - 1000);
+    for (k, slice) in slices.iter_mut().enumerate() {
+        change(k, slice);
+    }
+    slices
+}
+
 /// Slices with any orientation: ImageOrientationPatient `orientation` (row direction, column
 /// direction), slice `k` at `origin + k · slice_spacing · (row × column)`; otherwise as [`axial_series`].
 #[allow(clippy::too_many_arguments)]

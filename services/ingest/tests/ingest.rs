@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 
 use iris_ingest::synthetic_dicom::{
-    PHI_CANARY, SyntheticSlice, axial_series, oriented_series, write_multiframe, write_slice, zip_series,
+    PHI_CANARY, SyntheticSlice, axial_series, oriented_series, small_axial_series, write_multiframe, write_slice,
+    zip_series,
 };
 use iris_ingest::{IngestLimits, encode_outputs, ingest_upload};
 
@@ -123,15 +124,6 @@ fn the_shared_jpeg2000_series_matches_dicom2nifti_voxel_for_voxel_and_in_world_s
     }
 }
 
-fn slices_with(mut change: impl FnMut(usize, &mut SyntheticSlice)) -> Vec<SyntheticSlice> {
-    let mut slices =
-        axial_series(8, 10, 6, [0.8, 0.7], 2.5, [-30.0, -40.0, 100.0], |i, j, k| (i * 10 + j * 3 + k) as i16 - 1000);
-    for (k, slice) in slices.iter_mut().enumerate() {
-        change(k, slice);
-    }
-    slices
-}
-
 fn ingest_zip(
     slices: &[SyntheticSlice],
     extra: &[(&str, Vec<u8>)],
@@ -141,7 +133,7 @@ fn ingest_zip(
 
 #[test]
 fn a_synthetic_series_has_the_geometry_and_values_written() {
-    let ingested = ingest_zip(&slices_with(|_, _| {}), &[]).expect("ingest");
+    let ingested = ingest_zip(&small_axial_series(|_, _| {}), &[]).expect("ingest");
     let report = &ingested.report;
     assert_eq!(report.original.dims, [10, 8, 6]);
     assert_eq!(report.original.orientation, "LAS", "dicom2nifti's grid");
@@ -163,7 +155,7 @@ fn a_synthetic_series_has_the_geometry_and_values_written() {
 
 #[test]
 fn the_ct_series_with_the_most_slices_is_taken_and_the_choice_recorded() {
-    let mut slices = slices_with(|_, _| {});
+    let mut slices = small_axial_series(|_, _| {});
     slices.extend(axial_series(8, 10, 3, [0.8, 0.7], 2.5, [0.0, 0.0, 0.0], |_, _, _| 0).into_iter().map(|mut s| {
         s.series_number = 2;
         s
@@ -183,25 +175,25 @@ fn the_ct_series_with_the_most_slices_is_taken_and_the_choice_recorded() {
 
 #[test]
 fn each_bad_series_fails_with_its_code() {
-    let tilted = slices_with(|k, s| s.position[1] += k as f64 * 1.0);
-    let gap = slices_with(|k, s| {
+    let tilted = small_axial_series(|k, s| s.position[1] += k as f64 * 1.0);
+    let gap = small_axial_series(|k, s| {
         if k >= 3 {
             s.position[2] += 2.5;
         }
     });
-    let mixed = slices_with(|k, s| {
+    let mixed = small_axial_series(|k, s| {
         if k == 2 {
             s.orientation = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0];
         }
     });
-    let duplicate = slices_with(|k, s| {
+    let duplicate = small_axial_series(|k, s| {
         if k == 1 {
             s.position[2] -= 2.5;
         }
     });
-    let mr = slices_with(|_, s| s.modality = "MR");
-    let no_pixels = slices_with(|_, s| s.with_pixels = false);
-    let single = slices_with(|_, _| {}).into_iter().take(1).collect::<Vec<_>>();
+    let mr = small_axial_series(|_, s| s.modality = "MR");
+    let no_pixels = small_axial_series(|_, s| s.with_pixels = false);
+    let single = small_axial_series(|_, _| {}).into_iter().take(1).collect::<Vec<_>>();
     let cases: Vec<(&str, Vec<SyntheticSlice>, &str)> = vec![
         ("gantry tilt", tilted, "gantry_tilt"),
         ("a missing slice", gap, "uneven_slice_spacing"),
@@ -224,7 +216,7 @@ fn each_bad_series_fails_with_its_code() {
 
 #[test]
 fn archive_entries_that_escape_and_zip_bombs_are_refused() {
-    let slices = slices_with(|_, _| {});
+    let slices = small_axial_series(|_, _| {});
     let escaping = write_slice(&slices[0], 99).unwrap();
     let ingested =
         ingest_zip(&slices, &[("../../etc/evil.dcm", escaping.clone()), ("/abs/evil.dcm", escaping)]).expect("ingest");
@@ -244,7 +236,7 @@ fn archive_entries_that_escape_and_zip_bombs_are_refused() {
 
 #[test]
 fn no_patient_identifier_reaches_the_ingest_report() {
-    let slices = slices_with(|_, _| {});
+    let slices = small_axial_series(|_, _| {});
     let raw = write_slice(&slices[0], 1).unwrap();
     assert!(raw.windows(PHI_CANARY.len()).any(|w| w == PHI_CANARY.as_bytes()), "the DICOM files carry the canary");
     let upload = zip_series(&slices, &[]).unwrap();
