@@ -262,13 +262,15 @@ impl ObjPiece<'_> {
             }
             ObjPiece::Faces { triangles, first } => {
                 let mut out = Vec::with_capacity(40 * triangles.len());
+                let mut digits = itoa::Buffer::new();
                 for triangle in *triangles {
                     out.push(b'f');
                     for &vertex in triangle {
+                        let index = digits.format(first + u64::from(vertex)).as_bytes();
                         out.push(b' ');
-                        push_decimal(&mut out, first + u64::from(vertex));
+                        out.extend_from_slice(index);
                         out.extend_from_slice(b"//");
-                        push_decimal(&mut out, first + u64::from(vertex));
+                        out.extend_from_slice(index);
                     }
                     out.push(b'\n');
                 }
@@ -303,18 +305,8 @@ fn push_fixed_4(out: &mut Vec<u8>, value: f32) {
 }
 
 /// Appends the decimal digits of `value`.
-fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
+fn push_decimal(out: &mut Vec<u8>, value: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 fn mtl_file(table: &LabelTable, labels: &[MeshedLabel]) -> Vec<u8> {

@@ -85,7 +85,9 @@ pub fn finish_label(
         };
         (indices, simplification_retries) = simplify_in_parts(indices, &positions, &goal, TRIANGLES_PER_PART);
     }
-    meshopt::optimize_vertex_cache_in_place(&mut indices, positions.len());
+    // The FIFO-cache variant: about three times faster than the default, and a viewer loading a
+    // few meshes once gains nothing from the last percent of cache hits.
+    meshopt::optimize_vertex_cache_fifo_in_place(&mut indices, positions.len(), VERTEX_CACHE_SIZE);
     let positions = meshopt::optimize_vertex_fetch(&mut indices, &positions);
     let triangles: Vec<[u32; 3]> = indices.chunks_exact(3).map(|t| [t[0], t[1], t[2]]).collect();
     let normals = vertex_normals(&positions, &triangles);
@@ -104,6 +106,10 @@ struct SimplificationGoal {
     /// The label's voxel volume, mm³.
     voxel_volume: f64,
 }
+
+/// The FIFO vertex cache size the triangle order is optimised for: small, since meshoptimizer
+/// advises a size under the real cache's, so the order suits any GPU.
+const VERTEX_CACHE_SIZE: u32 = 16;
 
 /// Labels of more triangles than this are simplified in parts of about this many triangles.
 const TRIANGLES_PER_PART: usize = 250_000;

@@ -165,9 +165,13 @@ pub enum GlbError {
 /// Writes `meshes` as one binary glTF 2.0 file: one child node, mesh and material per label with
 /// triangles (labels without triangles are left out), under the RAS → glTF root node.
 /// `generator` goes into `asset.generator`.
-pub fn write_glb(meshes: &[LabelMesh], geometry: GlbGeometry, generator: &str) -> Result<Vec<u8>, GlbError> {
+pub fn write_glb<'a>(
+    meshes: impl IntoIterator<Item = &'a LabelMesh>,
+    geometry: GlbGeometry,
+    generator: &str,
+) -> Result<Vec<u8>, GlbError> {
     let mut document = DocumentBuilder::new(geometry, generator);
-    for mesh in meshes.iter().filter(|mesh| !mesh.triangles.is_empty()) {
+    for mesh in meshes.into_iter().filter(|mesh| !mesh.triangles.is_empty()) {
         check_label_mesh(mesh)?;
         document.add_label(mesh)?;
     }

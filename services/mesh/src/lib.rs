@@ -257,10 +257,9 @@ pub fn export_scene(
     table: &LabelTable,
     settings: &MeshSettings,
 ) -> Result<MeshArtifacts, MeshError> {
-    let meshes: Vec<LabelMesh> = scene.labels.iter().map(|label| label.mesh.clone()).collect();
     let generator = concat!("IRIS Oculus ", env!("CARGO_PKG_VERSION"));
     let (glb, (obj, mtl)) = rayon::join(
-        || glb::write_glb(&meshes, settings.glb_geometry, generator),
+        || glb::write_glb(scene.labels.iter().map(|label| &label.mesh), settings.glb_geometry, generator),
         || export::write_obj_and_mtl(&scene.labels, table, MTL_FILE),
     );
     let mut files = vec![(GLB_FILE.to_owned(), glb?), (OBJ_FILE.to_owned(), obj), (MTL_FILE.to_owned(), mtl)];

@@ -84,8 +84,9 @@ pub struct TooManyCorners {
 pub struct CornerGraph {
     /// Voxel dimensions of the label map; corners are one more on each axis.
     dims: [usize; 3],
-    /// Node number + 1 of each corner of the corner grid, 0 for corners on no boundary.
-    node_of_corner: Vec<u32>,
+    /// `row_start[r]..row_start[r + 1]`: the nodes of corner row `r = ck * (ny + 1) + cj`, in
+    /// increasing `ci` (nodes are numbered in memory order, so each row's are consecutive).
+    row_start: Vec<u32>,
     /// Corner coordinates (corner index on each axis) of each node.
     corners: Vec<[u32; 3]>,
     /// `stencil[stencil_start[n]..stencil_start[n + 1]]`: the nodes whose mean node `n` is smoothed
@@ -127,8 +128,20 @@ pub fn extract_topologies(labels: &Volume<u8>, settings: &ExtractionSettings) ->
             work.push((label, voxels, bounds));
         }
     }
-    let topologies =
-        work.par_iter().map(|&(label, voxels, bounds)| extract_label(labels, &graph, label, voxels, bounds)).collect();
+    // Largest bounding boxes first, one label per task, so a large label met late does not become
+    // the tail of the stage; the result is put back in label order.
+    let mut order: Vec<usize> = (0..work.len()).collect();
+    order.sort_by_key(|&n| std::cmp::Reverse(work[n].2.voxel_count()));
+    let mut extracted: Vec<(usize, LabelTopology)> = order
+        .into_par_iter()
+        .with_max_len(1)
+        .map(|n| {
+            let (label, voxels, bounds) = work[n];
+            (n, extract_label(labels, &graph, label, voxels, bounds))
+        })
+        .collect();
+    extracted.sort_by_key(|(n, _)| *n);
+    let topologies = extracted.into_iter().map(|(_, topology)| topology).collect();
     Ok(Extraction { graph, topologies, skipped })
 }
 
@@ -142,70 +155,56 @@ impl CornerGraph {
         if corner_count > max {
             return Err(TooManyCorners { corners: corner_count, max });
         }
-        let layer_corners = corner_dims[0] * corner_dims[1];
 
+        let started = std::time::Instant::now();
         // 1. Each corner layer's boundary corners and their edge flags.
         let layers: Vec<(Vec<u32>, Vec<u8>)> =
             (0..corner_dims[2]).into_par_iter().map(|ck| boundary_corners_of_layer(labels, ck)).collect();
 
-        // 2. Node numbers, in memory order.
-        let mut first_node_of_layer = Vec::with_capacity(layers.len() + 1);
-        let mut total = 0usize;
-        for (indices, _) in &layers {
-            first_node_of_layer.push(total);
-            total += indices.len();
-        }
-        first_node_of_layer.push(total);
-        let mut node_of_corner = vec![0u32; corner_count as usize];
-        node_of_corner.par_chunks_mut(layer_corners).zip(layers.par_iter()).enumerate().for_each(
-            |(ck, (layer, (indices, _)))| {
-                for (n, &index) in indices.iter().enumerate() {
-                    // Fits: fewer corners than u32::MAX - 1 (checked above).
-                    layer[index as usize] = (first_node_of_layer[ck] + n + 1) as u32;
-                }
-            },
-        );
-        let flags: Vec<u8> = layers.iter().flat_map(|(_, flags)| flags.iter().copied()).collect();
-        let corners: Vec<[u32; 3]> = layers
-            .iter()
-            .enumerate()
-            .flat_map(|(ck, (indices, _))| {
-                indices.iter().map(move |&index| {
-                    let index = index as usize;
-                    [(index % corner_dims[0]) as u32, (index / corner_dims[0]) as u32, ck as u32]
-                })
-            })
-            .collect();
-
-        // 3. Smoothing stencils.
-        let partial = CornerGraph { dims, node_of_corner, corners, stencil_start: Vec::new(), stencil: Vec::new() };
-        let stencils: Vec<Vec<u32>> = partial
-            .corners
-            .par_chunks(1 << 14)
-            .enumerate()
-            .map(|(chunk, corners)| {
-                let mut out = Vec::with_capacity(corners.len() * 5);
-                for (offset, _) in corners.iter().enumerate() {
-                    let node = chunk * (1 << 14) + offset;
-                    let stencil = partial.stencil_of(node, &flags);
-                    out.push(stencil.len() as u32);
-                    out.extend_from_slice(&stencil);
-                }
-                out
-            })
-            .collect();
-        let mut stencil_start = Vec::with_capacity(partial.corners.len() + 1);
-        let mut stencil = Vec::with_capacity(partial.corners.len() * 4);
-        stencil_start.push(0u32);
-        for chunk in &stencils {
+        let found = started.elapsed();
+        // 2. Node numbers, in memory order, and the first node of each corner row.
+        let rows_per_layer = corner_dims[1];
+        let total: usize = layers.iter().map(|(indices, _)| indices.len()).sum();
+        let mut row_start = Vec::with_capacity(rows_per_layer * corner_dims[2] + 1);
+        let mut corners = Vec::with_capacity(total);
+        let mut flags = Vec::with_capacity(total);
+        for (ck, (indices, layer_flags)) in layers.into_iter().enumerate() {
             let mut at = 0;
-            while at < chunk.len() {
-                let count = chunk[at] as usize;
-                stencil.extend_from_slice(&chunk[at + 1..at + 1 + count]);
-                stencil_start.push(stencil.len() as u32);
-                at += 1 + count;
+            for cj in 0..rows_per_layer {
+                // Fits: fewer corners than u32::MAX - 1 (checked above).
+                row_start.push(corners.len() as u32);
+                while let Some(&index) = indices.get(at)
+                    && index as usize / corner_dims[0] == cj
+                {
+                    corners.push([index % corner_dims[0] as u32, cj as u32, ck as u32]);
+                    at += 1;
+                }
             }
+            flags.extend_from_slice(&layer_flags);
         }
+        row_start.push(corners.len() as u32);
+        let numbered = started.elapsed();
+
+        // 3. Smoothing stencils, a corner layer at a time.
+        let partial = CornerGraph { dims, row_start, corners, stencil_start: Vec::new(), stencil: Vec::new() };
+        let stencils: Vec<(Vec<u8>, Vec<u32>)> =
+            (0..corner_dims[2]).into_par_iter().map(|ck| partial.stencils_of_layer(ck, &flags)).collect();
+        let mut stencil_start = Vec::with_capacity(partial.corners.len() + 1);
+        let mut stencil = Vec::with_capacity(stencils.iter().map(|(_, nodes)| nodes.len()).sum());
+        stencil_start.push(0u32);
+        for (lengths, nodes) in &stencils {
+            for &length in lengths {
+                let end = stencil_start.last().copied().unwrap_or(0) + u32::from(length);
+                stencil_start.push(end);
+            }
+            stencil.extend_from_slice(nodes);
+        }
+        tracing::debug!(
+            find_ms = found.as_millis() as u64,
+            number_ms = (numbered - found).as_millis() as u64,
+            stencil_ms = (started.elapsed() - numbered).as_millis() as u64,
+            "corner graph phases"
+        );
         Ok(CornerGraph { stencil_start, stencil, ..partial })
     }
 
@@ -217,8 +216,23 @@ impl CornerGraph {
     /// The node at corner `(ci, cj, ck)`, if that corner is on a boundary.
     pub fn node_at(&self, corner: [usize; 3]) -> Option<u32> {
         let [ci, cj, ck] = corner;
-        let index = (ck * (self.dims[1] + 1) + cj) * (self.dims[0] + 1) + ci;
-        self.node_of_corner.get(index).and_then(|&n| n.checked_sub(1))
+        if ci > self.dims[0] || cj > self.dims[1] || ck > self.dims[2] {
+            return None;
+        }
+        let nodes = self.row_nodes(ck * (self.dims[1] + 1) + cj);
+        let within = &self.corners[nodes.clone()];
+        within.binary_search_by_key(&(ci as u32), |corner| corner[0]).ok().map(|at| (nodes.start + at) as u32)
+    }
+
+    /// The nodes of corner row `row` (`ck * (ny + 1) + cj`).
+    fn row_nodes(&self, row: usize) -> std::ops::Range<usize> {
+        self.row_start[row] as usize..self.row_start[row + 1] as usize
+    }
+
+    /// The nodes of corner layer `ck` (consecutive: nodes are numbered in memory order).
+    fn layer_nodes(&self, ck: usize) -> std::ops::Range<usize> {
+        let rows_per_layer = self.dims[1] + 1;
+        self.row_start[ck * rows_per_layer] as usize..self.row_start[(ck + 1) * rows_per_layer] as usize
     }
 
     /// The corner (corner index on each axis) of node `node`.
@@ -236,43 +250,99 @@ impl CornerGraph {
         &self.stencil[self.stencil_start[node] as usize..self.stencil_start[node + 1] as usize]
     }
 
-    /// Node `node`'s stencil from the edge flags (see the `stencil` field).
-    fn stencil_of(&self, node: usize, flags: &[u8]) -> Vec<u32> {
-        let corner = self.corners[node].map(|c| c as usize);
-        let mut boundary = Vec::with_capacity(6);
-        let mut junction = Vec::with_capacity(6);
-        for axis in 0..3 {
-            // The edge towards +axis is described by this node's flags.
-            let mut upper = corner;
-            upper[axis] += 1;
-            if flags[node] & (EDGE_BOUNDARY << axis) != 0
-                && let Some(neighbour) = self.node_at(upper)
-            {
-                boundary.push(neighbour);
-                if flags[node] & (EDGE_JUNCTION << axis) != 0 {
-                    junction.push(neighbour);
-                }
+    /// The stencils of the nodes of corner layer `ck` from the edge flags (see the `stencil`
+    /// field): each node's stencil length, and the stencils one after another. Each row's nodes are
+    /// matched with those of the rows beside it by walking both in order of `ci`.
+    fn stencils_of_layer(&self, ck: usize, flags: &[u8]) -> (Vec<u8>, Vec<u32>) {
+        let rows_per_layer = self.dims[1] + 1;
+        let layer = self.layer_nodes(ck);
+        let mut lengths = Vec::with_capacity(layer.len());
+        let mut stencils = Vec::with_capacity(layer.len() * 4);
+        for cj in 0..rows_per_layer {
+            let row = ck * rows_per_layer + cj;
+            let nodes = self.row_nodes(row);
+            if nodes.is_empty() {
+                continue;
             }
-            // The edge towards -axis by the lower neighbour's flags.
-            if corner[axis] > 0 {
-                let mut lower = corner;
-                lower[axis] -= 1;
-                if let Some(neighbour) = self.node_at(lower) {
-                    let neighbour_flags = flags[neighbour as usize];
-                    if neighbour_flags & (EDGE_BOUNDARY << axis) != 0 {
-                        boundary.push(neighbour);
-                        if neighbour_flags & (EDGE_JUNCTION << axis) != 0 {
-                            junction.push(neighbour);
+            // The rows beside this one, in the order their edges are visited: +y, −y, +z, −z.
+            let beside = |present: bool, row: usize| RowWalk::new(self, present.then_some(row));
+            let mut walks = [
+                beside(cj + 1 < rows_per_layer, row + 1),
+                beside(cj > 0, row.wrapping_sub(1)),
+                beside(ck < self.dims[2], row + rows_per_layer),
+                beside(ck > 0, row.wrapping_sub(rows_per_layer)),
+            ];
+            for node in nodes.clone() {
+                let ci = self.corners[node][0];
+                let mut boundary = SmallNodeList::default();
+                let mut junction = SmallNodeList::default();
+                let mut visit = |neighbour: Option<usize>, edge_flags_of: Option<usize>, axis: usize| {
+                    let (Some(neighbour), Some(owner)) = (neighbour, edge_flags_of) else {
+                        return;
+                    };
+                    if flags[owner] & (EDGE_BOUNDARY << axis) != 0 {
+                        boundary.push(neighbour as u32);
+                        if flags[owner] & (EDGE_JUNCTION << axis) != 0 {
+                            junction.push(neighbour as u32);
                         }
                     }
-                }
+                };
+                // The edge towards +axis is described by this node's flags, the edge towards −axis
+                // by the lower neighbour's.
+                let next = (node + 1 < nodes.end && self.corners[node + 1][0] == ci + 1).then_some(node + 1);
+                let previous = (node > nodes.start && self.corners[node - 1][0] + 1 == ci).then(|| node - 1);
+                visit(next, Some(node), 0);
+                visit(previous, previous, 0);
+                let [above_y, below_y, above_z, below_z] = walks.each_mut().map(|walk| walk.find(self, ci));
+                visit(above_y, Some(node), 1);
+                visit(below_y, below_y, 1);
+                visit(above_z, Some(node), 2);
+                visit(below_z, below_z, 2);
+                let chosen = match junction.len {
+                    0 => &boundary,
+                    2 => &junction,
+                    _ => &SmallNodeList::default(),
+                };
+                lengths.push(chosen.len as u8);
+                stencils.extend_from_slice(&chosen.nodes[..chosen.len]);
             }
         }
-        match junction.len() {
-            0 => boundary,
-            2 => junction,
-            _ => Vec::new(),
+        (lengths, stencils)
+    }
+}
+
+/// A walk along one corner row's nodes in increasing `ci`, finding the node at a given `ci`.
+struct RowWalk {
+    at: usize,
+    end: usize,
+}
+
+impl RowWalk {
+    fn new(graph: &CornerGraph, row: Option<usize>) -> RowWalk {
+        let nodes = row.map_or(0..0, |row| graph.row_nodes(row));
+        RowWalk { at: nodes.start, end: nodes.end }
+    }
+
+    /// The node at `ci`, if any; `ci` must not decrease from one call to the next.
+    fn find(&mut self, graph: &CornerGraph, ci: u32) -> Option<usize> {
+        while self.at < self.end && graph.corners[self.at][0] < ci {
+            self.at += 1;
         }
+        (self.at < self.end && graph.corners[self.at][0] == ci).then_some(self.at)
+    }
+}
+
+/// Up to six nodes (a corner has six edges), without an allocation.
+#[derive(Default)]
+struct SmallNodeList {
+    nodes: [u32; 6],
+    len: usize,
+}
+
+impl SmallNodeList {
+    fn push(&mut self, node: u32) {
+        self.nodes[self.len] = node;
+        self.len += 1;
     }
 }
 
@@ -292,11 +362,15 @@ const EDGE_JUNCTION: u8 = 1 << 3;
 fn boundary_corners_of_layer(labels: &Volume<u8>, ck: usize) -> (Vec<u32>, Vec<u8>) {
     let [nx, ny, nz] = labels.dims();
     let data = labels.voxels();
-    let row = |j: usize, k: usize| -> Option<&[u8]> {
-        (j >= 1 && j <= ny && k >= 1 && k <= nz).then(|| {
+    // Voxels outside the volume hold 0.
+    let outside = vec![0u8; nx];
+    let row = |j: usize, k: usize| -> &[u8] {
+        if j >= 1 && j <= ny && k >= 1 && k <= nz {
             let start = ((k - 1) * ny + (j - 1)) * nx;
             &data[start..start + nx]
-        })
+        } else {
+            &outside
+        }
     };
     let mut indices = Vec::new();
     let mut flags = Vec::new();
@@ -304,20 +378,18 @@ fn boundary_corners_of_layer(labels: &Volume<u8>, ck: usize) -> (Vec<u32>, Vec<u
     const MIXED: u16 = u16::MAX;
     let mut columns = vec![0u16; nx];
     for cj in 0..=ny {
-        // The four voxel rows around corner row (cj, ck): [y-1/z-1, y/z-1, y-1/z, y/z] (None: outside).
+        // The four voxel rows around corner row (cj, ck): [y-1/z-1, y/z-1, y-1/z, y/z].
         let rows = [row(cj, ck), row(cj + 1, ck), row(cj, ck + 1), row(cj + 1, ck + 1)];
-        if rows.iter().all(Option::is_none) {
+        // Fast path: four rows of background (most of a scan's air) hold no corner.
+        if rows.iter().all(|row| row.iter().all(|&value| value == 0)) {
             continue;
         }
-        // Fast path: four identical rows of background (most of a scan's air) hold no corner.
-        if rows.iter().all(|row| row.is_some_and(|row| row.iter().all(|&value| value == 0))) {
-            continue;
-        }
-        let value = |r: usize, i: usize| rows[r].map_or(0, |row| row[i]);
         for (i, column) in columns.iter_mut().enumerate() {
-            let first = value(0, i);
-            *column = if (1..4).all(|r| value(r, i) == first) { u16::from(first) } else { MIXED };
+            let first = rows[0][i];
+            let same = first == rows[1][i] && first == rows[2][i] && first == rows[3][i];
+            *column = if same { u16::from(first) } else { MIXED };
         }
+        let value = |r: usize, i: usize| rows[r][i];
         for ci in 0..=nx {
             let left = if ci == 0 { 0 } else { columns[ci - 1] };
             let right = if ci == nx { 0 } else { columns[ci] };
@@ -372,6 +444,13 @@ fn distinct_count(values: &[u8; 4]) -> usize {
 struct VoxelBounds {
     lowest: [usize; 3],
     highest: [usize; 3],
+}
+
+impl VoxelBounds {
+    /// Number of voxels in the box.
+    fn voxel_count(&self) -> usize {
+        (0..3).map(|axis| self.highest[axis] - self.lowest[axis] + 1).product()
+    }
 }
 
 /// Voxel count and inclusive bounding box of every label value, from one pass over a label map.
@@ -483,22 +562,28 @@ fn extract_label(
         builder.begin_voxel_slice(k);
         for j in 0..size[1] {
             let row_start = labels.linear_index(bounds.lowest[0], bounds.lowest[1] + j, bounds.lowest[2] + k);
-            for i in 0..size[0] {
-                let index = row_start + i;
-                if data[index] != label {
-                    continue;
-                }
-                let exposed = [
-                    i == 0 || data[index - 1] != label,
-                    i + 1 == size[0] || data[index + 1] != label,
-                    j == 0 || data[index - row_stride] != label,
-                    j + 1 == size[1] || data[index + row_stride] != label,
-                    k == 0 || data[index - slice_stride] != label,
-                    k + 1 == size[2] || data[index + slice_stride] != label,
-                ];
-                for (face, is_exposed) in exposed.into_iter().enumerate() {
-                    if is_exposed {
-                        builder.add_face(i, j, face);
+            let row = &data[row_start..row_start + size[0]];
+            // The label's voxels of the row: memchr skips to the next run of them.
+            let mut next = 0;
+            while let Some(found) = memchr::memchr(label, &row[next..]) {
+                let run_start = next + found;
+                let run_end =
+                    row[run_start..].iter().position(|&value| value != label).map_or(row.len(), |n| run_start + n);
+                next = run_end;
+                for i in run_start..run_end {
+                    let index = row_start + i;
+                    let exposed = [
+                        i == 0 || data[index - 1] != label,
+                        i + 1 == size[0] || data[index + 1] != label,
+                        j == 0 || data[index - row_stride] != label,
+                        j + 1 == size[1] || data[index + row_stride] != label,
+                        k == 0 || data[index - slice_stride] != label,
+                        k + 1 == size[2] || data[index + slice_stride] != label,
+                    ];
+                    for (face, is_exposed) in exposed.into_iter().enumerate() {
+                        if is_exposed {
+                            builder.add_face(i, j, face);
+                        }
                     }
                 }
             }
@@ -594,17 +679,21 @@ impl TopologyBuilder<'_> {
     /// their outside voxels (see the module documentation).
     fn corner_config(&self, corner: [usize; 3]) -> u16 {
         let block = self.block_at(corner);
+        let joined = diagonal_and_joined_half_edges(block);
+        if joined == 0 {
+            return u16::from(block);
+        }
         let mut outside_pairing = 0u16;
         for axis in 0..3 {
             for side in 0..2 {
-                if !diagonal_and_joined(block, axis, side) {
+                if joined & (1 << (axis * 2 + side)) == 0 {
                     continue;
                 }
                 // The same edge seen from its other end: that corner's block, the other side.
                 let mut other = corner.map(|c| c as isize);
                 other[axis] += if side == 1 { 1 } else { -1 };
                 let other_block = self.block_at_signed(other);
-                if diagonal_and_joined(other_block, axis, 1 - side) {
+                if diagonal_and_joined_half_edges(other_block) & (1 << (axis * 2 + 1 - side)) != 0 {
                     outside_pairing |= 1 << (axis * 2 + side);
                 }
             }
@@ -617,6 +706,22 @@ impl TopologyBuilder<'_> {
     }
 
     fn block_at_signed(&self, corner: [isize; 3]) -> u8 {
+        // Fast path: all eight voxels inside the bounding box (most corners).
+        let inside = (0..3).all(|axis| {
+            corner[axis] > self.origin[axis] as isize && corner[axis] < (self.origin[axis] + self.size[axis]) as isize
+        });
+        if inside {
+            let [nx, ny, _] = self.labels.dims();
+            let data = self.labels.voxels();
+            let lowest =
+                self.labels.linear_index(corner[0] as usize - 1, corner[1] as usize - 1, corner[2] as usize - 1);
+            let mut block = 0u8;
+            for b in 0..8 {
+                let index = lowest + (b & 1) + ((b >> 1) & 1) * nx + (b >> 2) * nx * ny;
+                block |= u8::from(data[index] == self.label) << b;
+            }
+            return block;
+        }
         let mut block = 0u8;
         for b in 0..8 {
             let voxel = [
@@ -677,6 +782,25 @@ fn faces_around_half_edge(axis: usize, side: usize) -> [usize; 4] {
         face_axis * 4 + bit_of(b1) + 2 * bit_of(b2)
     };
     [face(a1, a2, 0), face(a2, a1, 1), face(a1, a2, 1), face(a2, a1, 0)]
+}
+
+/// Bit `axis * 2 + side` set for each half-edge of a block for which [`diagonal_and_joined`] holds,
+/// from a table built on first use.
+fn diagonal_and_joined_half_edges(block: u8) -> u8 {
+    static TABLE: std::sync::OnceLock<[u8; 256]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        std::array::from_fn(|block| {
+            let mut bits = 0u8;
+            for axis in 0..3 {
+                for side in 0..2 {
+                    if diagonal_and_joined(block as u8, axis, side) {
+                        bits |= 1 << (axis * 2 + side);
+                    }
+                }
+            }
+            bits
+        })
+    })[usize::from(block)]
 }
 
 /// True when the four voxels around the half-edge (axis, side) hold the label in two diagonal

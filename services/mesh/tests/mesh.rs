@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use iris_mesh::finish::{signed_volume_mm3, surface_area_mm2};
-use iris_mesh::surface::{ExtractionSettings, extract_topologies};
+use iris_mesh::surface::{CornerGraph, ExtractionSettings, extract_topologies};
 use iris_mesh::{DEFAULT_MESH_SETTINGS, GlbGeometry, LabelMesh, MeshSettings, MeshedLabel, export_scene, mesh_labels};
 use iris_shared::labels::{LabelDescription, LabelTable};
 use iris_shared::volume::{Affine, Volume};
@@ -218,6 +218,77 @@ fn random_label_maps_give_closed_manifold_surfaces_before_and_after_smoothing_an
 }
 
 #[test]
+fn the_corner_graph_holds_exactly_the_boundary_corners_and_their_boundary_edges() {
+    // Brute force from the definitions in `CornerGraph`'s documentation, on random label maps.
+    let mut random = Lcg(29);
+    for case in 0..10 {
+        let dims = [3 + random.below(6) as usize, 2 + random.below(6) as usize, 2 + random.below(5) as usize];
+        let values: Vec<u8> = (0..dims.iter().product::<usize>())
+            .map(|_| if random.below(3) == 0 { 0 } else { 1 + random.below(3) as u8 })
+            .collect();
+        let volume = Volume::new(dims, Affine::identity(), values).unwrap();
+        let graph = CornerGraph::build(&volume).unwrap();
+        let voxel = |v: [isize; 3]| -> u8 {
+            let inside = (0..3).all(|axis| v[axis] >= 0 && (v[axis] as usize) < dims[axis]);
+            if inside { *volume.get(v[0] as usize, v[1] as usize, v[2] as usize) } else { 0 }
+        };
+        // The voxels around corner c (at c - 1 + offset), and around its edge towards +axis.
+        let around_corner = |c: [usize; 3]| -> Vec<u8> {
+            (0..8)
+                .map(|b| voxel(std::array::from_fn(|axis| c[axis] as isize - 1 + ((b >> axis) & 1) as isize)))
+                .collect()
+        };
+        let around_edge = |c: [usize; 3], axis: usize| -> Vec<u8> {
+            around_corner(c).into_iter().enumerate().filter(|(b, _)| (b >> axis) & 1 == 1).map(|(_, v)| v).collect()
+        };
+        let distinct = |values: &[u8]| values.iter().collect::<std::collections::BTreeSet<_>>().len();
+        let mut boundary_corners = 0;
+        for ck in 0..=dims[2] {
+            for cj in 0..=dims[1] {
+                for ci in 0..=dims[0] {
+                    let corner = [ci, cj, ck];
+                    let node = graph.node_at(corner);
+                    let on_boundary = distinct(&around_corner(corner)) > 1;
+                    assert_eq!(node.is_some(), on_boundary, "case {case} corner {corner:?}");
+                    let Some(node) = node else { continue };
+                    boundary_corners += 1;
+                    assert_eq!(graph.corner(node), corner.map(|c| c as u32), "case {case}");
+                    // The stencil: boundary-edge neighbours, or only junction-edge ones on a junction line.
+                    let mut boundary = Vec::new();
+                    let mut junction = Vec::new();
+                    for axis in 0..3 {
+                        for step in [1isize, -1] {
+                            let mut other = corner.map(|c| c as isize);
+                            other[axis] += step;
+                            if other[axis] < 0 || other[axis] as usize > dims[axis] {
+                                continue;
+                            }
+                            let other = other.map(|c| c as usize);
+                            let lower = if step == 1 { corner } else { other };
+                            let count = distinct(&around_edge(lower, axis));
+                            if count >= 2 {
+                                boundary.push(graph.node_at(other).expect("a boundary edge ends on boundary corners"));
+                            }
+                            if count >= 3 {
+                                junction.push(graph.node_at(other).unwrap());
+                            }
+                        }
+                    }
+                    let expected = match junction.len() {
+                        0 => boundary,
+                        2 => junction,
+                        _ => Vec::new(),
+                    };
+                    assert_eq!(graph.stencil(node as usize), expected.as_slice(), "case {case} corner {corner:?}");
+                }
+            }
+        }
+        assert_eq!(graph.node_count(), boundary_corners, "case {case}");
+        assert_eq!(graph.node_at([dims[0] + 1, 0, 0]), None, "case {case}: past the grid");
+    }
+}
+
+#[test]
 fn labels_below_the_minimum_are_skipped_and_listed_and_background_gives_nothing() {
     let volume = label_map([6, 6, 6], Affine::identity(), |i, j, k| match (i, j, k) {
         (1..=3, 1..=3, 1..=3) => 1,
@@ -375,9 +446,9 @@ fn meshes_overlay_the_volume_for_ras_lps_and_las_storage() {
         for label in &scene.labels {
             let mesh = &label.mesh;
             assert_closed_manifold(mesh, name);
-            // Sampled: every 7th vertex, pushed a voxel (the largest spacing) inwards and outwards along its normal.
+            // Every vertex, pushed a voxel (the largest spacing) inwards and outwards along its normal.
             let (mut inside_hits, mut outside_hits, mut samples) = (0, 0, 0);
-            for (position, normal) in mesh.positions.iter().zip(&mesh.normals).step_by(7) {
+            for (position, normal) in mesh.positions.iter().zip(&mesh.normals) {
                 let probe = |distance: f64| {
                     let world: [f64; 3] =
                         std::array::from_fn(|a| f64::from(position[a]) + distance * f64::from(normal[a]));
