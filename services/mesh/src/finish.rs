@@ -246,10 +246,25 @@ fn cut_into_parts(indices: &[u32], positions: &[[f32; 3]], triangles_per_part: u
         .enumerate()
         .map(|(triangle, corners)| (corners.iter().map(|&v| positions[v as usize][axis]).sum(), triangle as u32))
         .collect();
-    order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    // Slab s holds the triangles of rank r (in that order) with r · count / triangles = s: ranks
+    // from ⌈s · triangles / count⌉. Selecting each boundary in what is left of the order finds
+    // them without sorting everything.
     let mut slab_of_triangle = vec![0u32; triangles];
-    for (rank, &(_, triangle)) in order.iter().enumerate() {
-        slab_of_triangle[triangle as usize] = (rank * count / triangles) as u32;
+    let mut rest: &mut [(f32, u32)] = &mut order;
+    let mut slab_start = 0;
+    for slab in 0..count {
+        let next_start = ((slab + 1) * triangles).div_ceil(count);
+        let (this, after) = if slab + 1 < count {
+            rest.select_nth_unstable_by(next_start - slab_start, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            rest.split_at_mut(next_start - slab_start)
+        } else {
+            (rest, <&mut [(f32, u32)]>::default())
+        };
+        for &(_, triangle) in this.iter() {
+            slab_of_triangle[triangle as usize] = slab as u32;
+        }
+        rest = after;
+        slab_start = next_start;
     }
     let mut slab_of_vertex = vec![u32::MAX; positions.len()];
     let mut shared = vec![false; positions.len()];
@@ -372,10 +387,19 @@ fn non_manifold_vertices(indices: &[u32]) -> Vec<u32> {
             edges.push((u64::from(triangle[n]) << 32) | u64::from(triangle[(n + 1) % 3]));
         }
     }
+    // The reverse of every edge, sorted too: one walk along both finds the edges without a reverse
+    // (a binary search per edge costs more than the second sort).
+    let mut reversed: Vec<u64> = edges.iter().map(|edge| edge.rotate_left(32)).collect();
     edges.sort_unstable();
+    reversed.sort_unstable();
+    let mut at = 0;
     for (n, &edge) in edges.iter().enumerate() {
         let repeated = n > 0 && edges[n - 1] == edge;
-        if repeated || edges.binary_search(&edge.rotate_left(32)).is_err() {
+        while at < reversed.len() && reversed[at] < edge {
+            at += 1;
+        }
+        let has_reverse = reversed.get(at) == Some(&edge);
+        if repeated || !has_reverse {
             faults.extend_from_slice(&[(edge >> 32) as u32, edge as u32]);
         }
     }
