@@ -13,6 +13,7 @@ pub mod export;
 pub mod finish;
 pub mod glb;
 pub mod label_mesh;
+mod schedule;
 pub mod smoothing;
 pub mod stl;
 pub mod surface;
@@ -195,15 +196,10 @@ pub fn mesh_labels(labels: &Volume<u8>, table: &LabelTable, settings: &MeshSetti
         .collect();
     let names: Vec<(u16, &str)> = descriptions.iter().map(|d| (d.id, d.name.as_str())).collect();
     let file_names = export::safe_unique_names(&names);
-    // Largest labels first, one label per task: the longest simplifications start at once and the
-    // small ones fill the other threads around them (rayon's default split would hand one thread a
-    // contiguous run of labels, and a large label met late becomes the tail of the whole stage).
-    let mut jobs: Vec<(usize, String)> = file_names.into_iter().enumerate().collect();
-    jobs.sort_by_key(|(index, _)| std::cmp::Reverse(extraction.topologies[*index].quads.len()));
-    let mut finished: Vec<(usize, MeshedLabel)> = jobs
-        .into_par_iter()
-        .with_max_len(1)
-        .map(|(index, file_name)| {
+    let finished = schedule::largest_first(
+        extraction.topologies.len(),
+        |index| extraction.topologies[index].quads.len(),
+        |index| {
             let (topology, description) = (&extraction.topologies[index], &descriptions[index]);
             let label_started = std::time::Instant::now();
             let (mesh, figures) = finish::finish_label(
@@ -228,17 +224,14 @@ pub fn mesh_labels(labels: &Volume<u8>, table: &LabelTable, settings: &MeshSetti
                     "simplification refused and redone (locked around folds, or gentler)"
                 );
             }
-            let meshed = MeshedLabel {
+            MeshedLabel {
                 mesh,
                 voxels: topology.voxels,
                 extracted_triangles: figures.extracted_triangles,
-                file_name,
-            };
-            (index, meshed)
-        })
-        .collect();
-    finished.sort_by_key(|(index, _)| *index);
-    let finished: Vec<MeshedLabel> = finished.into_iter().map(|(_, meshed)| meshed).collect();
+                file_name: file_names[index].clone(),
+            }
+        },
+    );
     info!(
         labels = finished.len(),
         skipped = extraction.skipped.len(),

@@ -128,20 +128,14 @@ pub fn extract_topologies(labels: &Volume<u8>, settings: &ExtractionSettings) ->
             work.push((label, voxels, bounds));
         }
     }
-    // Largest bounding boxes first, one label per task, so a large label met late does not become
-    // the tail of the stage; the result is put back in label order.
-    let mut order: Vec<usize> = (0..work.len()).collect();
-    order.sort_by_key(|&n| std::cmp::Reverse(work[n].2.voxel_count()));
-    let mut extracted: Vec<(usize, LabelTopology)> = order
-        .into_par_iter()
-        .with_max_len(1)
-        .map(|n| {
+    let topologies = crate::schedule::largest_first(
+        work.len(),
+        |n| work[n].2.voxel_count(),
+        |n| {
             let (label, voxels, bounds) = work[n];
-            (n, extract_label(labels, &graph, label, voxels, bounds))
-        })
-        .collect();
-    extracted.sort_by_key(|(n, _)| *n);
-    let topologies = extracted.into_iter().map(|(_, topology)| topology).collect();
+            extract_label(labels, &graph, label, voxels, bounds)
+        },
+    );
     Ok(Extraction { graph, topologies, skipped })
 }
 
