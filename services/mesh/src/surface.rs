@@ -375,7 +375,7 @@ fn boundary_corners_of_layer(labels: &Volume<u8>, ck: usize) -> (Vec<u32>, Vec<u
         // The four voxel rows around corner row (cj, ck): [y-1/z-1, y/z-1, y-1/z, y/z].
         let rows = [row(cj, ck), row(cj + 1, ck), row(cj, ck + 1), row(cj + 1, ck + 1)];
         // Fast path: four rows of background (most of a scan's air) hold no corner.
-        if rows.iter().all(|row| row.iter().all(|&value| value == 0)) {
+        if rows.iter().all(|row| row.iter().fold(0, |any, &value| any | value) == 0) {
             continue;
         }
         for (i, column) in columns.iter_mut().enumerate() {
@@ -433,6 +433,24 @@ fn distinct_count(values: &[u8; 4]) -> usize {
     count
 }
 
+/// The end (first index past it) of the run of `value` in `row` that starts at `start`; eight
+/// bytes at a time, since a label map's rows are long runs.
+fn run_end(row: &[u8], start: usize, value: u8) -> usize {
+    let pattern = u64::from_le_bytes([value; 8]);
+    let mut end = start + 1;
+    while let Some(word) = row[end..].first_chunk::<8>() {
+        let difference = u64::from_le_bytes(*word) ^ pattern;
+        if difference != 0 {
+            return end + (difference.trailing_zeros() / 8) as usize;
+        }
+        end += 8;
+    }
+    while end < row.len() && row[end] == value {
+        end += 1;
+    }
+    end
+}
+
 /// Inclusive voxel-index bounding box of one label.
 #[derive(Debug, Clone, Copy)]
 struct VoxelBounds {
@@ -479,10 +497,7 @@ impl LabelCensus {
             // Runs of one value: one update per run.
             while start < row.len() {
                 let value = row[start];
-                let mut end = start + 1;
-                while end < row.len() && row[end] == value {
-                    end += 1;
-                }
+                let end = run_end(row, start, value);
                 let value = usize::from(value);
                 self.voxels[value] += (end - start) as u64;
                 let (lowest, highest) = (&mut self.lowest[value], &mut self.highest[value]);
@@ -895,4 +910,26 @@ fn compute_corner_groups(config: u16) -> CornerGroups {
         *group = group_of_root[r];
     }
     CornerGroups { count, group_of_face }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::run_end;
+
+    #[test]
+    fn run_ends_match_a_byte_by_byte_scan() {
+        // Runs of every length from 1 to 20 at every offset within a word, and a row's end.
+        for length in 1..=20usize {
+            for offset in 0..9usize {
+                for tail in [0usize, 1, 7, 8, 13] {
+                    let mut row = vec![1u8; offset];
+                    row.extend(std::iter::repeat_n(7u8, length));
+                    row.extend(std::iter::repeat_n(9u8, tail));
+                    let naive = (offset..row.len()).find(|&i| row[i] != 7).unwrap_or(row.len());
+                    assert_eq!(run_end(&row, offset, 7), naive, "run of {length} at {offset}, {tail} after");
+                    assert_eq!(naive, offset + length);
+                }
+            }
+        }
+    }
 }
