@@ -713,7 +713,9 @@ fn assemble(
                     if decoded.samples_per_pixel() != 1 {
                         return Err(DicomError::InconsistentSeries("colour images are not CT".into()));
                     }
-                    let values: Vec<f32> = decoded.to_vec().map_err(|e| decode_error(&transfer_syntax, e))?;
+                    // The decoded frame is frame 0 of `decoded` (with this frame's rescale);
+                    // `to_vec` would convert it and then copy it into a second buffer.
+                    let values: Vec<f32> = decoded.to_vec_frame(0).map_err(|e| decode_error(&transfer_syntax, e))?;
                     let values = values.get(..frame_size).ok_or_else(|| {
                         DicomError::Corrupt("pixel data is shorter than Rows × Columns × frames".into())
                     })?;

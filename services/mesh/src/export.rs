@@ -115,8 +115,10 @@ pub struct ManifestBoundingBox {
 /// normals as `vn` lines) and its MTL file (one material per label, in the label's colour).
 pub fn write_obj_and_mtl(labels: &[MeshedLabel], table: &LabelTable, mtl_file_name: &str) -> (Vec<u8>, Vec<u8>) {
     let bodies: Vec<Vec<u8>> = obj_pieces(labels).par_iter().map(ObjPiece::format).collect();
-    let mut obj = obj_header(table, mtl_file_name, labels);
-    obj.reserve(bodies.iter().map(Vec::len).sum());
+    let header = obj_header(table, mtl_file_name, labels);
+    let mut obj =
+        iris_shared::memory::large_vec_with_capacity(header.len() + bodies.iter().map(Vec::len).sum::<usize>());
+    obj.extend_from_slice(&header);
     for body in &bodies {
         obj.extend_from_slice(body);
     }

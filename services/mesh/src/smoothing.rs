@@ -13,6 +13,7 @@
 //! The clamp makes this surface nets: each vertex stays inside the voxel-sized cell around its
 //! grid corner, and so within half a voxel diagonal of the label boundary it came from.
 
+use iris_shared::memory::large_vec_with_capacity;
 use rayon::prelude::*;
 
 use crate::surface::CornerGraph;
@@ -37,27 +38,29 @@ pub const DEFAULT_SMOOTHING: SmoothingSettings =
 /// The position of every node of `graph` in voxel coordinates after smoothing (unsmoothed when
 /// `settings.factor` is 0 or `settings.iterations` is 0: each corner at its grid position).
 pub fn smooth_corners(graph: &CornerGraph, settings: &SmoothingSettings) -> Vec<[f32; 3]> {
-    let original: Vec<[f32; 3]> = graph.corners().par_iter().map(|corner| corner.map(|c| c as f32 - 0.5)).collect();
+    // Four arrays of every node's position: huge pages spare most of their page faults.
+    let n = graph.node_count();
+    let mut original: Vec<[f32; 3]> = large_vec_with_capacity(n);
+    original.par_extend(graph.corners().par_iter().map(|corner| corner.map(|c| c as f32 - 0.5)));
     if settings.factor <= 0.0 || settings.iterations == 0 {
         return original;
     }
     let coefficients = windowed_sinc_coefficients(pass_band(settings.factor), settings.iterations);
-    let n = original.len();
 
     // Chebyshev recurrence on the operator A = I − K/2 (K x = x − mean of the stencil):
     // x⁽⁰⁾ = x, x⁽¹⁾ = A x⁽⁰⁾, x⁽ʲ⁾ = 2A x⁽ʲ⁻¹⁾ − x⁽ʲ⁻²⁾; result = Σ cⱼ x⁽ʲ⁾. x⁽ʲ⁾ overwrites
     // x⁽ʲ⁻²⁾ in place, since each node's new value reads only its own old one.
-    let mut older = original.clone();
-    let mut newer: Vec<[f32; 3]> = (0..n).into_par_iter().map(|node| half_step(graph, &older, node)).collect();
-    let mut result: Vec<[f32; 3]> = (0..n)
-        .into_par_iter()
-        .map(|node| {
-            let (x0, x1) = (older[node], newer[node]);
-            std::array::from_fn(|axis| {
-                (coefficients[0] * f64::from(x0[axis]) + coefficients[1] * f64::from(x1[axis])) as f32
-            })
+    let mut older = large_vec_with_capacity(n);
+    older.extend_from_slice(&original);
+    let mut newer: Vec<[f32; 3]> = large_vec_with_capacity(n);
+    newer.par_extend((0..n).into_par_iter().map(|node| half_step(graph, &older, node)));
+    let mut result: Vec<[f32; 3]> = large_vec_with_capacity(n);
+    result.par_extend((0..n).into_par_iter().map(|node| {
+        let (x0, x1) = (older[node], newer[node]);
+        std::array::from_fn(|axis| {
+            (coefficients[0] * f64::from(x0[axis]) + coefficients[1] * f64::from(x1[axis])) as f32
         })
-        .collect();
+    }));
     for &coefficient in &coefficients[2..] {
         older.par_iter_mut().zip(result.par_iter_mut()).enumerate().for_each(|(node, (x0, sum))| {
             let x1 = newer[node];

@@ -22,6 +22,7 @@
 //! corners on any boundary (shared by every label touching them, which is what keeps the surfaces
 //! of neighbouring labels together when they are smoothed).
 
+use iris_shared::memory::large_vec_with_capacity;
 use iris_shared::volume::Volume;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -160,7 +161,7 @@ impl CornerGraph {
         let rows_per_layer = corner_dims[1];
         let total: usize = layers.iter().map(|(indices, _)| indices.len()).sum();
         let mut row_start = Vec::with_capacity(rows_per_layer * corner_dims[2] + 1);
-        let mut corners = Vec::with_capacity(total);
+        let mut corners = large_vec_with_capacity(total);
         let mut flags = Vec::with_capacity(total);
         for (ck, (indices, layer_flags)) in layers.into_iter().enumerate() {
             let mut at = 0;
@@ -183,8 +184,8 @@ impl CornerGraph {
         let partial = CornerGraph { dims, row_start, corners, stencil_start: Vec::new(), stencil: Vec::new() };
         let stencils: Vec<(Vec<u8>, Vec<u32>)> =
             (0..corner_dims[2]).into_par_iter().map(|ck| partial.stencils_of_layer(ck, &flags)).collect();
-        let mut stencil_start = Vec::with_capacity(partial.corners.len() + 1);
-        let mut stencil = Vec::with_capacity(stencils.iter().map(|(_, nodes)| nodes.len()).sum());
+        let mut stencil_start = large_vec_with_capacity(partial.corners.len() + 1);
+        let mut stencil = large_vec_with_capacity(stencils.iter().map(|(_, nodes)| nodes.len()).sum());
         stencil_start.push(0u32);
         for (lengths, nodes) in &stencils {
             for &length in lengths {
