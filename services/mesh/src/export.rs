@@ -114,13 +114,19 @@ pub struct ManifestBoundingBox {
 /// The OBJ file (one object and group per label, 1-based vertex indices across the whole file,
 /// normals as `vn` lines) and its MTL file (one material per label, in the label's colour).
 pub fn write_obj_and_mtl(labels: &[MeshedLabel], table: &LabelTable, mtl_file_name: &str) -> (Vec<u8>, Vec<u8>) {
-    let bodies: Vec<Vec<u8>> = obj_pieces(labels).par_iter().map(ObjPiece::format).collect();
     let header = obj_header(table, mtl_file_name, labels);
-    let mut obj =
-        iris_shared::memory::large_vec_with_capacity(header.len() + bodies.iter().map(Vec::len).sum::<usize>());
+    // About the size of the file (the lines' usual lengths), so it is seldom moved as it grows.
+    let estimate: usize =
+        labels.iter().map(|label| 66 * label.mesh.positions.len() + 40 * label.mesh.triangles.len() + 100).sum();
+    let mut obj = iris_shared::memory::large_vec_with_capacity(header.len() + estimate);
     obj.extend_from_slice(&header);
-    for body in &bodies {
-        obj.extend_from_slice(body);
+    // A few pieces at a time, formatted in parallel and appended in order: the pieces' memory is
+    // reused from one batch to the next instead of holding a second copy of the whole file.
+    for batch in obj_pieces(labels).chunks(OBJ_PIECES_PER_BATCH) {
+        let bodies: Vec<Vec<u8>> = batch.par_iter().map(ObjPiece::format).collect();
+        for body in &bodies {
+            obj.extend_from_slice(body);
+        }
     }
     (obj, mtl_file(table, labels))
 }
@@ -199,6 +205,9 @@ fn obj_header(table: &LabelTable, mtl_file_name: &str, labels: &[MeshedLabel]) -
 
 /// Vertices or faces written per parallel task, so that one large label is also spread over threads.
 const OBJ_LINES_PER_TASK: usize = 1 << 15;
+
+/// Pieces formatted (in parallel) before they are appended to the file.
+const OBJ_PIECES_PER_BATCH: usize = 16;
 
 /// A piece of the OBJ body, formatted independently of the others.
 enum ObjPiece<'a> {

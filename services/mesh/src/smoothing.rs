@@ -38,20 +38,20 @@ pub const DEFAULT_SMOOTHING: SmoothingSettings =
 /// The position of every node of `graph` in voxel coordinates after smoothing (unsmoothed when
 /// `settings.factor` is 0 or `settings.iterations` is 0: each corner at its grid position).
 pub fn smooth_corners(graph: &CornerGraph, settings: &SmoothingSettings) -> Vec<[f32; 3]> {
-    // Four arrays of every node's position: huge pages spare most of their page faults.
+    // Three arrays of every node's position (on huge pages, which spare most of their page
+    // faults); each node's start is its corner, recomputed where needed rather than kept.
     let n = graph.node_count();
-    let mut original: Vec<[f32; 3]> = large_vec_with_capacity(n);
-    original.par_extend(graph.corners().par_iter().map(|corner| corner.map(|c| c as f32 - 0.5)));
+    let start = |node: usize| graph.corner(node as u32).map(|c| c as f32 - 0.5);
+    let mut older: Vec<[f32; 3]> = large_vec_with_capacity(n);
+    older.par_extend((0..n).into_par_iter().map(start));
     if settings.factor <= 0.0 || settings.iterations == 0 {
-        return original;
+        return older;
     }
     let coefficients = windowed_sinc_coefficients(pass_band(settings.factor), settings.iterations);
 
     // Chebyshev recurrence on the operator A = I − K/2 (K x = x − mean of the stencil):
     // x⁽⁰⁾ = x, x⁽¹⁾ = A x⁽⁰⁾, x⁽ʲ⁾ = 2A x⁽ʲ⁻¹⁾ − x⁽ʲ⁻²⁾; result = Σ cⱼ x⁽ʲ⁾. x⁽ʲ⁾ overwrites
     // x⁽ʲ⁻²⁾ in place, since each node's new value reads only its own old one.
-    let mut older = large_vec_with_capacity(n);
-    older.extend_from_slice(&original);
     let mut newer: Vec<[f32; 3]> = large_vec_with_capacity(n);
     newer.par_extend((0..n).into_par_iter().map(|node| half_step(graph, &older, node)));
     let mut result: Vec<[f32; 3]> = large_vec_with_capacity(n);
@@ -77,9 +77,10 @@ pub fn smooth_corners(graph: &CornerGraph, settings: &SmoothingSettings) -> Vec<
 
     // Fixed nodes stay put; every node stays within its cell.
     let limit = settings.max_offset_voxels;
-    result.par_iter_mut().zip(original.par_iter()).enumerate().for_each(|(node, (position, start))| {
+    result.par_iter_mut().enumerate().for_each(|(node, position)| {
+        let start = start(node);
         if graph.stencil(node).is_empty() {
-            *position = *start;
+            *position = start;
             return;
         }
         for axis in 0..3 {
