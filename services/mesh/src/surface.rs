@@ -22,7 +22,7 @@
 //! corners on any boundary (shared by every label touching them, which is what keeps the surfaces
 //! of neighbouring labels together when they are smoothed).
 
-use iris_shared::memory::large_vec_with_capacity;
+use iris_shared::memory::large_zeroed_vec;
 use iris_shared::volume::Volume;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -157,43 +157,60 @@ impl CornerGraph {
             (0..corner_dims[2]).into_par_iter().map(|ck| boundary_corners_of_layer(labels, ck)).collect();
 
         let found = started.elapsed();
-        // 2. Node numbers, in memory order, and the first node of each corner row.
+        // 2. Node numbers, in memory order, and the first node of each corner row. Each layer's
+        // nodes are consecutive, so every layer fills its own part of the arrays, in parallel.
         let rows_per_layer = corner_dims[1];
-        let total: usize = layers.iter().map(|(indices, _)| indices.len()).sum();
-        let mut row_start = Vec::with_capacity(rows_per_layer * corner_dims[2] + 1);
-        let mut corners = large_vec_with_capacity(total);
-        let mut flags = Vec::with_capacity(total);
-        for (ck, (indices, layer_flags)) in layers.into_iter().enumerate() {
-            let mut at = 0;
-            for cj in 0..rows_per_layer {
-                // Fits: fewer corners than u32::MAX - 1 (checked above).
-                row_start.push(corners.len() as u32);
-                while let Some(&index) = indices.get(at)
-                    && index as usize / corner_dims[0] == cj
-                {
-                    corners.push([index % corner_dims[0] as u32, cj as u32, ck as u32]);
-                    at += 1;
+        let layer_sizes: Vec<usize> = layers.iter().map(|(indices, _)| indices.len()).collect();
+        let total: usize = layer_sizes.iter().sum();
+        let layer_start: Vec<usize> = prefix_sums(&layer_sizes);
+        let mut row_start: Vec<u32> = vec![0; rows_per_layer * corner_dims[2] + 1];
+        let mut corners: Vec<[u32; 3]> = large_zeroed_vec(total);
+        let mut flags: Vec<u8> = vec![0; total];
+        split_mut(&mut corners, &layer_sizes)
+            .into_par_iter()
+            .zip(split_mut(&mut flags, &layer_sizes))
+            .zip(row_start.par_chunks_mut(rows_per_layer))
+            .zip(layers.par_iter())
+            .enumerate()
+            .for_each(|(ck, (((corners, flags), row_start), (indices, layer_flags)))| {
+                let mut at = 0;
+                for (cj, row_start) in row_start.iter_mut().enumerate() {
+                    // Fits: fewer corners than u32::MAX - 1 (checked above).
+                    *row_start = (layer_start[ck] + at) as u32;
+                    while let Some(&index) = indices.get(at)
+                        && index as usize / corner_dims[0] == cj
+                    {
+                        corners[at] = [index % corner_dims[0] as u32, cj as u32, ck as u32];
+                        at += 1;
+                    }
                 }
-            }
-            flags.extend_from_slice(&layer_flags);
-        }
-        row_start.push(corners.len() as u32);
+                flags.copy_from_slice(layer_flags);
+            });
+        drop(layers);
+        row_start[rows_per_layer * corner_dims[2]] = total as u32;
         let numbered = started.elapsed();
 
-        // 3. Smoothing stencils, a corner layer at a time.
+        // 3. Smoothing stencils, a corner layer at a time, then put together (in parallel too).
         let partial = CornerGraph { dims, row_start, corners, stencil_start: Vec::new(), stencil: Vec::new() };
         let stencils: Vec<(Vec<u8>, Vec<u32>)> =
             (0..corner_dims[2]).into_par_iter().map(|ck| partial.stencils_of_layer(ck, &flags)).collect();
-        let mut stencil_start = large_vec_with_capacity(partial.corners.len() + 1);
-        let mut stencil = large_vec_with_capacity(stencils.iter().map(|(_, nodes)| nodes.len()).sum());
-        stencil_start.push(0u32);
-        for (lengths, nodes) in &stencils {
-            for &length in lengths {
-                let end = stencil_start.last().copied().unwrap_or(0) + u32::from(length);
-                stencil_start.push(end);
-            }
-            stencil.extend_from_slice(nodes);
-        }
+        let stencil_sizes: Vec<usize> = stencils.iter().map(|(_, nodes)| nodes.len()).collect();
+        let stencil_base = prefix_sums(&stencil_sizes);
+        let mut stencil_start: Vec<u32> = large_zeroed_vec(total + 1);
+        let mut stencil: Vec<u32> = large_zeroed_vec(stencil_base[stencil_base.len() - 1]);
+        split_mut(&mut stencil_start[1..], &layer_sizes)
+            .into_par_iter()
+            .zip(split_mut(&mut stencil, &stencil_sizes))
+            .zip(stencils.par_iter().zip(&stencil_base[..stencil_sizes.len()]))
+            .for_each(|((ends, nodes), ((lengths, layer_nodes), &base))| {
+                // Each node's stencil ends where the next one's starts.
+                let mut end = base as u32;
+                for (slot, &length) in ends.iter_mut().zip(lengths) {
+                    end += u32::from(length);
+                    *slot = end;
+                }
+                nodes.copy_from_slice(layer_nodes);
+            });
         tracing::debug!(
             find_ms = found.as_millis() as u64,
             number_ms = (numbered - found).as_millis() as u64,
@@ -304,6 +321,27 @@ impl CornerGraph {
         }
         (lengths, stencils)
     }
+}
+
+/// `[0, a, a + b, …]`: where each of consecutive parts of the given sizes starts, and the total.
+fn prefix_sums(sizes: &[usize]) -> Vec<usize> {
+    let mut sums = Vec::with_capacity(sizes.len() + 1);
+    sums.push(0);
+    for &size in sizes {
+        sums.push(sums[sums.len() - 1] + size);
+    }
+    sums
+}
+
+/// `slice` cut into consecutive parts of the given sizes (which must add up to at most its length).
+fn split_mut<'a, T>(mut slice: &'a mut [T], sizes: &[usize]) -> Vec<&'a mut [T]> {
+    let mut parts = Vec::with_capacity(sizes.len());
+    for &size in sizes {
+        let (part, rest) = std::mem::take(&mut slice).split_at_mut(size);
+        parts.push(part);
+        slice = rest;
+    }
+    parts
 }
 
 /// A walk along one corner row's nodes in increasing `ci`, finding the node at a given `ci`.
