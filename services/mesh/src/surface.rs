@@ -575,6 +575,9 @@ const FACE_CORNERS: [[[usize; 3]; 4]; 6] = [
     [[0, 0, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]],
 ];
 
+/// Voxels inside a run skipped at once when none of them has an exposed face (see [`extract_label`]).
+const INTERIOR_BLOCK: usize = 16;
+
 /// Marks a corner slot whose vertices are not made yet.
 const NO_VERTEX: u32 = u32::MAX;
 
@@ -611,14 +614,30 @@ fn extract_label(
         for j in 0..size[1] {
             let row_start = labels.linear_index(bounds.lowest[0], bounds.lowest[1] + j, bounds.lowest[2] + k);
             let row = &data[row_start..row_start + size[0]];
+            // Rows away from the box's faces: their y and z neighbours lie inside the box.
+            let inner_rows = j > 0 && j + 1 < size[1] && k > 0 && k + 1 < size[2];
             // The label's voxels of the row: memchr skips to the next run of them.
             let mut next = 0;
             while let Some(found) = memchr::memchr(label, &row[next..]) {
                 let run_start = next + found;
-                let run_end =
-                    row[run_start..].iter().position(|&value| value != label).map_or(row.len(), |n| run_start + n);
+                let run_end = run_end(row, run_start, label);
                 next = run_end;
-                for i in run_start..run_end {
+                let mut i = run_start;
+                while i < run_end {
+                    // Voxels strictly inside the run (their x neighbours are of the label) whose
+                    // four y and z neighbours are of the label too have no exposed face: skipped
+                    // a block at a time, with one vectorised comparison of the four rows beside.
+                    if inner_rows && i > run_start && i + INTERIOR_BLOCK < run_end {
+                        let at = row_start + i;
+                        let beside = [at - row_stride, at + row_stride, at - slice_stride, at + slice_stride];
+                        let differs = beside.iter().fold(0u8, |any, &start| {
+                            data[start..start + INTERIOR_BLOCK].iter().fold(any, |any, &value| any | (value ^ label))
+                        });
+                        if differs == 0 {
+                            i += INTERIOR_BLOCK;
+                            continue;
+                        }
+                    }
                     let index = row_start + i;
                     let exposed = [
                         i == 0 || data[index - 1] != label,
@@ -633,6 +652,7 @@ fn extract_label(
                             builder.add_face(i, j, face);
                         }
                     }
+                    i += 1;
                 }
             }
         }
