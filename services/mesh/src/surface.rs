@@ -474,7 +474,7 @@ fn distinct_count(values: &[u8; 4]) -> usize {
 
 /// The end (first index past it) of the run of `value` in `row` that starts at `start`; eight
 /// bytes at a time, since a label map's rows are long runs.
-fn run_end(row: &[u8], start: usize, value: u8) -> usize {
+fn end_of_run(row: &[u8], start: usize, value: u8) -> usize {
     let pattern = u64::from_le_bytes([value; 8]);
     let mut end = start + 1;
     while let Some(word) = row[end..].first_chunk::<8>() {
@@ -536,7 +536,7 @@ impl LabelCensus {
             // Runs of one value: one update per run.
             while start < row.len() {
                 let value = row[start];
-                let end = run_end(row, start, value);
+                let end = end_of_run(row, start, value);
                 let value = usize::from(value);
                 self.voxels[value] += (end - start) as u64;
                 let (lowest, highest) = (&mut self.lowest[value], &mut self.highest[value]);
@@ -620,7 +620,7 @@ fn extract_label(
             let mut next = 0;
             while let Some(found) = memchr::memchr(label, &row[next..]) {
                 let run_start = next + found;
-                let run_end = run_end(row, run_start, label);
+                let run_end = end_of_run(row, run_start, label);
                 next = run_end;
                 let mut i = run_start;
                 while i < run_end {
@@ -973,7 +973,7 @@ fn compute_corner_groups(config: u16) -> CornerGroups {
 
 #[cfg(test)]
 mod tests {
-    use super::{ExtractionSettings, extract_topologies, run_end};
+    use super::{ExtractionSettings, end_of_run, extract_topologies};
     use iris_shared::volume::{Affine, Volume};
 
     #[test]
@@ -1072,7 +1072,7 @@ mod tests {
                     row.extend(std::iter::repeat_n(7u8, length));
                     row.extend(std::iter::repeat_n(9u8, tail));
                     let naive = (offset..row.len()).find(|&i| row[i] != 7).unwrap_or(row.len());
-                    assert_eq!(run_end(&row, offset, 7), naive, "run of {length} at {offset}, {tail} after");
+                    assert_eq!(end_of_run(&row, offset, 7), naive, "run of {length} at {offset}, {tail} after");
                     assert_eq!(naive, offset + length);
                 }
             }
