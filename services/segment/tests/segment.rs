@@ -477,3 +477,65 @@ fn classical_model_dice_against_totalsegmentator() {
     assert!(lungs >= 0.80, "lungs Dice {lungs:.3} < 0.80");
     assert!(bone >= 0.75, "bone Dice {bone:.3} < 0.75");
 }
+
+/// The TotalSegmentator task template (`tasks/totalsegmentator/task.json`): its five 1.5 mm models
+/// produce each of the 117 classes exactly once, from consecutive local ids; the fast model maps
+/// every class to itself; ids, names and colours are those of the shared `total_labels.json`.
+#[test]
+fn the_totalsegmentator_task_template_covers_every_class_once() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tasks/totalsegmentator/task.json");
+    let task = TaskDefinition::parse("totalsegmentator", &std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(task.labels.len(), 117);
+    assert_eq!(task.models.len(), 5);
+    let mut producer: BTreeMap<u8, &str> = BTreeMap::new();
+    for model in &task.models {
+        let map = model.label_map.as_ref().expect("the template spells every label map out");
+        let locals: Vec<u8> = map.keys().copied().collect();
+        assert_eq!(locals, (1..=map.len() as u8).collect::<Vec<_>>(), "{}: local ids 1..n", model.model);
+        for &class in map.values() {
+            assert_eq!(producer.insert(class, &model.model), None, "class {class} comes from two models");
+        }
+    }
+    let classes: BTreeSet<u8> = task.labels.iter().map(|label| label.id as u8).collect();
+    assert_eq!(producer.keys().copied().collect::<BTreeSet<u8>>(), classes);
+    // The split of TotalSegmentator's class_map_5_parts, spot-checked at each model's ends.
+    let local_of = |model: &str, name: &str| {
+        let id = task.label_id(name).unwrap();
+        let map = task.models.iter().find(|m| m.model == model).unwrap().label_map.as_ref().unwrap();
+        map.iter().find(|(_, class)| **class == id).map(|(local, _)| *local)
+    };
+    assert_eq!(local_of("totalseg-291-organs", "spleen"), Some(1));
+    assert_eq!(local_of("totalseg-291-organs", "kidney_cyst_right"), Some(24));
+    assert_eq!(local_of("totalseg-292-vertebrae", "sacrum"), Some(1));
+    assert_eq!(local_of("totalseg-292-vertebrae", "vertebrae_C1"), Some(26));
+    assert_eq!(local_of("totalseg-293-cardiac", "heart"), Some(1));
+    assert_eq!(local_of("totalseg-293-cardiac", "iliac_vena_right"), Some(18));
+    assert_eq!(local_of("totalseg-294-muscles", "humerus_left"), Some(1));
+    assert_eq!(local_of("totalseg-294-muscles", "skull"), Some(23));
+    assert_eq!(local_of("totalseg-295-ribs", "rib_left_1"), Some(1));
+    assert_eq!(local_of("totalseg-295-ribs", "costal_cartilages"), Some(26));
+    assert_eq!(task.fast_models.len(), 1);
+    let fast = task.fast_models[0].label_map.as_ref().unwrap();
+    assert_eq!(fast.len(), 117);
+    assert!(fast.iter().all(|(local, class)| local == class), "the 3 mm model's ids are the task's");
+
+    let Some(labels_path) = shared_data("total_labels.json") else { return };
+    let reference: serde_json::Value = serde_json::from_slice(&std::fs::read(labels_path).unwrap()).unwrap();
+    let reference: Vec<(u16, String, [u8; 3])> = reference["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|label| {
+            let rgb = label["rgb"].as_array().unwrap();
+            let channel = |n: usize| rgb[n].as_u64().unwrap() as u8;
+            (
+                label["id"].as_u64().unwrap() as u16,
+                label["name"].as_str().unwrap().to_owned(),
+                [channel(0), channel(1), channel(2)],
+            )
+        })
+        .collect();
+    let template: Vec<(u16, String, [u8; 3])> =
+        task.labels.iter().map(|label| (label.id, label.name.clone(), label.color)).collect();
+    assert_eq!(template, reference);
+}
