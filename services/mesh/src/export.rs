@@ -116,8 +116,14 @@ pub struct ManifestBoundingBox {
 pub fn write_obj_and_mtl(labels: &[MeshedLabel], table: &LabelTable, mtl_file_name: &str) -> (Vec<u8>, Vec<u8>) {
     let header = obj_header(table, mtl_file_name, labels);
     // About the size of the file (the lines' usual lengths), so it is seldom moved as it grows.
-    let estimate: usize =
-        labels.iter().map(|label| 66 * label.mesh.positions.len() + 40 * label.mesh.triangles.len() + 100).sum();
+    let estimate: usize = labels
+        .iter()
+        .map(|label| {
+            (OBJ_VERTEX_LINE_BYTES + OBJ_NORMAL_LINE_BYTES) * label.mesh.positions.len()
+                + OBJ_FACE_LINE_BYTES * label.mesh.triangles.len()
+                + 100
+        })
+        .sum();
     let mut obj = iris_shared::memory::large_vec_with_capacity(header.len() + estimate);
     obj.extend_from_slice(&header);
     // A few pieces at a time, formatted in parallel and appended in order: the pieces' memory is
@@ -209,6 +215,11 @@ const OBJ_LINES_PER_TASK: usize = 1 << 15;
 /// Pieces formatted (in parallel) before they are appended to the file.
 const OBJ_PIECES_PER_BATCH: usize = 16;
 
+/// Usual lengths of a `v`, `vn` and `f` line, for sizing buffers (a longer line only grows one).
+const OBJ_VERTEX_LINE_BYTES: usize = 36;
+const OBJ_NORMAL_LINE_BYTES: usize = 30;
+const OBJ_FACE_LINE_BYTES: usize = 40;
+
 /// A piece of the OBJ body, formatted independently of the others.
 enum ObjPiece<'a> {
     /// The object, group and material lines that start a label.
@@ -248,7 +259,7 @@ impl ObjPiece<'_> {
                 out
             }
             ObjPiece::Normals(normals) => {
-                let mut out = Vec::with_capacity(30 * normals.len());
+                let mut out = Vec::with_capacity(OBJ_NORMAL_LINE_BYTES * normals.len());
                 for normal in *normals {
                     out.extend_from_slice(b"vn");
                     for &value in normal {
@@ -260,7 +271,7 @@ impl ObjPiece<'_> {
                 out
             }
             ObjPiece::Vertices(positions) => {
-                let mut out = Vec::with_capacity(36 * positions.len());
+                let mut out = Vec::with_capacity(OBJ_VERTEX_LINE_BYTES * positions.len());
                 for position in *positions {
                     out.push(b'v');
                     for &value in position {
@@ -272,7 +283,7 @@ impl ObjPiece<'_> {
                 out
             }
             ObjPiece::Faces { triangles, first } => {
-                let mut out = Vec::with_capacity(40 * triangles.len());
+                let mut out = Vec::with_capacity(OBJ_FACE_LINE_BYTES * triangles.len());
                 let mut digits = itoa::Buffer::new();
                 for triangle in *triangles {
                     out.push(b'f');
