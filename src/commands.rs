@@ -258,16 +258,41 @@ pub fn print_public_key(config: &IrisConfig) -> anyhow::Result<ExitCode> {
 /// `iris ingest INPUT --out DIR`: ingest's logic on a local file.
 pub fn ingest_file(config: &IrisConfig, input: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let ingested = match ingest_local_file(config, input)? {
-        Ok(ingested) => ingested,
-        Err(code) => return Ok(code),
+    let limits = iris_ingest::IngestLimits { max_upload_bytes: config.max_upload_bytes, max_voxels: config.max_voxels };
+    let name = input.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    // The volume is written as it is made (an axial DICOM series plane by plane, never held
+    // whole), under a temporary name that becomes `volume.nii.gz` only once it is complete.
+    let volume_path = out.join("volume.nii.gz");
+    let partial_path = out.join(".volume.nii.gz.partial");
+    // Unbuffered: the volume arrives in whole gzip members of up to about 1 MiB, one write each.
+    let mut sink =
+        std::fs::File::create(&partial_path).with_context(|| format!("cannot write {}", partial_path.display()))?;
+    let upload = iris_ingest::Upload::File(input.to_path_buf());
+    let written = iris_ingest::ingest_upload_to(upload, &name, &limits, &mut sink)
+        .map(|written| (written, std::io::Write::flush(&mut sink)));
+    drop(sink);
+    let (report, assembly) = match written {
+        Ok((written, Ok(()))) => written,
+        Ok((_, Err(error))) => {
+            let _ = std::fs::remove_file(&partial_path);
+            return Err(error).with_context(|| format!("cannot write {}", partial_path.display()));
+        }
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial_path);
+            return stage_failure(error.code(), &error.to_string());
+        }
     };
-    let outputs = iris_ingest::encode_outputs(&ingested)?;
-    write_outputs(out, &[("volume.nii.gz", &outputs.volume_nii_gz), ("ingest.json", &outputs.report_json)])?;
+    std::fs::rename(&partial_path, &volume_path).with_context(|| format!("cannot write {}", volume_path.display()))?;
+    write_outputs(out, &[("ingest.json", &iris_ingest::report_json(&report)?)])?;
     eprintln!(
-        "ingested {} ({} → RAS) in {:.3} s → {}",
+        "ingested {} ({} → RAS, {}) in {:.3} s → {}",
         input.display(),
-        ingested.report.original.orientation,
+        report.original.orientation,
+        match assembly {
+            iris_ingest::VolumeAssembly::PlaneByPlane => "plane by plane",
+            iris_ingest::VolumeAssembly::WholeVolume => "whole volume",
+        },
         started.elapsed().as_secs_f64(),
         out.display()
     );

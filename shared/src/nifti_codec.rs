@@ -457,17 +457,12 @@ impl NiftiGeometry {
     }
 }
 
-/// Writes `volume` as gzip-compressed NIfTI-1 with `geometry`'s header fields. The header comes
-/// from the nifti crate (see [`nifti1_header_bytes`]); the voxels are the volume's own bytes
-/// (NIfTI order is the volume's memory order), compressed straight from memory in fixed 4 MiB
-/// chunks, a few at a time in parallel, each a gzip member of its own (a multi-member gzip file, as
-/// pigz writes; every gzip reader reads it). Deterministic: the same volume and geometry give the
-/// same bytes on any number of threads.
+/// Writes `volume` as gzip-compressed NIfTI-1 with `geometry`'s header fields: the in-memory
+/// form of [`write_nifti_gz_by_planes`], whose bytes it returns (see there for the format).
 pub fn encode_nifti_gz<T>(volume: &Volume<T>, geometry: &NiftiGeometry) -> Result<Vec<u8>, NiftiEncodeError>
 where
-    T: nifti::DataElement + bytemuck::Pod,
+    T: nifti::DataElement + bytemuck::Pod + Send + Sync,
 {
-    let write_error = |e: &dyn std::fmt::Display| NiftiEncodeError::Write(e.to_string());
     if geometry.dims != volume.dims() {
         return Err(NiftiEncodeError::Write(format!(
             "geometry {:?} does not match volume {:?}",
@@ -475,20 +470,66 @@ where
             volume.dims()
         )));
     }
+    let plane = geometry.dims[0] * geometry.dims[1];
+    let mut out = Vec::with_capacity(volume.voxel_count() * std::mem::size_of::<T>() / 2);
+    write_nifti_gz_by_planes(geometry, &mut out, |planes: std::ops::Range<usize>, values: &mut [T]| {
+        values.copy_from_slice(&volume.voxels()[planes.start * plane..planes.end * plane]);
+        Ok::<(), NiftiEncodeError>(())
+    })?;
+    Ok(out)
+}
+
+/// Largest uncompressed size of one gzip member of a written volume (at least one whole plane).
+pub const GZIP_MEMBER_TARGET_BYTES: usize = 1 << 20;
+
+/// Writes a gzip-compressed NIfTI-1 volume to `sink` without ever holding the volume: `fill` is
+/// asked for the voxels of a run of whole z-planes (`planes`, in NIfTI order: x fastest) and
+/// writes them into `values` (exactly `planes.len()` planes long).
+///
+/// The file is a multi-member gzip (as pigz writes; every gzip reader reads it): one member for
+/// the 352 header bytes (from the nifti crate, see [`nifti1_header_bytes`]), then one per run of
+/// whole planes, as many planes as fit in [`GZIP_MEMBER_TARGET_BYTES`] (at least one). Members
+/// are filled and compressed by libdeflate at level 1 (its fastest level above "store": on CT
+/// about twice zlib's level-1 speed and 30 % smaller) as many at a time as there are threads,
+/// and appended in order, so besides the sink only one batch of members is in memory (about
+/// 2 MiB a thread). Member boundaries depend only on the dims, and libdeflate writes no
+/// timestamp: the bytes are the same on any number of threads, whoever calls it.
+pub fn write_nifti_gz_by_planes<T, E>(
+    geometry: &NiftiGeometry,
+    sink: &mut dyn std::io::Write,
+    fill: impl Fn(std::ops::Range<usize>, &mut [T]) -> Result<(), E> + Sync,
+) -> Result<(), E>
+where
+    T: nifti::DataElement + bytemuck::Pod + Send + Sync,
+    E: From<NiftiEncodeError> + Send,
+{
+    let write_error = |e: &dyn std::fmt::Display| NiftiEncodeError::Write(e.to_string());
     let header = nifti1_header_bytes::<T>(geometry)?;
-    // NIfTI files are written little-endian; on a big-endian host the voxels are swapped first.
-    let voxels: std::borrow::Cow<[u8]> = if cfg!(target_endian = "little") {
-        std::borrow::Cow::Borrowed(bytemuck::cast_slice(volume.voxels()))
-    } else {
-        let size = std::mem::size_of::<T>();
-        std::borrow::Cow::Owned(
-            bytemuck::cast_slice::<T, u8>(volume.voxels())
-                .chunks_exact(size)
-                .flat_map(|value| value.iter().rev().copied())
-                .collect(),
-        )
-    };
-    gzip_parallel(&[header.as_slice(), voxels.as_ref()]).map_err(|e| write_error(&e))
+    sink.write_all(&gzip_member(&header).map_err(|e| write_error(&e))?).map_err(|e| write_error(&e))?;
+    let [nx, ny, nz] = geometry.dims;
+    let plane = nx * ny;
+    let planes_per_member = (GZIP_MEMBER_TARGET_BYTES / (plane * std::mem::size_of::<T>()).max(1)).max(1);
+    let members: Vec<std::ops::Range<usize>> =
+        (0..nz).step_by(planes_per_member).map(|start| start..(start + planes_per_member).min(nz)).collect();
+    for batch in members.chunks(rayon::current_num_threads().max(1)) {
+        let compressed: Vec<Result<Vec<u8>, E>> = batch
+            .par_iter()
+            .map(|planes| {
+                let mut values = vec![T::zeroed(); planes.len() * plane];
+                fill(planes.clone(), &mut values)?;
+                // NIfTI files are written little-endian; on a big-endian host the values are swapped.
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut values);
+                if cfg!(target_endian = "big") {
+                    bytes.chunks_exact_mut(std::mem::size_of::<T>()).for_each(<[u8]>::reverse);
+                }
+                Ok(gzip_member(bytes).map_err(|e| write_error(&e))?)
+            })
+            .collect();
+        for member in compressed {
+            sink.write_all(&member?).map_err(|e| E::from(write_error(&e)))?;
+        }
+    }
+    Ok(())
 }
 
 /// The 352 bytes before the voxels of a single-file NIfTI-1 (the 348-byte header and the
@@ -528,32 +569,6 @@ where
 
 /// Where a single-file NIfTI-1's voxels start: after the header and the 4-byte extension flag.
 const NIFTI1_VOX_OFFSET: usize = 352;
-
-/// Bytes per gzip member of the parallel writer.
-pub const GZIP_CHUNK_BYTES: usize = 4 << 20;
-
-/// Gzip of the concatenation of `parts`, in independent members of at most `GZIP_CHUNK_BYTES`
-/// (each part cut on its own, so nothing is copied) compressed in parallel by libdeflate at level 1
-/// (its fastest level above "store": on CT about twice zlib's level-1 speed and 30 % smaller).
-/// Members are compressed one batch (as many as there are threads) at a time and appended, so
-/// besides the output only one batch of members is in memory. libdeflate writes no timestamp, and
-/// member boundaries depend only on the parts' sizes, so the output is deterministic on any number
-/// of threads.
-pub fn gzip_parallel(parts: &[&[u8]]) -> std::io::Result<Vec<u8>> {
-    let total: usize = parts.iter().map(|part| part.len()).sum();
-    let mut chunks: Vec<&[u8]> = parts.iter().flat_map(|part| part.chunks(GZIP_CHUNK_BYTES)).collect();
-    if chunks.is_empty() {
-        chunks.push(&[]);
-    }
-    let mut out = Vec::with_capacity(total / 2);
-    for batch in chunks.chunks(rayon::current_num_threads().max(1)) {
-        let members: Vec<std::io::Result<Vec<u8>>> = batch.par_iter().map(|chunk| gzip_member(chunk)).collect();
-        for member in members {
-            out.extend_from_slice(&member?);
-        }
-    }
-    Ok(out)
-}
 
 fn gzip_member(chunk: &[u8]) -> std::io::Result<Vec<u8>> {
     let level = libdeflater::CompressionLvl::new(1).map_err(|e| std::io::Error::other(format!("{e:?}")))?;
@@ -661,7 +676,7 @@ mod tests {
 
     #[test]
     fn single_and_multi_member_gzip_decode_to_the_same_voxels() {
-        // 160 × 160 × 90 int16 is more than one 4 MiB chunk: the writer makes several members, so
+        // 160 × 160 × 90 int16 is more than one 1 MiB member: the writer makes several, so
         // decoding takes the streaming path; one flate2 member takes libdeflate's one-call path.
         let dims = [160, 160, 90];
         let voxels: Vec<i16> = (0..dims.iter().product::<usize>()).map(|i| ((i * 7919) % 4000) as i16 - 1000).collect();
@@ -707,7 +722,7 @@ mod tests {
 
     #[test]
     fn uint8_label_maps_are_read_as_stored_and_other_types_are_left_to_the_general_path() {
-        // 300 × 200 × 80 bytes is more than one 4 MiB chunk: several members (streamed); one
+        // 300 × 200 × 80 bytes is more than one 1 MiB member: several members (streamed); one
         // flate2 member takes libdeflate's one-call path.
         let dims = [300, 200, 80];
         let labels: Vec<u8> = (0..dims.iter().product::<usize>()).map(|i| ((i / 97) % 118) as u8).collect();
@@ -781,6 +796,54 @@ mod tests {
         );
         let single_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
         assert_eq!(single_thread.install(|| encode_nifti_gz(&volume, &geometry).unwrap()), bytes);
+    }
+
+    /// The uncompressed length of each member of a multi-member gzip file, in order.
+    fn member_lengths(mut bytes: &[u8]) -> Vec<usize> {
+        let mut lengths = Vec::new();
+        while !bytes.is_empty() {
+            let mut decoder = flate2::bufread::GzDecoder::new(bytes);
+            let mut member = Vec::new();
+            decoder.read_to_end(&mut member).unwrap();
+            lengths.push(member.len());
+            bytes = decoder.into_inner();
+        }
+        lengths
+    }
+
+    #[test]
+    fn members_hold_the_header_then_runs_of_whole_planes_and_a_failed_fill_stops_the_write() {
+        // u8, 300 × 200 × 80: 17 planes of 60,000 bytes fit in 1 MiB, so 4 members of 17 and one of 12.
+        let dims = [300, 200, 80];
+        let plane = 300 * 200;
+        let volume = Volume::new(dims, Affine::identity(), vec![7u8; dims.iter().product()]).unwrap();
+        let geometry = NiftiGeometry::from_affine(dims, volume.affine());
+        let lengths = member_lengths(&encode_nifti_gz(&volume, &geometry).unwrap());
+        assert_eq!(lengths, [352, 17 * plane, 17 * plane, 17 * plane, 17 * plane, 12 * plane]);
+        // i16, 1024 × 600 × 3: a plane of 1.2 MB is more than 1 MiB, so it is a member on its own.
+        let dims = [1024, 600, 3];
+        let plane = 1024 * 600;
+        let geometry = NiftiGeometry::from_affine(dims, &Affine::identity());
+        let mut written = Vec::new();
+        write_nifti_gz_by_planes(&geometry, &mut written, |planes, values: &mut [i16]| {
+            assert_eq!(values.len(), planes.len() * plane, "whole planes");
+            values.iter_mut().enumerate().for_each(|(n, v)| *v = ((planes.start * plane + n) % 3000) as i16);
+            Ok::<_, NiftiEncodeError>(())
+        })
+        .unwrap();
+        assert_eq!(member_lengths(&written), [352, 2 * plane, 2 * plane, 2 * plane]);
+        let decoded = decode_nifti(&written, &DecodeLimits { max_voxels: 1 << 30 }).unwrap();
+        let values = decoded.volume.voxels();
+        assert!(values.iter().enumerate().all(|(n, v)| *v == (n % 3000) as f32), "every plane in its place");
+        // An error from `fill` is returned as it is, and no member after the failing batch is written.
+        let geometry = NiftiGeometry::from_affine([1024, 600, 8], &Affine::identity());
+        let mut written = Vec::new();
+        let error = write_nifti_gz_by_planes(&geometry, &mut written, |planes, _: &mut [i16]| {
+            if planes.contains(&0) { Err(NiftiEncodeError::Write("plane 0 is damaged".into())) } else { Ok(()) }
+        })
+        .unwrap_err();
+        assert_eq!(error.to_string(), "could not write NIfTI: plane 0 is damaged");
+        assert_eq!(member_lengths(&written), [352], "only the header, written before the first batch");
     }
 
     /// Expected values of the nibabel fixtures: stored 7n - 50, scaled by 2 and -1024.

@@ -212,6 +212,11 @@ impl Reorientation {
         dims
     }
 
+    /// The canonical grid's affine, for a volume on the original grid with `original` as its affine.
+    pub fn canonical_affine(&self, original: &Affine) -> Affine {
+        original.compose(&self.canonical_to_original_index())
+    }
+
     /// Matrix taking a canonical voxel index to the original voxel index.
     fn canonical_to_original_index(&self) -> Affine {
         let mut m = [[0.0; 4]; 4];
@@ -264,7 +269,7 @@ impl Reorientation {
                 }
             }
         }
-        let affine = original.affine.compose(&self.canonical_to_original_index());
+        let affine = self.canonical_affine(&original.affine);
         Volume::new(dims, affine, voxels)
     }
 
@@ -299,7 +304,7 @@ impl Reorientation {
                 front[k * slice..(k + 1) * slice].swap_with_slice(&mut back[..slice]);
             }
         }
-        original.affine = original.affine.compose(&self.canonical_to_original_index());
+        original.affine = self.canonical_affine(&original.affine);
         Ok(original)
     }
 

@@ -2,13 +2,19 @@
 //! int16 HU) and the ingest report.
 
 use iris_shared::ingest_report::{CanonicalGrid, INGEST_REPORT_VERSION, IngestReport, IntensitySummary, OriginalGrid};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+
 use iris_shared::nifti_codec::{
-    AffineSource, DecodeLimits, NiftiDecodeError, NiftiGeometry, decode_nifti_hounsfield, encode_nifti_gz,
+    AffineSource, DecodeLimits, NiftiDecodeError, NiftiEncodeError, NiftiGeometry, decode_nifti_hounsfield,
+    encode_nifti_gz, write_nifti_gz_by_planes,
 };
 use rayon::prelude::*;
 
-use crate::dicom::{DicomError, DicomLimits, read_dicom_file, read_dicom_zip};
-use iris_shared::volume::{Reorientation, Volume, VolumeError};
+use crate::dicom::{
+    ArchiveReader, DicomError, DicomLimits, PositionedFile, open_dicom_zip, read_dicom_file, read_dicom_zip,
+};
+use iris_shared::volume::{Affine, Reorientation, Volume, VolumeError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IngestLimits {
@@ -43,6 +49,24 @@ pub struct IngestOutputs {
     pub report_json: Vec<u8>,
 }
 
+/// Where an upload's bytes are: already in memory (fetched from the object store), or in a local
+/// file (read in place: a DICOM zip is then never held whole).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upload {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+/// How [`ingest_upload_to`] built the canonical volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeAssembly {
+    /// Plane by plane, each z-plane decoded from its own image and compressed as it came: the
+    /// volume was never held (an axial DICOM series in a zip).
+    PlaneByPlane,
+    /// Decoded whole, reoriented, then written (NIfTI, multi-frame DICOM, coronal or sagittal series).
+    WholeVolume,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("{0}")]
@@ -57,6 +81,14 @@ pub enum IngestError {
     Geometry(#[from] VolumeError),
     #[error("could not write the canonical volume: {0}")]
     Encode(String),
+    #[error("could not read the upload: {0}")]
+    Read(String),
+}
+
+impl From<NiftiEncodeError> for IngestError {
+    fn from(error: NiftiEncodeError) -> IngestError {
+        IngestError::Encode(error.to_string())
+    }
 }
 
 impl IngestError {
@@ -68,7 +100,7 @@ impl IngestError {
             IngestError::Dicom(error) => error.code(),
             IngestError::UploadTooLarge { .. } => "too_large",
             IngestError::Geometry(_) => "not_a_volume",
-            IngestError::Encode(_) => "internal_error",
+            IngestError::Encode(_) | IngestError::Read(_) => "internal_error",
         }
     }
 
@@ -78,15 +110,12 @@ impl IngestError {
     }
 }
 
-/// An upload decoded to intensities on its (or dicom2nifti's) grid.
-struct DecodedSource {
+/// What the report says of the decoded upload, besides its grid and intensities.
+struct SourceDescription {
     format: &'static str,
     datatype: String,
     geometry: NiftiGeometry,
     affine_source: AffineSource,
-    volume: Volume<i16>,
-    /// Voxels outside the int16 range, clipped.
-    clipped: u64,
     dicom: Option<iris_shared::ingest_report::DicomSeries>,
     notes: Vec<String>,
 }
@@ -120,19 +149,18 @@ pub fn ingest_upload(bytes: Vec<u8>, file_name: &str, limits: &IngestLimits) -> 
     if bytes.len() as u64 > limits.max_upload_bytes {
         return Err(IngestError::UploadTooLarge { size: bytes.len() as u64, limit: limits.max_upload_bytes });
     }
-    let source = match SourceFormat::from_file_name(file_name) {
+    let (source, volume, clipped) = match SourceFormat::from_file_name(file_name) {
         Some(SourceFormat::Nifti) => {
             let (decoded, clipped) = decode_nifti_hounsfield(&bytes, &DecodeLimits { max_voxels: limits.max_voxels })?;
-            DecodedSource {
-                clipped,
+            let source = SourceDescription {
                 format: "nifti",
                 datatype: decoded.datatype,
                 geometry: decoded.geometry,
                 affine_source: decoded.affine_source,
-                volume: decoded.volume,
                 dicom: None,
                 notes: Vec::new(),
-            }
+            };
+            (source, decoded.volume, clipped)
         }
         Some(format @ (SourceFormat::DicomZip | SourceFormat::Dicom)) => {
             let series = if format == SourceFormat::DicomZip {
@@ -140,16 +168,15 @@ pub fn ingest_upload(bytes: Vec<u8>, file_name: &str, limits: &IngestLimits) -> 
             } else {
                 read_dicom_file(&bytes, &limits.dicom())?
             };
-            DecodedSource {
-                clipped: series.clipped,
+            let source = SourceDescription {
                 format: "dicom",
                 datatype: "DICOM".into(),
                 geometry: NiftiGeometry::from_affine(series.volume.dims(), series.volume.affine()),
                 affine_source: AffineSource::DicomSlices,
-                volume: series.volume,
                 dicom: Some(series.metadata),
                 notes: series.notes,
-            }
+            };
+            (source, series.volume, series.clipped)
         }
         None => {
             return Err(IngestError::UnsupportedFormat(format!(
@@ -158,49 +185,168 @@ pub fn ingest_upload(bytes: Vec<u8>, file_name: &str, limits: &IngestLimits) -> 
         }
     };
     drop(bytes);
-    let original_affine = *source.volume.affine();
-    let dims = source.volume.dims();
-    let clipped = source.clipped;
-    let (min_hu, max_hu) = source
-        .volume
+    let original_affine = *volume.affine();
+    let dims = volume.dims();
+    let (min_hu, max_hu) = volume
         .voxels()
         .par_chunks(1 << 20)
         .map(|chunk| chunk.iter().fold((i16::MAX, i16::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v))))
         .reduce(|| (i16::MAX, i16::MIN), |(a, b), (c, d)| (a.min(c), b.max(d)));
-    let original = source.volume;
     let reorientation = Reorientation::to_canonical(dims, &original_affine)?;
-    let canonical = reorientation.apply_owned(original)?;
+    let canonical = reorientation.apply_owned(volume)?;
+    let intensity = IntensitySummary { min_hu, max_hu, clipped_voxels: clipped };
+    let report = report_of(source, dims, original_affine, reorientation, intensity)?;
+    Ok(IngestedVolume { canonical, report })
+}
+
+/// Decodes an upload, brings it to canonical RAS orientation and writes the canonical volume as
+/// `.nii.gz` to `volume_sink` (the same bytes [`encode_outputs`] gives for [`ingest_upload`]'s
+/// volume); returns the report and how the volume was built.
+///
+/// An axial DICOM series in a zip is written plane by plane ([`VolumeAssembly::PlaneByPlane`]):
+/// each canonical z-plane is decoded from its image, checked and compressed, a few planes at a
+/// time in parallel, and the volume is never held; read from a file, the zip is not held either.
+/// Anything else is decoded whole first. On an error the sink may hold part of a file: the
+/// caller discards it.
+pub fn ingest_upload_to(
+    upload: Upload,
+    file_name: &str,
+    limits: &IngestLimits,
+    volume_sink: &mut dyn std::io::Write,
+) -> Result<(IngestReport, VolumeAssembly), IngestError> {
+    let read_error = |e: std::io::Error| IngestError::Read(e.to_string());
+    if SourceFormat::from_file_name(file_name) == Some(SourceFormat::DicomZip) {
+        let streamed = match &upload {
+            Upload::Bytes(bytes) => {
+                check_upload_size(bytes.len() as u64, limits)?;
+                ingest_dicom_zip_by_plane(std::io::Cursor::new(bytes.as_slice()), limits, volume_sink)?
+            }
+            Upload::File(path) => {
+                let file = PositionedFile::open(path).map_err(read_error)?;
+                check_upload_size(file.len(), limits)?;
+                ingest_dicom_zip_by_plane(file, limits, volume_sink)?
+            }
+        };
+        if let Some(report) = streamed {
+            return Ok((report, VolumeAssembly::PlaneByPlane));
+        }
+    }
+    let bytes = match upload {
+        Upload::Bytes(bytes) => bytes,
+        Upload::File(path) => {
+            let size = std::fs::metadata(&path).map_err(read_error)?.len();
+            check_upload_size(size, limits)?;
+            std::fs::read(&path).map_err(read_error)?
+        }
+    };
+    let ingested = ingest_upload(bytes, file_name, limits)?;
+    let geometry = NiftiGeometry::from_affine(ingested.canonical.dims(), ingested.canonical.affine());
+    let plane = geometry.dims[0] * geometry.dims[1];
+    let voxels = ingested.canonical.voxels();
+    write_nifti_gz_by_planes(&geometry, volume_sink, |planes, values: &mut [i16]| {
+        values.copy_from_slice(&voxels[planes.start * plane..planes.end * plane]);
+        Ok::<_, IngestError>(())
+    })?;
+    Ok((ingested.report, VolumeAssembly::WholeVolume))
+}
+
+/// The report as pretty JSON with a final newline.
+pub fn report_json(report: &IngestReport) -> Result<Vec<u8>, IngestError> {
+    let mut json = serde_json::to_vec_pretty(report).map_err(|e| IngestError::Encode(e.to_string()))?;
+    json.push(b'\n');
+    Ok(json)
+}
+
+fn check_upload_size(size: u64, limits: &IngestLimits) -> Result<(), IngestError> {
+    if size > limits.max_upload_bytes {
+        return Err(IngestError::UploadTooLarge { size, limit: limits.max_upload_bytes });
+    }
+    Ok(())
+}
+
+/// [`ingest_upload_to`] for a DICOM zip whose series decodes by canonical plane: the report, once
+/// the volume is written; `None` (nothing written) for a series that must be decoded whole.
+fn ingest_dicom_zip_by_plane<R: ArchiveReader>(
+    reader: R,
+    limits: &IngestLimits,
+    volume_sink: &mut dyn std::io::Write,
+) -> Result<Option<IngestReport>, IngestError> {
+    let series = open_dicom_zip(reader, &limits.dicom())?;
+    if !series.decodes_by_canonical_plane() {
+        return Ok(None);
+    }
+    let (dims, original_affine) = series.grid();
+    let reorientation = Reorientation::to_canonical(dims, &original_affine)?;
+    let canonical_dims = reorientation.canonical_dims();
+    let canonical_affine = reorientation.canonical_affine(&original_affine);
+    let geometry = NiftiGeometry::from_affine(canonical_dims, &canonical_affine);
+    let (min_hu, max_hu) = (AtomicI32::new(i32::from(i16::MAX)), AtomicI32::new(i32::from(i16::MIN)));
+    let clipped = AtomicU64::new(0);
+    write_nifti_gz_by_planes(&geometry, volume_sink, |planes, values: &mut [i16]| {
+        clipped.fetch_add(series.decode_canonical_planes(planes, values)?, Ordering::Relaxed);
+        let (lo, hi) = values.iter().fold((i16::MAX, i16::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        min_hu.fetch_min(i32::from(lo), Ordering::Relaxed);
+        max_hu.fetch_max(i32::from(hi), Ordering::Relaxed);
+        Ok::<_, IngestError>(())
+    })?;
+    let source = SourceDescription {
+        format: "dicom",
+        datatype: "DICOM".into(),
+        geometry: NiftiGeometry::from_affine(dims, &original_affine),
+        affine_source: AffineSource::DicomSlices,
+        dicom: Some(series.metadata().clone()),
+        notes: series.notes().to_vec(),
+    };
+    // Every value was an int16 when it was folded in.
+    let narrow = |value: AtomicI32| i16::try_from(value.into_inner()).unwrap_or_default();
+    let intensity =
+        IntensitySummary { min_hu: narrow(min_hu), max_hu: narrow(max_hu), clipped_voxels: clipped.into_inner() };
+    Ok(Some(report_of(source, dims, original_affine, reorientation, intensity)?))
+}
+
+/// The ingest report for a decoded source on `dims` and `original_affine`, brought to canonical
+/// by `reorientation`.
+fn report_of(
+    source: SourceDescription,
+    dims: [usize; 3],
+    original_affine: Affine,
+    reorientation: Reorientation,
+    intensity: IntensitySummary,
+) -> Result<IngestReport, IngestError> {
     let mut warnings = Vec::new();
-    if clipped > 0 {
-        warnings.push(format!("{clipped} voxels were outside the int16 range and were clipped"));
+    if intensity.clipped_voxels > 0 {
+        warnings.push(format!("{} voxels were outside the int16 range and were clipped", intensity.clipped_voxels));
     }
-    if min_hu > -500 {
-        warnings.push(format!("the darkest voxel is {min_hu} HU; a CT with air in view has values near -1000 HU"));
+    if intensity.min_hu > -500 {
+        warnings.push(format!(
+            "the darkest voxel is {} HU; a CT with air in view has values near -1000 HU",
+            intensity.min_hu
+        ));
     }
-    let report = IngestReport {
+    let canonical_affine = reorientation.canonical_affine(&original_affine);
+    Ok(IngestReport {
         format_version: INGEST_REPORT_VERSION,
         source_format: source.format.to_owned(),
-        source_datatype: source.datatype.clone(),
+        source_datatype: source.datatype,
         original: OriginalGrid {
             dims,
             affine: original_affine,
             affine_source: source.affine_source,
             orientation: original_affine.orientation_code()?,
             spacing_mm: original_affine.spacing(),
-            geometry: source.geometry.clone(),
+            geometry: source.geometry,
         },
         canonical: CanonicalGrid {
-            dims: canonical.dims(),
-            affine: *canonical.affine(),
-            spacing_mm: canonical.spacing(),
+            dims: reorientation.canonical_dims(),
+            affine: canonical_affine,
+            spacing_mm: canonical_affine.spacing(),
         },
         reorientation,
-        intensity: IntensitySummary { min_hu, max_hu, clipped_voxels: clipped },
+        intensity,
         dicom: source.dicom,
         notes: source.notes,
         warnings,
-    };
-    Ok(IngestedVolume { canonical, report })
+    })
 }
 
 /// Encodes the canonical volume as `.nii.gz` and the report as JSON. Deterministic.
@@ -208,8 +354,5 @@ pub fn encode_outputs(ingested: &IngestedVolume) -> Result<IngestOutputs, Ingest
     let geometry = NiftiGeometry::from_affine(ingested.canonical.dims(), ingested.canonical.affine());
     let volume_nii_gz =
         encode_nifti_gz(&ingested.canonical, &geometry).map_err(|e| IngestError::Encode(e.to_string()))?;
-    let mut report_json =
-        serde_json::to_vec_pretty(&ingested.report).map_err(|e| IngestError::Encode(e.to_string()))?;
-    report_json.push(b'\n');
-    Ok(IngestOutputs { volume_nii_gz, report_json })
+    Ok(IngestOutputs { volume_nii_gz, report_json: report_json(&ingested.report)? })
 }

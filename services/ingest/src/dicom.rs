@@ -12,8 +12,9 @@
 //! never copied out (UIDs are used in memory to group slices into series, nothing more).
 
 use std::collections::BTreeMap;
-use std::io::{Cursor, Read};
-use std::sync::Mutex;
+use std::io::{Cursor, Read, Seek};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
 use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
@@ -43,6 +44,45 @@ pub struct DicomVolume {
     pub metadata: DicomSeries,
     /// Choices made and things ignored, for the ingest report (never identifiers).
     pub notes: Vec<String>,
+}
+
+/// A series whose files are chosen, sorted and checked, and whose grid is known, before any pixel
+/// is decoded: [`DicomSeriesReader::read_volume`] decodes it whole; where every canonical z-plane
+/// is one whole image, [`DicomSeriesReader::decode_canonical_planes`] decodes any run of planes
+/// on its own, so a caller can write the volume plane by plane without ever holding it.
+pub struct DicomSeriesReader<'a, R: ArchiveReader> {
+    upload: DicomFiles<'a, R>,
+    files: Vec<FileSummary>,
+    /// For each file of the series, its frames and the slice (sorted position) each one is.
+    frames_of_file: Vec<Vec<(u32, usize)>>,
+    /// For each slice, the file that holds it.
+    file_of_slice: Vec<usize>,
+    /// dicom2nifti's grid.
+    dims: [usize; 3],
+    affine: Affine,
+    /// Where each slice-grid voxel lands on dicom2nifti's grid.
+    placement: Placement,
+    /// The slice grid (columns, rows, slices) and how it maps onto canonical RAS.
+    slice_dims: [usize; 3],
+    slice_to_canonical: Reorientation,
+    metadata: DicomSeries,
+    notes: Vec<String>,
+    limits: DicomLimits,
+}
+
+/// What a zip is read through: its bytes in memory, or a [`PositionedFile`]. Clones read
+/// independently (one per thread).
+pub trait ArchiveReader: Read + Seek + Clone + Send + Sync {}
+
+impl<T: Read + Seek + Clone + Send + Sync> ArchiveReader for T {}
+
+/// A file read by position (`pread`), so that its clones share one open file and read it from
+/// several threads at once, each at its own position.
+#[derive(Debug, Clone)]
+pub struct PositionedFile {
+    file: Arc<std::fs::File>,
+    position: u64,
+    length: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,8 +171,8 @@ struct FileSummary {
 }
 
 /// The upload's DICOM files: entries of a zip, or one file.
-enum DicomFiles<'a> {
-    Zip(zip::ZipArchive<Cursor<&'a [u8]>>),
+enum DicomFiles<'a, R> {
+    Zip(zip::ZipArchive<R>),
     Single(&'a [u8]),
 }
 
@@ -143,9 +183,23 @@ struct Placement {
     strides: [isize; 3],
 }
 
-/// Reads a zip of DICOM files.
+/// Reads a zip of DICOM files (in memory) into a volume.
 pub fn read_dicom_zip(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume, DicomError> {
-    let archive = zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| DicomError::CorruptArchive(e.to_string()))?;
+    open_dicom_zip(Cursor::new(bytes), limits)?.read_volume()
+}
+
+/// Reads one DICOM file (a multi-frame image, e.g. enhanced CT) into a volume.
+pub fn read_dicom_file(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume, DicomError> {
+    open_dicom_file(bytes, limits)?.read_volume()
+}
+
+/// Reads a zip of DICOM files as far as the chosen series' grid: each entry is read once, one at
+/// a time, for its attributes (its pixels are decoded later, by the returned reader).
+pub fn open_dicom_zip<R: ArchiveReader>(
+    reader: R,
+    limits: &DicomLimits,
+) -> Result<DicomSeriesReader<'static, R>, DicomError> {
+    let archive = zip::ZipArchive::new(reader).map_err(|e| DicomError::CorruptArchive(e.to_string()))?;
     if archive.len() > limits.max_files {
         return Err(DicomError::TooLarge(format!(
             "the archive has {} entries, more than {}",
@@ -210,8 +264,11 @@ pub fn read_dicom_zip(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume,
     assemble(DicomFiles::Zip(archive), summaries, not_dicom, without_pixels, limits, notes)
 }
 
-/// Reads one DICOM file (a multi-frame image, e.g. enhanced CT).
-pub fn read_dicom_file(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume, DicomError> {
+/// Reads one DICOM file (a multi-frame image, e.g. enhanced CT) as far as its grid.
+pub fn open_dicom_file<'a>(
+    bytes: &'a [u8],
+    limits: &DicomLimits,
+) -> Result<DicomSeriesReader<'a, Cursor<&'static [u8]>>, DicomError> {
     let (summaries, not_dicom, without_pixels) = match summarize(0, bytes, limits) {
         Some(Ok(summary)) => (vec![summary], 0, 0),
         Some(Err(NoPixels)) => (Vec::new(), 0, 1),
@@ -226,7 +283,7 @@ pub fn read_dicom_file(bytes: &[u8], limits: &DicomLimits) -> Result<DicomVolume
 }
 
 /// An entry's bytes. Never trusts the declared size: reads at most one byte more than it.
-fn read_zip_entry(archive: &zip::ZipArchive<Cursor<&[u8]>>, index: usize) -> Result<Vec<u8>, DicomError> {
+fn read_zip_entry<R: ArchiveReader>(archive: &zip::ZipArchive<R>, index: usize) -> Result<Vec<u8>, DicomError> {
     let mut archive = archive.clone();
     let mut entry = archive.by_index(index).map_err(|e| DicomError::CorruptArchive(e.to_string()))?;
     read_entry(&mut entry)
@@ -543,14 +600,14 @@ fn norm(a: [f64; 3]) -> f64 {
     dot(a, a).sqrt()
 }
 
-fn assemble(
-    upload: DicomFiles<'_>,
+fn assemble<'a, R: ArchiveReader>(
+    upload: DicomFiles<'a, R>,
     summaries: Vec<FileSummary>,
     not_dicom: usize,
     without_pixels: usize,
     limits: &DicomLimits,
     mut notes: Vec<String>,
-) -> Result<DicomVolume, DicomError> {
+) -> Result<DicomSeriesReader<'a, R>, DicomError> {
     if summaries.is_empty() {
         if without_pixels > 0 && not_dicom == 0 {
             return Err(DicomError::NoPixelData);
@@ -674,8 +731,8 @@ fn assemble(
     let acquisition_orientation =
         slice_affine.orientation_code().map_err(|e| DicomError::InconsistentSeries(e.to_string()))?;
     let (dims, affine, placement) = dicom2nifti_grid(slice_dims, &slice_affine)?;
-    // Second pass: each file read again, its frames decoded, rounded to int16 and placed straight
-    // onto the output grid (files in parallel; one file per thread in memory at a time).
+    let slice_to_canonical = Reorientation::to_canonical(slice_dims, &slice_affine)
+        .map_err(|e| DicomError::InconsistentSeries(e.to_string()))?;
     let mut frames_of_file: Vec<Vec<(u32, usize)>> = vec![Vec::new(); files.len()];
     for (slice, plane) in planes.iter().enumerate() {
         frames_of_file[plane.file].push((plane.frame, slice));
@@ -691,63 +748,196 @@ fn assemble(
                 .into(),
         );
     }
-    let output = Mutex::new(vec![0i16; rows * columns * planes.len()]);
-    let frame_size = rows * columns;
-    let clipped = files
-        .par_iter()
-        .zip(frames_of_file.par_iter())
-        .map(|(file, frames)| -> Result<u64, DicomError> {
-            let object = match &upload {
-                DicomFiles::Zip(archive) => {
-                    parse(&read_zip_entry(archive, file.source)?, limits.max_decompressed_bytes)
-                }
-                DicomFiles::Single(bytes) => parse(bytes, limits.max_decompressed_bytes),
-            }
-            .ok_or_else(|| DicomError::Corrupt("a file changed between two readings".into()))?;
-            frames
-                .par_iter()
-                .map(|&(frame, slice)| {
-                    check_rle_frame(&object, frame)?;
-                    let decoded =
-                        object.decode_pixel_data_frame(frame).map_err(|e| decode_error(&transfer_syntax, e))?;
-                    if decoded.samples_per_pixel() != 1 {
-                        return Err(DicomError::InconsistentSeries("colour images are not CT".into()));
-                    }
-                    // The decoded frame is frame 0 of `decoded` (with this frame's rescale);
-                    // `to_vec` would convert it and then copy it into a second buffer.
-                    let values: Vec<f32> = decoded.to_vec_frame(0).map_err(|e| decode_error(&transfer_syntax, e))?;
-                    let values = values.get(..frame_size).ok_or_else(|| {
-                        DicomError::Corrupt("pixel data is shorter than Rows × Columns × frames".into())
-                    })?;
-                    let (hounsfield, clipped) = iris_shared::nifti_codec::round_to_int16(values);
-                    let mut output = output.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    placement.place_frame(&mut output, &hounsfield, columns, slice);
-                    Ok(clipped)
-                })
-                .try_reduce(|| 0, |a, b| Ok(a + b))
-        })
-        .try_reduce(|| 0, |a, b| Ok(a + b))?;
-    let voxels = output.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let volume = Volume::new(dims, affine, voxels).map_err(|e| DicomError::InconsistentSeries(e.to_string()))?;
-    Ok(DicomVolume {
-        volume,
-        clipped,
-        metadata: DicomSeries {
-            modality: "CT".into(),
-            transfer_syntax,
-            rows,
-            columns,
-            slices: planes.len(),
-            pixel_spacing_mm: pixel_spacing,
-            slice_spacing_mm: median,
-            slice_thickness_mm: files[0].slice_thickness,
-            kvp: files[0].kvp,
-            acquisition_orientation,
-            series_in_upload: series_count,
-            files_read: files.len(),
-        },
+    let metadata = DicomSeries {
+        modality: "CT".into(),
+        transfer_syntax,
+        rows,
+        columns,
+        slices: planes.len(),
+        pixel_spacing_mm: pixel_spacing,
+        slice_spacing_mm: median,
+        slice_thickness_mm: files[0].slice_thickness,
+        kvp: files[0].kvp,
+        acquisition_orientation,
+        series_in_upload: series_count,
+        files_read: files.len(),
+    };
+    Ok(DicomSeriesReader {
+        upload,
+        file_of_slice: planes.iter().map(|plane| plane.file).collect(),
+        files,
+        frames_of_file,
+        dims,
+        affine,
+        placement,
+        slice_dims,
+        slice_to_canonical,
+        metadata,
         notes,
+        limits: *limits,
     })
+}
+
+impl<R: ArchiveReader> DicomSeriesReader<'_, R> {
+    /// dicom2nifti's grid for the series: its dims and affine (RAS millimetres).
+    pub fn grid(&self) -> ([usize; 3], Affine) {
+        (self.dims, self.affine)
+    }
+
+    pub fn metadata(&self) -> &DicomSeries {
+        &self.metadata
+    }
+
+    /// Choices made and things ignored so far, for the ingest report (never identifiers).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// Whether [`DicomSeriesReader::decode_canonical_planes`] can be used: the series is a zip of
+    /// single-frame images and its slices are the planes of the canonical grid (axial series;
+    /// coronal and sagittal series, and multi-frame files, are decoded whole).
+    pub fn decodes_by_canonical_plane(&self) -> bool {
+        matches!(self.upload, DicomFiles::Zip(_))
+            && self.slice_to_canonical.axes[2].world_axis == 2
+            && self.frames_of_file.iter().all(|frames| frames.len() == 1 && frames[0].0 == 0)
+    }
+
+    /// Decodes canonical z-planes `planes` (canonical RAS grid: the grid of dicom2nifti's, brought
+    /// to RAS) into `out`, x fastest, and returns how many values were clipped to int16. Each
+    /// plane is one image, read from the archive again and decoded on its own.
+    pub fn decode_canonical_planes(&self, planes: Range<usize>, out: &mut [i16]) -> Result<u64, DicomError> {
+        let [columns, rows, slices] = self.slice_dims;
+        let frame_size = rows * columns;
+        let DicomFiles::Zip(archive) = &self.upload else {
+            return Err(DicomError::Corrupt("a single multi-frame file is decoded whole".into()));
+        };
+        if !self.decodes_by_canonical_plane() || planes.end > slices || out.len() != planes.len() * frame_size {
+            return Err(DicomError::Corrupt(format!("canonical planes {planes:?} cannot be decoded on their own")));
+        }
+        // Where a slice's pixel (column i, row j) lands in its canonical plane.
+        let canonical_dims = self.slice_to_canonical.canonical_dims();
+        let plane_strides = [1, canonical_dims[0] as isize];
+        let mut in_plane = Placement { offset: 0, strides: [0; 3] };
+        for (voxel, axis) in self.slice_to_canonical.axes[..2].iter().enumerate() {
+            let stride = plane_strides[axis.world_axis];
+            if axis.flipped {
+                in_plane.strides[voxel] = -stride;
+                in_plane.offset += (self.slice_dims[voxel] as isize - 1) * stride;
+            } else {
+                in_plane.strides[voxel] = stride;
+            }
+        }
+        // The planes in parallel too: a member's planes are shared out with the other members'.
+        out.par_chunks_exact_mut(frame_size)
+            .zip(planes.into_par_iter())
+            .map(|(plane, z)| {
+                let slice = if self.slice_to_canonical.axes[2].flipped { slices - 1 - z } else { z };
+                let file = &self.files[self.file_of_slice[slice]];
+                let object = parse(&read_zip_entry(archive, file.source)?, self.limits.max_decompressed_bytes)
+                    .ok_or_else(|| DicomError::Corrupt("a file changed between two readings".into()))?;
+                let (hounsfield, clipped) = decode_frame(&object, 0, &self.metadata.transfer_syntax, frame_size)?;
+                in_plane.place_frame(plane, &hounsfield, columns, 0);
+                Ok(clipped)
+            })
+            .try_reduce(|| 0, |a, b| Ok(a + b))
+    }
+
+    /// Decodes the whole series onto dicom2nifti's grid: each file read again, its frames decoded,
+    /// rounded to int16 and placed straight onto the output (files in parallel; one file per
+    /// thread in memory at a time).
+    pub fn read_volume(self) -> Result<DicomVolume, DicomError> {
+        let [columns, rows, slices] = self.slice_dims;
+        let frame_size = rows * columns;
+        let transfer_syntax = &self.metadata.transfer_syntax;
+        let output = Mutex::new(vec![0i16; frame_size * slices]);
+        let clipped = self
+            .files
+            .par_iter()
+            .zip(self.frames_of_file.par_iter())
+            .map(|(file, frames)| -> Result<u64, DicomError> {
+                let object = match &self.upload {
+                    DicomFiles::Zip(archive) => {
+                        parse(&read_zip_entry(archive, file.source)?, self.limits.max_decompressed_bytes)
+                    }
+                    DicomFiles::Single(bytes) => parse(bytes, self.limits.max_decompressed_bytes),
+                }
+                .ok_or_else(|| DicomError::Corrupt("a file changed between two readings".into()))?;
+                frames
+                    .par_iter()
+                    .map(|&(frame, slice)| {
+                        let (hounsfield, clipped) = decode_frame(&object, frame, transfer_syntax, frame_size)?;
+                        let mut output = output.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        self.placement.place_frame(&mut output, &hounsfield, columns, slice);
+                        Ok(clipped)
+                    })
+                    .try_reduce(|| 0, |a, b| Ok(a + b))
+            })
+            .try_reduce(|| 0, |a, b| Ok(a + b))?;
+        let voxels = output.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let volume =
+            Volume::new(self.dims, self.affine, voxels).map_err(|e| DicomError::InconsistentSeries(e.to_string()))?;
+        Ok(DicomVolume { volume, clipped, metadata: self.metadata, notes: self.notes })
+    }
+}
+
+/// One frame of a parsed file, as int16 modality values (HU for CT), row-major, and how many
+/// values were clipped to the int16 range.
+fn decode_frame(
+    object: &DefaultDicomObject,
+    frame: u32,
+    transfer_syntax: &str,
+    frame_size: usize,
+) -> Result<(Vec<i16>, u64), DicomError> {
+    check_rle_frame(object, frame)?;
+    let decoded = object.decode_pixel_data_frame(frame).map_err(|e| decode_error(transfer_syntax, e))?;
+    if decoded.samples_per_pixel() != 1 {
+        return Err(DicomError::InconsistentSeries("colour images are not CT".into()));
+    }
+    // The decoded frame is frame 0 of `decoded` (with this frame's rescale); `to_vec` would
+    // convert it and then copy it into a second buffer.
+    let values: Vec<f32> = decoded.to_vec_frame(0).map_err(|e| decode_error(transfer_syntax, e))?;
+    let values = values
+        .get(..frame_size)
+        .ok_or_else(|| DicomError::Corrupt("pixel data is shorter than Rows × Columns × frames".into()))?;
+    Ok(iris_shared::nifti_codec::round_to_int16(values))
+}
+
+impl PositionedFile {
+    pub fn open(path: &std::path::Path) -> std::io::Result<PositionedFile> {
+        let file = std::fs::File::open(path)?;
+        let length = file.metadata()?.len();
+        Ok(PositionedFile { file: Arc::new(file), position: 0, length })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.length
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.length == 0
+    }
+}
+
+impl Read for PositionedFile {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let read = self.file.read_at(buffer, self.position)?;
+        self.position += read as u64;
+        Ok(read)
+    }
+}
+
+impl Seek for PositionedFile {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            std::io::SeekFrom::Start(offset) => Some(offset),
+            std::io::SeekFrom::End(offset) => self.length.checked_add_signed(offset),
+            std::io::SeekFrom::Current(offset) => self.position.checked_add_signed(offset),
+        };
+        self.position =
+            target.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start"))?;
+        Ok(self.position)
+    }
 }
 
 /// dicom2nifti's output grid for a slice grid: the nearest LAS orientation (permutation and flips

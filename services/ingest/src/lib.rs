@@ -22,7 +22,9 @@ use iris_shared::time::Timestamp;
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, info, instrument};
 
-pub use convert::{IngestError, IngestLimits, encode_outputs, ingest_upload};
+pub use convert::{
+    IngestError, IngestLimits, Upload, VolumeAssembly, encode_outputs, ingest_upload, ingest_upload_to, report_json,
+};
 
 pub struct IngestHandler {
     context: StageContext,
@@ -97,27 +99,29 @@ impl IngestHandler {
         let file_name = object.key.file_name().to_owned();
         let limits = self.limits;
         let converted = tokio::task::spawn_blocking(move || {
-            ingest_upload(bytes, &file_name, &limits).and_then(|ingested| {
-                let summary = StatsSummary {
-                    source_format: Some(ingested.report.source_format.clone()),
-                    dims: Some(ingested.report.canonical.dims),
-                    spacing_mm: Some(ingested.report.canonical.spacing_mm),
-                    ..StatsSummary::default()
-                };
-                Ok((encode_outputs(&ingested)?, summary))
-            })
+            // An axial series is written plane by plane: only the upload and the compressed
+            // volume are ever in memory, never the volume itself.
+            let mut volume_nii_gz = Vec::new();
+            let (report, assembly) = ingest_upload_to(Upload::Bytes(bytes), &file_name, &limits, &mut volume_nii_gz)?;
+            let summary = StatsSummary {
+                source_format: Some(report.source_format.clone()),
+                dims: Some(report.canonical.dims),
+                spacing_mm: Some(report.canonical.spacing_mm),
+                ..StatsSummary::default()
+            };
+            Ok::<_, IngestError>((report_json(&report)?, volume_nii_gz, summary, assembly))
         })
         .await;
-        let (outputs, summary) = match converted {
-            Ok(Ok(outputs)) => outputs,
+        let (report_json, volume_nii_gz, summary) = match converted {
+            Ok(Ok((report_json, volume_nii_gz, summary, assembly))) => {
+                info!(?assembly, volume_bytes = volume_nii_gz.len(), "canonical volume written");
+                (report_json, volume_nii_gz, summary)
+            }
             Ok(Err(error)) => return fail(&job_id, &error),
             Err(panic) => return outcome_of_task_panic(&panic, &job_id, Stage::Ingest),
         };
         // The report first, the volume last: the volume's notification starts segmentation.
-        let outputs = vec![
-            (keys::ingest_report_key(&job_id), outputs.report_json),
-            (keys::volume_key(&job_id), outputs.volume_nii_gz),
-        ];
+        let outputs = vec![(keys::ingest_report_key(&job_id), report_json), (keys::volume_key(&job_id), volume_nii_gz)];
         write_outputs_and_finish(&self.context, &job_id, Stage::Ingest, receive_count, outputs, summary).await
     }
 }

@@ -8,7 +8,7 @@ use iris_ingest::synthetic_dicom::{
     PHI_CANARY, SyntheticSlice, axial_series, oriented_series, small_axial_series, write_multiframe, write_slice,
     zip_series,
 };
-use iris_ingest::{IngestLimits, encode_outputs, ingest_upload};
+use iris_ingest::{IngestLimits, Upload, VolumeAssembly, encode_outputs, ingest_upload, ingest_upload_to};
 
 /// Records, per thread, the largest single allocation asked for, so that a test can prove that a
 /// few bytes declaring a huge value do not make ingest ask for that memory (the allocation would
@@ -92,7 +92,9 @@ fn the_shared_jpeg2000_series_matches_dicom2nifti_voxel_for_voxel_and_in_world_s
     let Some(directory) = shared_series() else { return };
     let reference: Reference =
         serde_json::from_str(include_str!("fixtures/dicom2nifti_example_ct_dicom.json")).expect("fixture");
-    let ingested = ingest_upload(zip_directory(&directory), "series.zip", &LIMITS).expect("ingest the series");
+    let zipped = zip_directory(&directory);
+    assert_eq!(written_as_decoded(&zipped, "series.zip"), Ok(VolumeAssembly::PlaneByPlane), "axial: by plane");
+    let ingested = ingest_upload(zipped, "series.zip", &LIMITS).expect("ingest the series");
     let report = &ingested.report;
     assert_eq!(report.source_format, "dicom");
     assert_eq!(report.original.dims, reference.shape);
@@ -121,6 +123,43 @@ fn the_shared_jpeg2000_series_matches_dicom2nifti_voxel_for_voxel_and_in_world_s
     for sample in &reference.samples {
         let [i, j, k] = sample.index;
         assert_eq!(f64::from(*original.get(i, j, k)), sample.value, "voxel {:?}", sample.index);
+    }
+}
+
+/// Ingests `bytes` through [`ingest_upload_to`], from memory and from a file, and checks that both
+/// write exactly the `volume.nii.gz` that [`ingest_upload`] and [`encode_outputs`] give, with the
+/// same report, or fail with the same code. Returns how the volume was built, or the error code.
+fn written_as_decoded(bytes: &[u8], file_name: &str) -> Result<VolumeAssembly, &'static str> {
+    let whole = ingest_upload(bytes.to_vec(), file_name, &LIMITS).map(|ingested| {
+        let outputs = encode_outputs(&ingested).expect("encode");
+        (ingested.report, outputs.volume_nii_gz)
+    });
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join(file_name);
+    std::fs::write(&path, bytes).unwrap();
+    let mut assemblies = Vec::new();
+    for upload in [Upload::Bytes(bytes.to_vec()), Upload::File(path)] {
+        let from = format!("{file_name} from {}", if matches!(upload, Upload::Bytes(_)) { "memory" } else { "a file" });
+        let mut written = Vec::new();
+        match (ingest_upload_to(upload, file_name, &LIMITS, &mut written), &whole) {
+            (Ok((report, assembly)), Ok((whole_report, whole_volume))) => {
+                assert_eq!(&report, whole_report, "{from}: report");
+                assert!(written == *whole_volume, "{from}: volume.nii.gz differs ({assembly:?})");
+                assemblies.push(assembly);
+            }
+            (Err(error), Err(whole_error)) => {
+                assert_eq!(error.code(), whole_error.code(), "{from}: {error} / {whole_error}");
+                assert_eq!(error.to_string(), whole_error.to_string(), "{from}");
+            }
+            (written, whole) => panic!("{from}: {:?} vs {:?}", written.err(), whole.as_ref().err()),
+        }
+    }
+    match whole {
+        Ok(_) => {
+            assert_eq!(assemblies[0], assemblies[1], "{file_name}: memory and file built it alike");
+            Ok(assemblies[0])
+        }
+        Err(error) => Err(error.code()),
     }
 }
 
@@ -207,6 +246,7 @@ fn each_bad_series_fails_with_its_code() {
         let error = ingest_zip(&slices, &[]).err().unwrap_or_else(|| panic!("{name} was accepted"));
         assert_eq!(error.code(), code, "{name}: {error}");
         assert!(!error.to_string().is_empty());
+        assert_eq!(written_as_decoded(&zip_series(&slices, &[]).unwrap(), "series.zip"), Err(code), "{name}");
     }
     let not_a_zip = ingest_upload(b"PK\x03\x04 broken".to_vec(), "broken.zip", &LIMITS).unwrap_err();
     assert_eq!(not_a_zip.code(), "corrupt_file");
@@ -269,8 +309,9 @@ fn series_in_each_transfer_syntax_decode_to_the_same_values_or_fail_with_a_code(
         ("jpeg-baseline", "1.2.840.10008.1.2.4.50", 25),
         ("jpeg2000", "1.2.840.10008.1.2.4.91", 25),
     ] {
-        let ingested = ingest_upload(zip_directory(&root.join(folder)), "series.zip", &LIMITS)
-            .unwrap_or_else(|e| panic!("{folder}: {e}"));
+        let zipped = zip_directory(&root.join(folder));
+        assert_eq!(written_as_decoded(&zipped, "series.zip"), Ok(VolumeAssembly::PlaneByPlane), "{folder}");
+        let ingested = ingest_upload(zipped, "series.zip", &LIMITS).unwrap_or_else(|e| panic!("{folder}: {e}"));
         let report = &ingested.report;
         assert_eq!(report.dicom.as_ref().unwrap().transfer_syntax, uid, "{folder}");
         assert_eq!(report.original.dims, [10, 12, 3], "{folder}");
@@ -286,7 +327,10 @@ fn series_in_each_transfer_syntax_decode_to_the_same_values_or_fail_with_a_code(
         assert!(worst <= tolerance, "{folder}: largest error {worst} HU, allowed {tolerance}");
     }
     // MPEG-2 video is not an image codec the pipeline decodes.
-    let mpeg2 = ingest_upload(zip_directory(&root.join("mpeg2-unsupported")), "series.zip", &LIMITS).unwrap_err();
+    let mpeg2_zip = zip_directory(&root.join("mpeg2-unsupported"));
+    // Found while decoding the planes, after the header is written: the same code either way.
+    assert_eq!(written_as_decoded(&mpeg2_zip, "series.zip"), Err("unsupported_transfer_syntax"));
+    let mpeg2 = ingest_upload(mpeg2_zip, "series.zip", &LIMITS).unwrap_err();
     assert_eq!(mpeg2.code(), "unsupported_transfer_syntax", "{mpeg2}");
     assert!(mpeg2.to_string().contains("1.2.840.10008.1.2.4.100"), "{mpeg2}");
 }
@@ -299,9 +343,10 @@ fn series_in_each_transfer_syntax_decode_to_the_same_values_or_fail_with_a_code(
 fn every_voxel_lands_at_its_dicom_world_position_for_any_orientation_zip_or_multiframe() {
     let (rows, columns, slices) = (5usize, 7usize, 4usize);
     let value = |i: usize, j: usize, k: usize| (i + 10 * j + 100 * k) as i16 - 1000;
-    let orientations: [(&str, [f64; 6]); 5] = [
+    let orientations: [(&str, [f64; 6]); 6] = [
         ("axial", [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
         ("axial, rows flipped", [-1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+        ("axial, columns flipped", [1.0, 0.0, 0.0, 0.0, -1.0, 0.0]),
         ("coronal", [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]),
         ("sagittal", [0.0, 1.0, 0.0, 0.0, 0.0, -1.0]),
         ("sagittal, transposed", [0.0, 0.0, -1.0, 0.0, 1.0, 0.0]),
@@ -311,10 +356,16 @@ fn every_voxel_lands_at_its_dicom_world_position_for_any_orientation_zip_or_mult
         let mut shuffled = series.clone();
         shuffled.swap(0, 2);
         shuffled.reverse();
-        let from_zip = ingest_upload(zip_series(&shuffled, &[]).unwrap(), "series.zip", &LIMITS)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let from_file = ingest_upload(write_multiframe(&shuffled).unwrap(), "enhanced.dcm", &LIMITS)
-            .unwrap_or_else(|e| panic!("{name} (multi-frame): {e}"));
+        let zipped = zip_series(&shuffled, &[]).unwrap();
+        let multiframe = write_multiframe(&shuffled).unwrap();
+        // Axial series are written plane by plane; coronal, sagittal and multi-frame ones whole.
+        let by_plane =
+            if name.starts_with("axial") { VolumeAssembly::PlaneByPlane } else { VolumeAssembly::WholeVolume };
+        assert_eq!(written_as_decoded(&zipped, "series.zip"), Ok(by_plane), "{name}");
+        assert_eq!(written_as_decoded(&multiframe, "enhanced.dcm"), Ok(VolumeAssembly::WholeVolume), "{name}");
+        let from_zip = ingest_upload(zipped, "series.zip", &LIMITS).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let from_file =
+            ingest_upload(multiframe, "enhanced.dcm", &LIMITS).unwrap_or_else(|e| panic!("{name} (multi-frame): {e}"));
         assert_eq!(from_zip.canonical, from_file.canonical, "{name}: zip and multi-frame differ");
         assert_eq!(from_zip.report.original, from_file.report.original, "{name}");
         assert_eq!(from_zip.report.original.orientation.as_bytes()[0], b'L', "{name}: dicom2nifti's grid is L..");
@@ -379,4 +430,19 @@ fn inputs_that_crashed_the_fuzzer_are_refused_as_corrupt_without_large_allocatio
         }
     }
     assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// A series long enough for several gzip members (64 × 64 planes: 128 to a member), so for
+/// batches of them on two threads, in shuffled order, is written plane by plane with the bytes and
+/// the report of the whole-volume path; its NIfTI output, ingested again, is decoded whole.
+#[test]
+fn a_long_series_is_written_plane_by_plane_with_the_bytes_of_the_whole_volume_path() {
+    let mut slices = axial_series(64, 64, 300, [0.7, 0.7], 1.0, [5.0, -3.0, -80.0], |i, j, k| {
+        ((i * 31 + j * 17 + k * 7) % 2500) as i16 - 1024
+    });
+    slices.swap(10, 250);
+    let zipped = zip_series(&slices, &[]).unwrap();
+    assert_eq!(written_as_decoded(&zipped, "long.zip"), Ok(VolumeAssembly::PlaneByPlane));
+    let nifti = encode_outputs(&ingest_upload(zipped, "long.zip", &LIMITS).unwrap()).unwrap().volume_nii_gz;
+    assert_eq!(written_as_decoded(&nifti, "volume.nii.gz"), Ok(VolumeAssembly::WholeVolume), "NIfTI is decoded whole");
 }
