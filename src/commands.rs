@@ -289,10 +289,7 @@ pub fn ingest_file(config: &IrisConfig, input: &Path, out: &Path) -> anyhow::Res
         "ingested {} ({} → RAS, {}) in {:.3} s → {}",
         input.display(),
         report.original.orientation,
-        match assembly {
-            iris_ingest::VolumeAssembly::PlaneByPlane => "plane by plane",
-            iris_ingest::VolumeAssembly::WholeVolume => "whole volume",
-        },
+        assembly.description(),
         started.elapsed().as_secs_f64(),
         out.display()
     );

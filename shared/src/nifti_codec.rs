@@ -101,7 +101,7 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const NIFTI1_HEADER_SIZE: usize = 348;
 const NIFTI2_HEADER_SIZE: usize = 540;
 
-fn source_reader(bytes: &[u8]) -> Box<dyn Read + '_> {
+fn source_reader(bytes: &[u8]) -> Box<dyn Read + Send + '_> {
     // Multi-member gzip (pigz, and this codec's own parallel writer) is read to the end.
     if bytes.starts_with(&GZIP_MAGIC) { Box::new(MultiGzDecoder::new(bytes)) } else { Box::new(bytes) }
 }
@@ -235,6 +235,65 @@ fn read_raw_voxels<T: bytemuck::Pod>(
     })?;
     check_rest_of_stream(bytes, &mut source)?;
     Ok(voxels)
+}
+
+/// An int16 NIfTI without scaling, stored little-endian (the common CT file), read plane by plane
+/// from the start of its voxel data to the end of its stream: the volume is never held.
+pub struct Int16PlaneReader<'a> {
+    pub dims: [usize; 3],
+    pub geometry: NiftiGeometry,
+    /// The affine the standard says to use (as [`DecodedNifti::affine`]).
+    pub affine: Affine,
+    pub affine_source: AffineSource,
+    pub datatype: String,
+    bytes: &'a [u8],
+    source: Box<dyn Read + Send + 'a>,
+}
+
+/// Opens `bytes` for reading plane by plane when it is an int16 NIfTI without scaling stored
+/// little-endian; `Ok(None)` for anything else (decode those with [`decode_nifti_hounsfield`]).
+/// Header problems are the errors [`decode_nifti_hounsfield`] gives.
+pub fn open_int16_planes<'a>(
+    bytes: &'a [u8],
+    limits: &DecodeLimits,
+) -> Result<Option<Int16PlaneReader<'a>>, NiftiDecodeError> {
+    let (header, dims, data_offset) = read_header(bytes, limits)?;
+    let identity = (header.scl_slope == 0.0 || header.scl_slope == 1.0) && header.scl_inter == 0.0;
+    if !identity
+        || header.datatype != nifti::NiftiType::Int16 as i16
+        || header.endianness != nifti::Endianness::Little
+        || cfg!(target_endian = "big")
+    {
+        return Ok(None);
+    }
+    let (affine, affine_source) = header_affine(&header)?;
+    let mut source = source_reader(bytes);
+    std::io::copy(&mut (&mut source).take(data_offset), &mut std::io::sink())
+        .map_err(|e| NiftiDecodeError::Corrupt(e.to_string()))?;
+    Ok(Some(Int16PlaneReader {
+        dims,
+        geometry: geometry_of(&header, dims),
+        affine,
+        affine_source,
+        datatype: header.data_type().map(|t| format!("{t:?}")).unwrap_or_default(),
+        bytes,
+        source,
+    }))
+}
+
+impl Int16PlaneReader<'_> {
+    /// Reads the next `out.len()` voxels (whole planes, in file order).
+    pub fn read_next(&mut self, out: &mut [i16]) -> Result<(), NiftiDecodeError> {
+        self.source.read_exact(bytemuck::cast_slice_mut(out)).map_err(|e| {
+            NiftiDecodeError::Corrupt(format!("the file holds less voxel data than its header promises ({e})"))
+        })
+    }
+
+    /// Reads the stream to its end after the last voxel: a damaged end (a wrong CRC) or too much
+    /// trailing data is an error, as when the file is decoded whole.
+    pub fn finish(mut self) -> Result<(), NiftiDecodeError> {
+        check_rest_of_stream(self.bytes, &mut self.source)
+    }
 }
 
 /// Decodes a label map stored as uint8 without scaling straight into bytes (no floating-point copy:
@@ -503,33 +562,93 @@ where
     T: nifti::DataElement + bytemuck::Pod + Send + Sync,
     E: From<NiftiEncodeError> + Send,
 {
-    let write_error = |e: &dyn std::fmt::Display| NiftiEncodeError::Write(e.to_string());
-    let header = nifti1_header_bytes::<T>(geometry)?;
-    sink.write_all(&gzip_member(&header).map_err(|e| write_error(&e))?).map_err(|e| write_error(&e))?;
-    let [nx, ny, nz] = geometry.dims;
-    let plane = nx * ny;
-    let planes_per_member = (GZIP_MEMBER_TARGET_BYTES / (plane * std::mem::size_of::<T>()).max(1)).max(1);
-    let members: Vec<std::ops::Range<usize>> =
-        (0..nz).step_by(planes_per_member).map(|start| start..(start + planes_per_member).min(nz)).collect();
-    for batch in members.chunks(rayon::current_num_threads().max(1)) {
+    write_header_member::<T>(geometry, sink)?;
+    let plane = geometry.dims[0] * geometry.dims[1];
+    for batch in member_planes::<T>(geometry.dims).chunks(rayon::current_num_threads().max(1)) {
         let compressed: Vec<Result<Vec<u8>, E>> = batch
             .par_iter()
             .map(|planes| {
                 let mut values = vec![T::zeroed(); planes.len() * plane];
                 fill(planes.clone(), &mut values)?;
-                // NIfTI files are written little-endian; on a big-endian host the values are swapped.
-                let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut values);
-                if cfg!(target_endian = "big") {
-                    bytes.chunks_exact_mut(std::mem::size_of::<T>()).for_each(<[u8]>::reverse);
-                }
-                Ok(gzip_member(bytes).map_err(|e| write_error(&e))?)
+                Ok(compress_member(&mut values)?)
             })
             .collect();
         for member in compressed {
-            sink.write_all(&member?).map_err(|e| E::from(write_error(&e)))?;
+            write_member(sink, &member?)?;
         }
     }
     Ok(())
+}
+
+/// [`write_nifti_gz_by_planes`] for a source read in order (a decompressing reader): `next` is
+/// called for every member's planes in turn, on one thread, while the members before are
+/// compressed on the others. The same bytes as [`write_nifti_gz_by_planes`].
+pub fn write_nifti_gz_in_order<T, E>(
+    geometry: &NiftiGeometry,
+    sink: &mut dyn std::io::Write,
+    mut next: impl FnMut(std::ops::Range<usize>, &mut [T]) -> Result<(), E> + Send,
+) -> Result<(), E>
+where
+    T: nifti::DataElement + bytemuck::Pod + Send + Sync,
+    E: From<NiftiEncodeError> + Send,
+{
+    write_header_member::<T>(geometry, sink)?;
+    let plane = geometry.dims[0] * geometry.dims[1];
+    // Two sets of member buffers take turns (one is read into while the other is compressed), so
+    // no fresh memory is touched after the first two batches.
+    let (mut filled, mut spare): (Vec<Vec<T>>, Vec<Vec<T>>) = (Vec::new(), Vec::new());
+    for batch in member_planes::<T>(geometry.dims).chunks(rayon::current_num_threads().max(1)) {
+        let mut buffers = std::mem::take(&mut spare);
+        buffers.resize_with(batch.len(), Vec::new);
+        let (read, compressed) = rayon::join(
+            || -> Result<Vec<Vec<T>>, E> {
+                for (planes, values) in batch.iter().zip(buffers.iter_mut()) {
+                    values.resize(planes.len() * plane, T::zeroed());
+                    next(planes.clone(), values)?;
+                }
+                Ok(buffers)
+            },
+            || filled.par_iter_mut().map(|values| compress_member(values)).collect::<Vec<_>>(),
+        );
+        for member in compressed {
+            write_member(sink, &member?)?;
+        }
+        spare = std::mem::replace(&mut filled, read?);
+    }
+    for member in filled.par_iter_mut().map(|values| compress_member(values)).collect::<Vec<_>>() {
+        write_member(sink, &member?)?;
+    }
+    Ok(())
+}
+
+/// The runs of z-planes each gzip member holds: as many whole planes as fit in
+/// [`GZIP_MEMBER_TARGET_BYTES`], at least one.
+fn member_planes<T>(dims: [usize; 3]) -> Vec<std::ops::Range<usize>> {
+    let plane_bytes = dims[0] * dims[1] * std::mem::size_of::<T>();
+    let planes_per_member = (GZIP_MEMBER_TARGET_BYTES / plane_bytes.max(1)).max(1);
+    (0..dims[2]).step_by(planes_per_member).map(|start| start..(start + planes_per_member).min(dims[2])).collect()
+}
+
+fn write_header_member<T>(geometry: &NiftiGeometry, sink: &mut dyn std::io::Write) -> Result<(), NiftiEncodeError>
+where
+    T: nifti::DataElement + bytemuck::Pod,
+{
+    let header = nifti1_header_bytes::<T>(geometry)?;
+    write_member(sink, &gzip_member(&header).map_err(|e| NiftiEncodeError::Write(e.to_string()))?)
+}
+
+fn write_member(sink: &mut dyn std::io::Write, member: &[u8]) -> Result<(), NiftiEncodeError> {
+    sink.write_all(member).map_err(|e| NiftiEncodeError::Write(e.to_string()))
+}
+
+/// One member of voxel values: NIfTI files are little-endian, so on a big-endian host the values
+/// are swapped first (in place).
+fn compress_member<T: bytemuck::Pod>(values: &mut [T]) -> Result<Vec<u8>, NiftiEncodeError> {
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(values);
+    if cfg!(target_endian = "big") {
+        bytes.chunks_exact_mut(std::mem::size_of::<T>()).for_each(<[u8]>::reverse);
+    }
+    gzip_member(bytes).map_err(|e| NiftiEncodeError::Write(e.to_string()))
 }
 
 /// The 352 bytes before the voxels of a single-file NIfTI-1 (the 348-byte header and the
@@ -832,6 +951,17 @@ mod tests {
         })
         .unwrap();
         assert_eq!(member_lengths(&written), [352, 2 * plane, 2 * plane, 2 * plane]);
+        // Filled in order, one member after the other while the ones before are compressed: the same bytes.
+        let mut in_order = Vec::new();
+        let mut next_plane = 0;
+        write_nifti_gz_in_order(&geometry, &mut in_order, |planes, values: &mut [i16]| {
+            assert_eq!(planes.start, next_plane, "in order");
+            next_plane = planes.end;
+            values.iter_mut().enumerate().for_each(|(n, v)| *v = ((planes.start * plane + n) % 3000) as i16);
+            Ok::<_, NiftiEncodeError>(())
+        })
+        .unwrap();
+        assert!(in_order == written, "the in-order writer wrote other bytes");
         let decoded = decode_nifti(&written, &DecodeLimits { max_voxels: 1 << 30 }).unwrap();
         let values = decoded.volume.voxels();
         assert!(values.iter().enumerate().all(|(n, v)| *v == (n % 3000) as f32), "every plane in its place");

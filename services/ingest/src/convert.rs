@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use iris_shared::nifti_codec::{
     AffineSource, DecodeLimits, NiftiDecodeError, NiftiEncodeError, NiftiGeometry, decode_nifti_hounsfield,
-    encode_nifti_gz, write_nifti_gz_by_planes,
+    encode_nifti_gz, open_int16_planes, write_nifti_gz_by_planes, write_nifti_gz_in_order,
 };
 use rayon::prelude::*;
 
@@ -63,8 +63,24 @@ pub enum VolumeAssembly {
     /// Plane by plane, each z-plane decoded from its own image and compressed as it came: the
     /// volume was never held (an axial DICOM series in a zip).
     PlaneByPlane,
-    /// Decoded whole, reoriented, then written (NIfTI, multi-frame DICOM, coronal or sagittal series).
+    /// Read in order, plane by plane, from a decompressing reader and compressed as it came, the
+    /// members before compressed while the next are read: the volume was never held (an int16
+    /// NIfTI without scaling whose slice axis stays the canonical z-axis, unflipped: LPS, LAS, RAS …).
+    InFileOrder,
+    /// Decoded whole, reoriented, then written (other NIfTI files, multi-frame DICOM, coronal or
+    /// sagittal series).
     WholeVolume,
+}
+
+impl VolumeAssembly {
+    /// A few words for logs and the command line.
+    pub fn description(self) -> &'static str {
+        match self {
+            VolumeAssembly::PlaneByPlane => "plane by plane",
+            VolumeAssembly::InFileOrder => "in file order",
+            VolumeAssembly::WholeVolume => "whole volume",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +255,12 @@ pub fn ingest_upload_to(
             std::fs::read(&path).map_err(read_error)?
         }
     };
+    if SourceFormat::from_file_name(file_name) == Some(SourceFormat::Nifti) {
+        check_upload_size(bytes.len() as u64, limits)?;
+        if let Some(report) = ingest_nifti_in_file_order(&bytes, limits, volume_sink)? {
+            return Ok((report, VolumeAssembly::InFileOrder));
+        }
+    }
     let ingested = ingest_upload(bytes, file_name, limits)?;
     let geometry = NiftiGeometry::from_affine(ingested.canonical.dims(), ingested.canonical.affine());
     let plane = geometry.dims[0] * geometry.dims[1];
@@ -301,6 +323,57 @@ fn ingest_dicom_zip_by_plane<R: ArchiveReader>(
     let narrow = |value: AtomicI32| i16::try_from(value.into_inner()).unwrap_or_default();
     let intensity =
         IntensitySummary { min_hu: narrow(min_hu), max_hu: narrow(max_hu), clipped_voxels: clipped.into_inner() };
+    Ok(Some(report_of(source, dims, original_affine, reorientation, intensity)?))
+}
+
+/// [`ingest_upload_to`] for an int16 NIfTI without scaling whose planes stay the canonical z-planes
+/// in the same order: read in file order, each run of planes reoriented in-plane (flips, or a
+/// swap of x and y) and compressed while the next is read. `None` (nothing written) otherwise.
+fn ingest_nifti_in_file_order(
+    bytes: &[u8],
+    limits: &IngestLimits,
+    volume_sink: &mut dyn std::io::Write,
+) -> Result<Option<IngestReport>, IngestError> {
+    let Some(mut reader) = open_int16_planes(bytes, &DecodeLimits { max_voxels: limits.max_voxels })? else {
+        return Ok(None);
+    };
+    let (dims, original_affine) = (reader.dims, reader.affine);
+    let reorientation = Reorientation::to_canonical(dims, &original_affine)?;
+    if reorientation.axes[2].world_axis != 2 || reorientation.axes[2].flipped {
+        return Ok(None);
+    }
+    let source = SourceDescription {
+        format: "nifti",
+        datatype: reader.datatype.clone(),
+        geometry: reader.geometry.clone(),
+        affine_source: reader.affine_source,
+        dicom: None,
+        notes: Vec::new(),
+    };
+    let canonical_affine = reorientation.canonical_affine(&original_affine);
+    let geometry = NiftiGeometry::from_affine(reorientation.canonical_dims(), &canonical_affine);
+    let (mut min_hu, mut max_hu) = (i16::MAX, i16::MIN);
+    let mut stored = Vec::new();
+    write_nifti_gz_in_order(&geometry, volume_sink, |planes, values: &mut [i16]| {
+        if reorientation.is_identity() {
+            reader.read_next(values)?;
+        } else {
+            stored.resize(values.len(), 0);
+            reader.read_next(&mut stored)?;
+            // The same permutation and flips on these planes only (z is neither moved nor
+            // flipped); flips are done in place, and the buffer is kept for the next run.
+            let in_plane = Reorientation { original_dims: [dims[0], dims[1], planes.len()], axes: reorientation.axes };
+            let run = Volume::new(in_plane.original_dims, Affine::identity(), std::mem::take(&mut stored))?;
+            let canonical = in_plane.apply_owned(run)?;
+            values.copy_from_slice(canonical.voxels());
+            stored = canonical.into_voxels();
+        }
+        let (lo, hi) = values.iter().fold((min_hu, max_hu), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+        (min_hu, max_hu) = (lo, hi);
+        Ok::<_, IngestError>(())
+    })?;
+    reader.finish()?;
+    let intensity = IntensitySummary { min_hu, max_hu, clipped_voxels: 0 };
     Ok(Some(report_of(source, dims, original_affine, reorientation, intensity)?))
 }
 

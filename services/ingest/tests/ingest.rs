@@ -434,7 +434,8 @@ fn inputs_that_crashed_the_fuzzer_are_refused_as_corrupt_without_large_allocatio
 
 /// A series long enough for several gzip members (64 × 64 planes: 128 to a member), so for
 /// batches of them on two threads, in shuffled order, is written plane by plane with the bytes and
-/// the report of the whole-volume path; its NIfTI output, ingested again, is decoded whole.
+/// the report of the whole-volume path; its NIfTI output (int16, RAS), ingested again, is read in
+/// file order, also over several batches of members.
 #[test]
 fn a_long_series_is_written_plane_by_plane_with_the_bytes_of_the_whole_volume_path() {
     let mut slices = axial_series(64, 64, 300, [0.7, 0.7], 1.0, [5.0, -3.0, -80.0], |i, j, k| {
@@ -444,5 +445,56 @@ fn a_long_series_is_written_plane_by_plane_with_the_bytes_of_the_whole_volume_pa
     let zipped = zip_series(&slices, &[]).unwrap();
     assert_eq!(written_as_decoded(&zipped, "long.zip"), Ok(VolumeAssembly::PlaneByPlane));
     let nifti = encode_outputs(&ingest_upload(zipped, "long.zip", &LIMITS).unwrap()).unwrap().volume_nii_gz;
-    assert_eq!(written_as_decoded(&nifti, "volume.nii.gz"), Ok(VolumeAssembly::WholeVolume), "NIfTI is decoded whole");
+    assert_eq!(written_as_decoded(&nifti, "volume.nii.gz"), Ok(VolumeAssembly::InFileOrder));
+}
+
+/// An int16 NIfTI in each of the 48 axis orientations, and in other encodings, is written by
+/// [`ingest_upload_to`] with the bytes and report of the whole-volume path: in file order when
+/// its planes stay the canonical z-planes unflipped (the 8 orientations with the third voxel axis
+/// running superior, any in-plane flips or swap), whole otherwise; damaged files fail with the
+/// same code either way.
+#[test]
+fn nifti_in_any_orientation_is_written_in_file_order_or_whole_with_the_same_bytes() {
+    use iris_shared::nifti_codec::{NiftiGeometry, encode_nifti_gz};
+    use iris_shared::volume::{Affine, Volume};
+    let dims = [6, 5, 40];
+    let values: Vec<i16> = (0..dims.iter().product::<usize>()).map(|n| (n % 3001) as i16 - 1024).collect();
+    let permutations = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+    let mut in_file_order = 0;
+    for permutation in permutations {
+        for signs in 0..8 {
+            // Voxel axis v runs along world axis permutation[v], backwards where its sign bit is set.
+            let mut m = [[0.0; 4]; 4];
+            for voxel in 0..3 {
+                let sign = if signs & (1 << voxel) == 0 { 1.0 } else { -1.0 };
+                m[permutation[voxel]][voxel] = sign * [0.7, 0.9, 2.5][voxel];
+            }
+            m[3] = [0.0, 0.0, 0.0, 1.0];
+            (m[0][3], m[1][3], m[2][3]) = (12.5, -30.25, 7.0);
+            let volume = Volume::new(dims, Affine(m), values.clone()).unwrap();
+            let nifti = encode_nifti_gz(&volume, &NiftiGeometry::from_affine(dims, volume.affine())).unwrap();
+            let name = format!("{permutation:?} signs {signs:03b}");
+            let assembly = written_as_decoded(&nifti, "ct.nii.gz").unwrap_or_else(|code| panic!("{name}: {code}"));
+            let keeps_planes = permutation[2] == 2 && signs & 4 == 0;
+            let expected = if keeps_planes { VolumeAssembly::InFileOrder } else { VolumeAssembly::WholeVolume };
+            assert_eq!(assembly, expected, "{name}");
+            in_file_order += usize::from(keeps_planes);
+        }
+    }
+    assert_eq!(in_file_order, 8);
+    // float32 and scaled files are decoded whole; damaged ones fail alike.
+    let lps = Affine([[-0.7, 0.0, 0.0, 10.0], [0.0, -0.9, 0.0, 20.0], [0.0, 0.0, 2.5, -5.0], [0.0, 0.0, 0.0, 1.0]]);
+    let floats = Volume::new(dims, lps, values.iter().map(|v| f32::from(*v) + 0.25).collect::<Vec<f32>>()).unwrap();
+    let float_nifti = encode_nifti_gz(&floats, &NiftiGeometry::from_affine(dims, &lps)).unwrap();
+    assert_eq!(written_as_decoded(&float_nifti, "ct.nii.gz"), Ok(VolumeAssembly::WholeVolume));
+    let good =
+        encode_nifti_gz(&Volume::new(dims, lps, values.clone()).unwrap(), &NiftiGeometry::from_affine(dims, &lps))
+            .unwrap();
+    assert_eq!(written_as_decoded(&good, "ct.nii.gz"), Ok(VolumeAssembly::InFileOrder));
+    let truncated = &good[..good.len() / 2];
+    assert_eq!(written_as_decoded(truncated, "ct.nii.gz"), Err("corrupt_file"), "truncated");
+    let mut wrong_crc = good.clone();
+    let crc_at = wrong_crc.len() - 8;
+    wrong_crc[crc_at] ^= 0xff;
+    assert_eq!(written_as_decoded(&wrong_crc, "ct.nii.gz"), Err("corrupt_file"), "wrong CRC");
 }
