@@ -279,6 +279,14 @@ pub fn report_json(report: &IngestReport) -> Result<Vec<u8>, IngestError> {
     Ok(json)
 }
 
+/// Whether NIfTI-1 can hold these dims (16-bit signed). Written as it is read, the header goes
+/// out before any voxel: a volume it cannot describe (say a header's negative dim, read as a huge
+/// one, over too little data) is left to the whole-volume path, which finds what is wrong with
+/// the file first, as it always did.
+fn fits_nifti1(dims: [usize; 3]) -> bool {
+    dims.iter().all(|extent| i16::try_from(*extent).is_ok())
+}
+
 fn check_upload_size(size: u64, limits: &IngestLimits) -> Result<(), IngestError> {
     if size > limits.max_upload_bytes {
         return Err(IngestError::UploadTooLarge { size, limit: limits.max_upload_bytes });
@@ -298,6 +306,9 @@ fn ingest_dicom_zip_by_plane<R: ArchiveReader>(
         return Ok(None);
     }
     let (dims, original_affine) = series.grid();
+    if !fits_nifti1(dims) {
+        return Ok(None);
+    }
     let reorientation = Reorientation::to_canonical(dims, &original_affine)?;
     let canonical_dims = reorientation.canonical_dims();
     let canonical_affine = reorientation.canonical_affine(&original_affine);
@@ -350,6 +361,9 @@ fn ingest_nifti_in_file_order(
         dicom: None,
         notes: Vec::new(),
     };
+    if !fits_nifti1(dims) {
+        return Ok(None);
+    }
     let canonical_affine = reorientation.canonical_affine(&original_affine);
     let geometry = NiftiGeometry::from_affine(reorientation.canonical_dims(), &canonical_affine);
     let (mut min_hu, mut max_hu) = (i16::MAX, i16::MIN);

@@ -491,6 +491,12 @@ fn nifti_in_any_orientation_is_written_in_file_order_or_whole_with_the_same_byte
         encode_nifti_gz(&Volume::new(dims, lps, values.clone()).unwrap(), &NiftiGeometry::from_affine(dims, &lps))
             .unwrap();
     assert_eq!(written_as_decoded(&good, "ct.nii.gz"), Ok(VolumeAssembly::InFileOrder));
+    // A negative dim, read as 65,482, over too little data: found truncated, as by the whole
+    // path, not as a header that cannot be written (found by the bad-input corpus).
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&good[..]), &mut raw).unwrap();
+    raw[44..46].copy_from_slice(&(-54i16).to_le_bytes());
+    assert_eq!(written_as_decoded(&raw, "ct.nii"), Err("corrupt_file"), "negative dim");
     let truncated = &good[..good.len() / 2];
     assert_eq!(written_as_decoded(truncated, "ct.nii.gz"), Err("corrupt_file"), "truncated");
     let mut wrong_crc = good.clone();
