@@ -517,8 +517,23 @@ impl NiftiGeometry {
 }
 
 /// Writes `volume` as gzip-compressed NIfTI-1 with `geometry`'s header fields: the in-memory
-/// form of [`write_nifti_gz_by_planes`], whose bytes it returns (see there for the format).
+/// form of [`write_nifti_gz`], whose bytes it returns.
 pub fn encode_nifti_gz<T>(volume: &Volume<T>, geometry: &NiftiGeometry) -> Result<Vec<u8>, NiftiEncodeError>
+where
+    T: nifti::DataElement + bytemuck::Pod + Send + Sync,
+{
+    let mut out = Vec::with_capacity(volume.voxel_count() * std::mem::size_of::<T>() / 2);
+    write_nifti_gz(volume, geometry, &mut out)?;
+    Ok(out)
+}
+
+/// Writes `volume` to `sink` as gzip-compressed NIfTI-1 with `geometry`'s header fields:
+/// [`write_nifti_gz_by_planes`] over a volume in memory (see there for the format).
+pub fn write_nifti_gz<T>(
+    volume: &Volume<T>,
+    geometry: &NiftiGeometry,
+    sink: &mut dyn std::io::Write,
+) -> Result<(), NiftiEncodeError>
 where
     T: nifti::DataElement + bytemuck::Pod + Send + Sync,
 {
@@ -530,12 +545,10 @@ where
         )));
     }
     let plane = geometry.dims[0] * geometry.dims[1];
-    let mut out = Vec::with_capacity(volume.voxel_count() * std::mem::size_of::<T>() / 2);
-    write_nifti_gz_by_planes(geometry, &mut out, |planes: std::ops::Range<usize>, values: &mut [T]| {
+    write_nifti_gz_by_planes(geometry, sink, |planes: std::ops::Range<usize>, values: &mut [T]| {
         values.copy_from_slice(&volume.voxels()[planes.start * plane..planes.end * plane]);
         Ok::<(), NiftiEncodeError>(())
-    })?;
-    Ok(out)
+    })
 }
 
 /// Largest uncompressed size of one gzip member of a written volume (at least one whole plane).

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use iris_shared::nifti_codec::{
     AffineSource, DecodeLimits, NiftiDecodeError, NiftiEncodeError, NiftiGeometry, decode_nifti_hounsfield,
-    encode_nifti_gz, open_int16_planes, write_nifti_gz_by_planes, write_nifti_gz_in_order,
+    encode_nifti_gz, open_int16_planes, write_nifti_gz, write_nifti_gz_by_planes, write_nifti_gz_in_order,
 };
 use rayon::prelude::*;
 
@@ -250,25 +250,21 @@ pub fn ingest_upload_to(
     let bytes = match upload {
         Upload::Bytes(bytes) => bytes,
         Upload::File(path) => {
-            let size = std::fs::metadata(&path).map_err(read_error)?.len();
-            check_upload_size(size, limits)?;
+            check_upload_size(std::fs::metadata(&path).map_err(read_error)?.len(), limits)?;
             std::fs::read(&path).map_err(read_error)?
         }
     };
-    if SourceFormat::from_file_name(file_name) == Some(SourceFormat::Nifti) {
-        check_upload_size(bytes.len() as u64, limits)?;
-        if let Some(report) = ingest_nifti_in_file_order(&bytes, limits, volume_sink)? {
-            return Ok((report, VolumeAssembly::InFileOrder));
-        }
+    check_upload_size(bytes.len() as u64, limits)?;
+    let in_file_order = match SourceFormat::from_file_name(file_name) {
+        Some(SourceFormat::Nifti) => ingest_nifti_in_file_order(&bytes, limits, volume_sink)?,
+        _ => None,
+    };
+    if let Some(report) = in_file_order {
+        return Ok((report, VolumeAssembly::InFileOrder));
     }
     let ingested = ingest_upload(bytes, file_name, limits)?;
     let geometry = NiftiGeometry::from_affine(ingested.canonical.dims(), ingested.canonical.affine());
-    let plane = geometry.dims[0] * geometry.dims[1];
-    let voxels = ingested.canonical.voxels();
-    write_nifti_gz_by_planes(&geometry, volume_sink, |planes, values: &mut [i16]| {
-        values.copy_from_slice(&voxels[planes.start * plane..planes.end * plane]);
-        Ok::<_, IngestError>(())
-    })?;
+    write_nifti_gz(&ingested.canonical, &geometry, volume_sink)?;
     Ok((ingested.report, VolumeAssembly::WholeVolume))
 }
 
@@ -350,7 +346,7 @@ fn ingest_nifti_in_file_order(
     };
     let (dims, original_affine) = (reader.dims, reader.affine);
     let reorientation = Reorientation::to_canonical(dims, &original_affine)?;
-    if reorientation.axes[2].world_axis != 2 || reorientation.axes[2].flipped {
+    if reorientation.axes[2].world_axis != 2 || reorientation.axes[2].flipped || !fits_nifti1(dims) {
         return Ok(None);
     }
     let source = SourceDescription {
@@ -361,9 +357,6 @@ fn ingest_nifti_in_file_order(
         dicom: None,
         notes: Vec::new(),
     };
-    if !fits_nifti1(dims) {
-        return Ok(None);
-    }
     let canonical_affine = reorientation.canonical_affine(&original_affine);
     let geometry = NiftiGeometry::from_affine(reorientation.canonical_dims(), &canonical_affine);
     let (mut min_hu, mut max_hu) = (i16::MAX, i16::MIN);
