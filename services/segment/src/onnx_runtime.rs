@@ -12,7 +12,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 use tracing::{info, warn};
 
-use crate::sliding_window::{InferenceEngine, InferenceError};
+use crate::sliding_window::{InferenceEngine, InferenceError, LogitsConsumer};
 
 /// The ONNX Runtime release the project installs (`scripts/onnx-env.sh install`).
 pub const ONNX_RUNTIME_VERSION: &str = "1.31.1";
@@ -195,7 +195,7 @@ pub struct OrtInferenceEngine {
 }
 
 impl InferenceEngine for OrtInferenceEngine {
-    fn infer(&mut self, input: &[f32], tiles: usize, output: &mut Vec<f32>) -> Result<(), InferenceError> {
+    fn infer(&mut self, input: &[f32], tiles: usize, consume: LogitsConsumer<'_>) -> Result<(), InferenceError> {
         let runtime_error = |e: &dyn std::fmt::Display| InferenceError::Runtime(e.to_string());
         let [pz, py, px] = self.patch;
         let shape = [tiles as i64, 1, pz as i64, py as i64, px as i64];
@@ -203,9 +203,7 @@ impl InferenceEngine for OrtInferenceEngine {
         let mut loaded = self.session.lock().map_err(|_| InferenceError::Internal("session lock poisoned".into()))?;
         let outputs = loaded.session.run(ort::inputs![tensor]).map_err(|e| runtime_error(&e))?;
         let (_, logits) = outputs[0].try_extract_tensor::<f32>().map_err(|e| runtime_error(&e))?;
-        output.clear();
-        output.extend_from_slice(logits);
-        Ok(())
+        consume(logits)
     }
 
     fn runs_on_accelerator(&self) -> bool {

@@ -45,10 +45,11 @@ pub struct CtNormalization {
 
 /// The network, as the sliding window sees it (a port: ONNX Runtime is one adapter).
 pub trait InferenceEngine {
-    /// Runs the network on `tiles` patches laid out `[tiles, 1, pz, py, px]` and writes the logits,
-    /// laid out `[tiles, channels, pz, py, px]`, into `output` (cleared first; its allocation is
-    /// reused from batch to batch, so gigabyte-sized outputs are not allocated per tile).
-    fn infer(&mut self, input: &[f32], tiles: usize, output: &mut Vec<f32>) -> Result<(), InferenceError>;
+    /// Runs the network on `tiles` patches laid out `[tiles, 1, pz, py, px]` and hands its logits,
+    /// laid out `[tiles, channels, pz, py, px]`, to `consume` while the engine still owns them: a
+    /// gigabyte-sized output is read where the runtime wrote it, not copied out first. An error
+    /// from `consume` is returned as it is.
+    fn infer(&mut self, input: &[f32], tiles: usize, consume: LogitsConsumer<'_>) -> Result<(), InferenceError>;
 
     /// The network runs on an accelerator, leaving the CPU free: tile cutting and accumulation then
     /// overlap inference on threads of their own.
@@ -56,6 +57,9 @@ pub trait InferenceEngine {
         false
     }
 }
+
+/// What reads a batch's logits in place (see [`InferenceEngine::infer`]).
+pub type LogitsConsumer<'a> = &'a mut dyn FnMut(&[f32]) -> Result<(), InferenceError>;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum InferenceError {
@@ -83,7 +87,8 @@ pub struct WindowReport {
     /// Network runs (tiles × mirror combinations, counted per batch).
     pub network_runs: usize,
     pub preprocess: Duration,
-    /// Wall time spent inside [`InferenceEngine::infer`].
+    /// Wall time spent inside [`InferenceEngine::infer`], less the time its consumer spent
+    /// accumulating (on the CPU path, where the logits are accumulated in place).
     pub inference: Duration,
     /// Wall time of weighting and summing the tiles' logits and of the final argmax (on the CPU
     /// path, where it does not overlap inference).
@@ -127,37 +132,40 @@ pub fn run_sliding_window(
     let mut failure = None;
     let padded_labels = if !engine.runs_on_accelerator() {
         // On the CPU the network already uses every core: accumulating alongside it would only
-        // slow its threads down, so tiles are cut, run and accumulated one batch after another.
+        // slow its threads down, so tiles are cut, run and accumulated one batch after another,
+        // each batch's logits read where ONNX Runtime wrote them.
         let mut accumulator = Accumulator::new(settings.channels, padded.dims, settings.patch);
-        let prediction_len = batch_size * expected_per_tile;
-        let mut prediction = iris_shared::memory::large_vec_with_capacity(prediction_len);
         let (mut scratch, mut done) = (MirrorScratch::default(), 0);
         for batch in tiles.chunks(batch_size) {
             let input = cut_batch(&volume, padded.dims, settings.patch, batch, batch_size, settings.batch_is_fixed);
             let runs_in_batch = if settings.batch_is_fixed { batch_size } else { batch.len() };
             let timer = Instant::now();
+            let mut accumulating = Duration::ZERO;
             predict_with_mirroring(
                 engine,
                 &input,
                 runs_in_batch,
                 settings,
                 &combinations,
-                &mut prediction,
                 &mut scratch,
+                &mut |logits| {
+                    let timer = Instant::now();
+                    for (index, start) in batch.iter().enumerate() {
+                        accumulator.add_tile(
+                            *start,
+                            &logits[index * expected_per_tile..(index + 1) * expected_per_tile],
+                            &gaussian,
+                        );
+                        done += 1;
+                        progress(done, total_tiles);
+                    }
+                    accumulating += timer.elapsed();
+                    Ok(())
+                },
             )?;
-            inference += timer.elapsed();
+            inference += timer.elapsed().saturating_sub(accumulating);
+            accumulation += accumulating;
             network_runs += combinations.len() + 1;
-            let timer = Instant::now();
-            for (index, start) in batch.iter().enumerate() {
-                accumulator.add_tile(
-                    *start,
-                    &prediction[index * expected_per_tile..(index + 1) * expected_per_tile],
-                    &gaussian,
-                );
-                done += 1;
-                progress(done, total_tiles);
-            }
-            accumulation += timer.elapsed();
         }
         let timer = Instant::now();
         let labels = accumulator.finish();
@@ -206,14 +214,18 @@ pub fn run_sliding_window(
                     runs_in_batch,
                     settings,
                     &combinations,
-                    &mut prediction,
                     &mut scratch,
+                    &mut |logits| {
+                        // The accumulator thread reads this copy while the next batch runs.
+                        prediction.clear();
+                        prediction.extend_from_slice(&logits[..batch.len() * expected_per_tile]);
+                        Ok(())
+                    },
                 );
                 inference += timer.elapsed();
                 network_runs += combinations.len() + 1;
                 match result {
                     Ok(()) => {
-                        prediction.truncate(batch.len() * expected_per_tile);
                         if prediction_sender.send((batch, prediction)).is_err() {
                             break;
                         }
@@ -501,47 +513,59 @@ fn flip_into(data: &[f32], patch: [usize; 3], axes: &[usize], out: &mut Vec<f32>
 /// Reused buffers of the mirrored runs.
 #[derive(Default)]
 struct MirrorScratch {
-    input: Vec<f32>,
-    output: Vec<f32>,
+    flipped_input: Vec<f32>,
+    flipped_output: Vec<f32>,
+    sums: Vec<f32>,
 }
 
-/// Step 6: the network's output for a batch, averaged over the mirror combinations, in `prediction`.
+/// Step 6: the network's output for a batch, averaged over the mirror combinations, handed to
+/// `consume`. Without mirroring the logits are handed over in place.
 fn predict_with_mirroring(
     engine: &mut dyn InferenceEngine,
     input: &[f32],
     tiles: usize,
     settings: &WindowSettings,
     combinations: &[Vec<usize>],
-    prediction: &mut Vec<f32>,
     scratch: &mut MirrorScratch,
+    consume: LogitsConsumer<'_>,
 ) -> Result<(), InferenceError> {
     let expected = tiles * settings.channels * settings.patch.iter().product::<usize>();
-    let check = |output: &Vec<f32>| {
-        if output.len() == expected {
+    let check = |logits: &[f32]| {
+        if logits.len() == expected {
             Ok(())
         } else {
-            Err(InferenceError::OutputSize { tiles, expected, got: output.len() })
+            Err(InferenceError::OutputSize { tiles, expected, got: logits.len() })
         }
     };
-    engine.infer(input, tiles, prediction)?;
-    check(prediction)?;
     if combinations.is_empty() {
-        return Ok(());
+        return engine.infer(input, tiles, &mut |logits| {
+            check(logits)?;
+            consume(logits)
+        });
     }
+    let MirrorScratch { flipped_input, flipped_output, sums } = scratch;
+    engine.infer(input, tiles, &mut |logits| {
+        check(logits)?;
+        sums.clear();
+        sums.extend_from_slice(logits);
+        Ok(())
+    })?;
     for axes in combinations {
-        flip_into(input, settings.patch, axes, &mut scratch.input);
-        engine.infer(&scratch.input, tiles, &mut scratch.output)?;
-        check(&scratch.output)?;
-        flip_into(&scratch.output, settings.patch, axes, &mut scratch.input);
-        for (sum, value) in prediction.iter_mut().zip(&scratch.input) {
+        flip_into(input, settings.patch, axes, flipped_input);
+        engine.infer(flipped_input, tiles, &mut |logits| {
+            check(logits)?;
+            flip_into(logits, settings.patch, axes, flipped_output);
+            Ok(())
+        })?;
+        for (sum, value) in sums.iter_mut().zip(flipped_output.iter()) {
             *sum += value;
         }
     }
     let runs = (combinations.len() + 1) as f32;
-    for value in prediction.iter_mut() {
+    for value in sums.iter_mut() {
         *value /= runs;
     }
-    Ok(())
+    consume(sums)
 }
 
 /// Gaussian-weighted logit sums over a window of `patch[0]` z slices of the padded grid.
@@ -742,8 +766,8 @@ mod tests {
     }
 
     impl InferenceEngine for PointwiseSign {
-        fn infer(&mut self, input: &[f32], tiles: usize, out: &mut Vec<f32>) -> Result<(), InferenceError> {
-            out.clear();
+        fn infer(&mut self, input: &[f32], tiles: usize, consume: LogitsConsumer<'_>) -> Result<(), InferenceError> {
+            let mut out = Vec::new();
             assert_eq!(input.len(), tiles * self.patch_len);
             for tile in input.chunks_exact(self.patch_len) {
                 // Channel 1 wins where the input is positive, channel 0 elsewhere.
@@ -751,7 +775,7 @@ mod tests {
                     out.extend(tile.iter().map(|v| if channel == 1 { *v } else { -*v }));
                 }
             }
-            Ok(())
+            consume(&out)
         }
 
         fn runs_on_accelerator(&self) -> bool {
@@ -818,7 +842,7 @@ mod tests {
     fn an_engine_failure_stops_the_window_with_its_error() {
         struct Failing;
         impl InferenceEngine for Failing {
-            fn infer(&mut self, _: &[f32], _: usize, _: &mut Vec<f32>) -> Result<(), InferenceError> {
+            fn infer(&mut self, _: &[f32], _: usize, _: LogitsConsumer<'_>) -> Result<(), InferenceError> {
                 Err(InferenceError::Runtime("boom".to_owned()))
             }
         }
