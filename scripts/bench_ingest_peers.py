@@ -2,7 +2,7 @@
 """Peer tools for scripts/bench-ingest.sh: one operation per invocation, so each run is its own
 process with its own wall time and peak RSS.
 
-    bench_ingest_peers.py make-input OUT.nii.gz          512×512×300 int16 CT-like volume, LPS affine
+    bench_ingest_peers.py make-input OUT.nii.gz [SLICES] 512×512×SLICES (default 300) int16 CT-like volume, LPS affine
     bench_ingest_peers.py make-zip DIR OUT.zip           zip a DICOM series (flat, deflated)
     bench_ingest_peers.py make-long-series DIR OUT N     N slices: DIR's slices repeated along the slice normal
     bench_ingest_peers.py nibabel IN.nii.gz OUT.nii.gz   load + as_closest_canonical + save
@@ -32,16 +32,17 @@ SHAPE = (512, 512, 300)
 SPACING = (0.8, 0.8, 1.5)
 
 
-def make_input(out_path):
+def make_input(out_path, slices=SHAPE[2]):
     """Deterministic CT-like phantom: air, an elliptic body with smooth soft-tissue variation,
     a bone ring, two lungs, a spine, noise, and constant padding outside the reconstruction circle;
     stored LPS like a DICOM-derived file."""
     import nibabel as nib
     import numpy as np
 
-    nx, ny, nz = SHAPE
+    nx, ny, nz = SHAPE[0], SHAPE[1], int(slices)
+    shape = (nx, ny, nz)
     rng = np.random.default_rng(20261123)
-    data = np.empty(SHAPE, dtype=np.int16)
+    data = np.empty(shape, dtype=np.int16)
     # In-plane grid in mm from the centre (x: voxel axis 0 towards L, y: axis 1 towards P).
     x = (np.arange(nx, dtype=np.float32) - (nx - 1) / 2) * SPACING[0]
     y = (np.arange(ny, dtype=np.float32) - (ny - 1) / 2) * SPACING[1]
@@ -400,8 +401,8 @@ def main(argv):
         "dicom2nifti": run_dicom2nifti,
         "simpleitk-dicom": run_simpleitk_dicom,
     }
-    if op == "make-input" and len(args) == 1:
-        make_input(args[0])
+    if op == "make-input" and len(args) in (1, 2):
+        make_input(*args)
     elif op == "make-long-series" and len(args) == 3:
         make_long_series(*args)
     elif op in two and len(args) == 2:

@@ -8,6 +8,9 @@
     make_models.py unet --out DIR [--classes 118] [--patch Z Y X] [--spacing Z Y X] [--seed N] [--name NAME]
         an nnU-Net-shaped 3D U-Net (TotalSegmentator's 3 mm topology) with random weights, for
         benchmarks: about 120 MB, generated on demand, never committed.
+    make_models.py pointwise --out DIR [--classes 118] [--patch Z Y X] [--spacing Z Y X] [--seed N]
+        one 1x1x1 convolution to --classes outputs with random weights: the window's own memory and
+        time on large volumes without a network's cost (scripts/bench-segment-memory.sh).
 
 Needs onnx and numpy only (scripts/onnx-env.sh install; run with the venv's python).
 """
@@ -340,6 +343,35 @@ def cmd_unet(args: argparse.Namespace) -> None:
     print(f"parameters: {params}")
 
 
+def cmd_pointwise(args: argparse.Namespace) -> None:
+    if args.classes < 2:
+        sys.exit("make_models.py: --classes must be at least 2")
+    rng = np.random.default_rng(args.seed)
+    g = Graph()
+    weight = rng.standard_normal((args.classes, 1, 1, 1, 1), dtype=np.float32)
+    bias = rng.standard_normal(args.classes, dtype=np.float32)
+    model = g.model(g.conv("input", weight, bias), args.classes, "N", "pointwise")
+    out = Path(args.out)
+    write_model(
+        out,
+        args.name or out.name,
+        model,
+        {
+            "description": f"Benchmark model: one 1x1x1 convolution to {args.classes} outputs with RANDOM weights "
+            f"(seed {args.seed}); its output means nothing. It measures the sliding window without a network's cost.",
+            "spacing_mm": args.spacing,
+            "patch_size": args.patch,
+            "tile_step": 0.5,
+            "mirror_axes": [],
+            "batch_size": 1,
+            "clip_hu": [-1024, 1500],
+            "mean": 0,
+            "std": 500,
+            "labels": total_label_names(args.classes),
+        },
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -352,11 +384,20 @@ def main() -> None:
     u.add_argument("--spacing", type=float, nargs=3, default=[3.0, 3.0, 3.0], metavar=("Z", "Y", "X"))
     u.add_argument("--seed", type=int, default=0)
     u.add_argument("--name", help="card name (default: the last component of --out)")
+    p = sub.add_parser("pointwise", help="a 1x1x1 convolution with random weights, for the window's memory")
+    p.add_argument("--out", required=True, help="model directory to write (model.onnx, card.json)")
+    p.add_argument("--classes", type=int, default=118)
+    p.add_argument("--patch", type=int, nargs=3, default=[128, 128, 128], metavar=("Z", "Y", "X"))
+    p.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 1.5], metavar=("Z", "Y", "X"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", help="card name (default: the last component of --out)")
     args = ap.parse_args()
     if args.cmd == "tiny":
         cmd_tiny(args)
-    else:
+    elif args.cmd == "unet":
         cmd_unet(args)
+    else:
+        cmd_pointwise(args)
 
 
 if __name__ == "__main__":

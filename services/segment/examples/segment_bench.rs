@@ -73,6 +73,8 @@ fn main() -> anyhow::Result<()> {
         "total_s": started.elapsed().as_secs_f64(),
         "tiles": reports.iter().map(|(_, r)| r.tiles).sum::<usize>(),
         "runs": reports.iter().map(|(_, r)| r.network_runs).sum::<usize>(),
+        "model_grids_zyx": reports.iter().map(|(_, r)| r.model_grid).collect::<Vec<_>>(),
+        "canonical_dims_xyz": labels.dims(),
     });
     println!("{timings}");
     if let Some(path) = &arguments.timings {
