@@ -15,6 +15,7 @@
 #   IRIS_BENCH_CACHE  where the generated CTs are kept (default ~/.cache/iris-bench)
 #   IRIS_MODELS_CACHE where the generated models are kept (default ~/.cache/iris-models)
 set -euo pipefail
+# shellcheck source=env.sh source-path=SCRIPTDIR disable=SC1091
 source "$(dirname "$0")/env.sh"
 require_cargo
 cd "$IRIS_ROOT"

@@ -14,6 +14,7 @@
 #   BENCH_CT          input CT (default ../shared/data/totalseg/example_ct_sm.nii.gz; canonical RAS int16)
 #   IRIS_MODELS_CACHE where the generated U-Net is kept (default ~/.cache/iris-models)
 set -euo pipefail
+# shellcheck source=env.sh source-path=SCRIPTDIR disable=SC1091
 source "$(dirname "$0")/env.sh"
 require_cargo
 cd "$IRIS_ROOT"

@@ -544,6 +544,9 @@ fn predict_with_mirroring(
         });
     }
     let MirrorScratch { flipped_input, flipped_output, sums } = scratch;
+    if sums.capacity() < expected {
+        *sums = iris_shared::memory::large_vec_with_capacity(expected);
+    }
     engine.infer(input, tiles, &mut |logits| {
         check(logits)?;
         sums.clear();
