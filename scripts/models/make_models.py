@@ -318,27 +318,13 @@ def cmd_unet(args: argparse.Namespace) -> None:
         sys.exit(f"make_models.py: patch {args.patch} must be divisible by 32 (five stride-2 stages)")
     if args.classes < 2:
         sys.exit("make_models.py: --classes must be at least 2")
-    out = Path(args.out)
-    name = args.name or out.name
     model, params = unet(args.classes, args.seed)
-    write_model(
-        out,
-        name,
+    write_benchmark_model(
+        args,
         model,
-        {
-            "description": "Benchmark model: an nnU-Net-shaped 3D U-Net with TotalSegmentator's 3 mm topology "
-            f"(features 32-320, 6 stages) and RANDOM weights (seed {args.seed}); its output means nothing. "
-            "The spacing, patch, normalization (clip -1024..1500, mean 0, std 500) are made up.",
-            "spacing_mm": args.spacing,
-            "patch_size": args.patch,
-            "tile_step": 0.5,
-            "mirror_axes": [],
-            "batch_size": 1,
-            "clip_hu": [-1024, 1500],
-            "mean": 0,
-            "std": 500,
-            "labels": total_label_names(args.classes),
-        },
+        "Benchmark model: an nnU-Net-shaped 3D U-Net with TotalSegmentator's 3 mm topology "
+        f"(features 32-320, 6 stages) and RANDOM weights (seed {args.seed}); its output means nothing. "
+        "The spacing, patch, normalization (clip -1024..1500, mean 0, std 500) are made up.",
     )
     print(f"parameters: {params}")
 
@@ -351,14 +337,23 @@ def cmd_pointwise(args: argparse.Namespace) -> None:
     weight = rng.standard_normal((args.classes, 1, 1, 1, 1), dtype=np.float32)
     bias = rng.standard_normal(args.classes, dtype=np.float32)
     model = g.model(g.conv("input", weight, bias), args.classes, "N", "pointwise")
+    write_benchmark_model(
+        args,
+        model,
+        f"Benchmark model: one 1x1x1 convolution to {args.classes} outputs with RANDOM weights "
+        f"(seed {args.seed}); its output means nothing. It measures the sliding window without a network's cost.",
+    )
+
+
+def write_benchmark_model(args: argparse.Namespace, model: onnx.ModelProto, description: str) -> None:
+    """A benchmark model's directory: made-up CT normalisation, step 0.5, no mirroring, batch 1."""
     out = Path(args.out)
     write_model(
         out,
         args.name or out.name,
         model,
         {
-            "description": f"Benchmark model: one 1x1x1 convolution to {args.classes} outputs with RANDOM weights "
-            f"(seed {args.seed}); its output means nothing. It measures the sliding window without a network's cost.",
+            "description": description,
             "spacing_mm": args.spacing,
             "patch_size": args.patch,
             "tile_step": 0.5,
@@ -372,25 +367,24 @@ def cmd_pointwise(args: argparse.Namespace) -> None:
     )
 
 
+def add_benchmark_arguments(parser: argparse.ArgumentParser, spacing: float) -> None:
+    parser.add_argument("--out", required=True, help="model directory to write (model.onnx, card.json)")
+    parser.add_argument("--classes", type=int, default=118)
+    parser.add_argument("--patch", type=int, nargs=3, default=[128, 128, 128], metavar=("Z", "Y", "X"))
+    parser.add_argument("--spacing", type=float, nargs=3, default=[spacing] * 3, metavar=("Z", "Y", "X"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", help="card name (default: the last component of --out)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("tiny", help="the small deterministic test models")
     t.add_argument("--out", required=True)
-    u = sub.add_parser("unet", help="an nnU-Net-shaped U-Net with random weights, for benchmarks")
-    u.add_argument("--out", required=True, help="model directory to write (model.onnx, card.json)")
-    u.add_argument("--classes", type=int, default=118)
-    u.add_argument("--patch", type=int, nargs=3, default=[128, 128, 128], metavar=("Z", "Y", "X"))
-    u.add_argument("--spacing", type=float, nargs=3, default=[3.0, 3.0, 3.0], metavar=("Z", "Y", "X"))
-    u.add_argument("--seed", type=int, default=0)
-    u.add_argument("--name", help="card name (default: the last component of --out)")
-    p = sub.add_parser("pointwise", help="a 1x1x1 convolution with random weights, for the window's memory")
-    p.add_argument("--out", required=True, help="model directory to write (model.onnx, card.json)")
-    p.add_argument("--classes", type=int, default=118)
-    p.add_argument("--patch", type=int, nargs=3, default=[128, 128, 128], metavar=("Z", "Y", "X"))
-    p.add_argument("--spacing", type=float, nargs=3, default=[1.5, 1.5, 1.5], metavar=("Z", "Y", "X"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", help="card name (default: the last component of --out)")
+    add_benchmark_arguments(sub.add_parser("unet", help="an nnU-Net-shaped U-Net with random weights, for benchmarks"), 3.0)
+    add_benchmark_arguments(
+        sub.add_parser("pointwise", help="a 1x1x1 convolution with random weights, for the window's memory"), 1.5
+    )
     args = ap.parse_args()
     if args.cmd == "tiny":
         cmd_tiny(args)

@@ -203,6 +203,8 @@ impl InferenceEngine for OrtInferenceEngine {
         let mut loaded = self.session.lock().map_err(|_| InferenceError::Internal("session lock poisoned".into()))?;
         let outputs = loaded.session.run(ort::inputs![tensor]).map_err(|e| runtime_error(&e))?;
         let (_, logits) = outputs[0].try_extract_tensor::<f32>().map_err(|e| runtime_error(&e))?;
+        // The output belongs to the session's run, so the session stays locked while it is read;
+        // on the CPU nothing else could use the cores meanwhile anyway.
         consume(logits)
     }
 
