@@ -28,10 +28,8 @@ RECORD="${BENCH_RECORD:-$IRIS_ROOT/BENCHMARKS.md}"
 CACHE="${IRIS_BENCH_CACHE:-$HOME/.cache/iris-bench}"
 MODELS="${IRIS_MODELS_CACHE:-$HOME/.cache/iris-models}"
 
-bash scripts/onnx-env.sh install
-PY="$(bash scripts/onnx-env.sh python)"
-ORT_DYLIB_PATH="$(bash scripts/onnx-env.sh lib)"
-export ORT_DYLIB_PATH
+use_onnx_env
+PY="$ONNX_PY"
 POINTWISE="$MODELS/pointwise-118-1.5mm"
 if [[ ! -f "$POINTWISE/card.json" ]]; then
     say "generating the pointwise model into $POINTWISE"

@@ -29,10 +29,8 @@ MODELS="${IRIS_MODELS_CACHE:-$HOME/.cache/iris-models}"
 MODEL="$MODELS/unet-${SPACING}mm"
 [[ -f "$CT" ]] || { say "error: $CT is absent (the ../shared kit must be beside the repo, or set BENCH_CT)"; exit 2; }
 
-bash scripts/onnx-env.sh install
-PY="$(bash scripts/onnx-env.sh python)"
-ORT_DYLIB_PATH="$(bash scripts/onnx-env.sh lib)"
-export ORT_DYLIB_PATH
+use_onnx_env
+PY="$ONNX_PY"
 if [[ ! -f "$MODEL/card.json" ]]; then
     say "generating the benchmark U-Net into $MODEL"
     "$PY" scripts/models/make_models.py unet --out "$MODEL" --spacing "$SPACING" "$SPACING" "$SPACING" >&2

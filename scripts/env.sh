@@ -14,6 +14,17 @@ require_cargo() {
     ensure_cmake
 }
 
+# The project's ONNX venv (scripts/onnx-env.sh: ONNX Runtime 1.31.1 from PyPI, onnx, numpy, nibabel),
+# installed if needed (idempotent); sets ONNX_PY to its python and exports ORT_DYLIB_PATH, its
+# ONNX Runtime library.
+use_onnx_env() {
+    bash "$IRIS_ROOT/scripts/onnx-env.sh" install
+    # shellcheck disable=SC2034 # read by the script that sources this file
+    ONNX_PY="$(bash "$IRIS_ROOT/scripts/onnx-env.sh" python)"
+    ORT_DYLIB_PATH="$(bash "$IRIS_ROOT/scripts/onnx-env.sh" lib)"
+    export ORT_DYLIB_PATH
+}
+
 # CMake builds CharLS (the JPEG-LS codec the DICOM reader links). Where none is installed, a pinned
 # one comes from PyPI into a virtualenv of its own (idempotent); its bin/ goes on PATH.
 CMAKE_VERSION=4.4.4

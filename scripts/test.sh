@@ -21,11 +21,10 @@ IRIS_MOTO_URL="$(bash scripts/moto.sh start)"
 export IRIS_MOTO_URL
 trap 'bash scripts/moto.sh stop "$IRIS_MOTO_URL" || true' EXIT
 echo "== ONNX Runtime 1.31.1 (the PyPI wheel's shared library) and the Python reference's venv"
-bash scripts/onnx-env.sh install
-ORT_DYLIB_PATH="$(bash scripts/onnx-env.sh lib)"
-IRIS_ONNX_PYTHON="$(bash scripts/onnx-env.sh python)"
+use_onnx_env
+IRIS_ONNX_PYTHON="$ONNX_PY"
 # The segment tests fail, rather than skip, when ONNX Runtime is missing.
-export ORT_DYLIB_PATH IRIS_ONNX_PYTHON IRIS_REQUIRE_ONNX=1
+export IRIS_ONNX_PYTHON IRIS_REQUIRE_ONNX=1
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== CDK app: tests and an offline cdk synth"
