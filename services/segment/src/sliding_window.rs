@@ -842,6 +842,39 @@ mod tests {
     }
 
     #[test]
+    fn logits_of_the_wrong_size_stop_the_window_on_every_path() {
+        /// Returns one value too few per batch.
+        struct Short {
+            accelerator: bool,
+        }
+        impl InferenceEngine for Short {
+            fn infer(&mut self, input: &[f32], _: usize, consume: LogitsConsumer<'_>) -> Result<(), InferenceError> {
+                consume(&vec![0.0; input.len() * 2 - 1])
+            }
+            fn runs_on_accelerator(&self) -> bool {
+                self.accelerator
+            }
+        }
+        let ct = Volume::new([8, 4, 4], iris_shared::volume::Affine::identity(), vec![0i16; 128]).unwrap();
+        for (accelerator, mirror_axes) in [(false, vec![]), (false, vec![2]), (true, vec![]), (true, vec![0, 1])] {
+            let settings = WindowSettings {
+                spacing_mm: [1.0, 1.0, 1.0],
+                patch: [4, 4, 4],
+                tile_step: 0.5,
+                mirror_axes: mirror_axes.clone(),
+                batch_size: 2,
+                batch_is_fixed: false,
+                channels: 2,
+                normalization: CtNormalization { clip_low: -1.0, clip_high: 1.0, mean: 0.0, std: 1.0 },
+            };
+            let error = run_sliding_window(&ct, &settings, &mut Short { accelerator }, &|_, _| {}).unwrap_err();
+            // x: 8 in patches of 4 step 2 → 3 tiles, run 2 and 1: the first batch fails.
+            let expected = InferenceError::OutputSize { tiles: 2, expected: 2 * 2 * 64, got: 2 * 2 * 64 - 1 };
+            assert_eq!(error, expected, "accelerator {accelerator}, mirroring {mirror_axes:?}");
+        }
+    }
+
+    #[test]
     fn an_engine_failure_stops_the_window_with_its_error() {
         struct Failing;
         impl InferenceEngine for Failing {
