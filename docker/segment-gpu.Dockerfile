@@ -17,17 +17,26 @@
 # CUDA 12 build for hosts whose driver predates 580.
 
 FROM rust:1.95-bookworm AS builder
+# CMake builds CharLS, the JPEG-LS codec of the DICOM reader: the service binaries are one package
+# (the root `iris`), so building iris-segment builds the other services' libraries too.
+# Not version-pinned: the base image is pinned by tag (see service.Dockerfile).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends cmake \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what cargo needs; docker/segment-gpu.Dockerfile.dockerignore keeps everything else out.
 COPY Cargo.toml Cargo.lock ./
 COPY shared shared
 COPY adapters adapters
 COPY services services
+COPY lambda lambda
+COPY dev dev
 COPY src src
 COPY tests tests
 RUN --mount=type=cache,id=iris-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=iris-cargo-target,target=/src/target,sharing=locked \
-    cargo build --release --locked -p iris-segment \
+    cargo build --release --locked -p iris --bin iris-segment \
     && install -D -m 0755 target/release/iris-segment /out/iris-segment
 
 # ONNX Runtime's libraries from the wheel, checked against its sha256 (pip --require-hashes).

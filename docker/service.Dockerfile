@@ -21,6 +21,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY shared shared
 COPY adapters adapters
 COPY services services
+COPY lambda lambda
+COPY dev dev
 COPY src src
 COPY tests tests
 # The registry and target directories are BuildKit cache mounts, so rebuilding after a source
@@ -32,7 +34,7 @@ RUN --mount=type=cache,id=iris-cargo-registry,target=/usr/local/cargo/registry,s
         ingest|mesh|notify) ;; \
         *) echo "SERVICE must be ingest, mesh or notify (got '${SERVICE}'); segment: segment-gpu.Dockerfile" >&2; exit 1 ;; \
     esac \
-    && cargo build --release --locked -p "iris-${SERVICE}" \
+    && cargo build --release --locked -p iris --bin "iris-${SERVICE}" \
     && install -D -m 0755 "target/release/iris-${SERVICE}" "/out/iris-${SERVICE}"
 
 FROM debian:bookworm-slim

@@ -15,15 +15,15 @@
 # the binary links glibc dynamically, and one linked against bookworm's glibc 2.36 may need symbols
 # that the runtime's glibc 2.34 lacks (the function would then fail at its first invocation with
 # "GLIBC_2.3x not found"). Built against the runtime's own glibc, it cannot. (A static musl binary
-# would avoid the question too, but needs a musl C toolchain for the C in aws-lc-sys, ring and
-# SQLite, and musl's allocator is slow for the AWS SDK.) The compiler is built for the target
+# would avoid the question too, but needs a musl C toolchain for the C in aws-lc-sys and ring, and
+# musl's allocator is slow for the AWS SDK.) The compiler is built for the target
 # platform, natively: for linux/arm64 on an x86_64 machine, buildx runs this stage under QEMU
 # emulation (much slower; an arm64 machine builds it natively).
 
 FROM public.ecr.aws/amazonlinux/amazonlinux:2023 AS builder
 ARG TARGETARCH
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# gcc: the C parts of aws-lc-sys, ring and SQLite; cmake and make: aws-lc-sys's fallback builder.
+# gcc: the C parts of aws-lc-sys and ring; cmake and make: aws-lc-sys's fallback builder.
 # Not version-pinned: the base image is pinned by tag (Amazon Linux 2023 keeps glibc 2.34 for its
 # whole life), and its repository drops superseded versions, so exact pins would break the build.
 # hadolint ignore=DL3041
@@ -53,6 +53,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY shared shared
 COPY adapters adapters
 COPY services services
+COPY lambda lambda
+COPY dev dev
 COPY src src
 COPY tests tests
 # The registry cache is shared with the service images (same CARGO_HOME); the target directory is
@@ -60,7 +62,7 @@ COPY tests tests
 # is copied out of the cache mount in the same step, because a cache mount is not part of the stage.
 RUN --mount=type=cache,id=iris-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=iris-lambda-cargo-target-${TARGETARCH},target=/src/target,sharing=locked \
-    cargo build --release --locked -p iris-notify --bin iris-websocket-lambda \
+    cargo build --release --locked -p iris-websocket-lambda \
     && install -D -m 0755 target/release/iris-websocket-lambda /out/bootstrap
 
 # Only the executable: `--output type=local,dest=DIR` writes DIR/bootstrap.

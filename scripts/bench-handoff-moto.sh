@@ -5,7 +5,7 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 require_cargo
 cd "$IRIS_ROOT"
-cargo build --release --locked --bin iris
+cargo build --release --locked --bin iris -p iris-dev
 IRIS="$CARGO_TARGET_DIR/release/iris"
 bash scripts/moto.sh install
 MOTO_URL="$(bash scripts/moto.sh start)"
@@ -15,4 +15,4 @@ prefix="bench$(date +%s)"
 export IRIS_BACKEND=aws IRIS_BUCKET="$prefix-data" IRIS_QUEUE_PREFIX="$prefix-" IRIS_JOBS_TABLE="$prefix-jobs" \
     IRIS_CONNECTIONS_TABLE="$prefix-connections" IRIS_EVENT_BUS="$prefix-bus"
 "$IRIS" aws bootstrap >/dev/null
-"$IRIS" bench handoff --jobs "${JOBS:-50}" --record BENCHMARKS.md
+"$CARGO_TARGET_DIR/release/iris-dev" bench handoff --jobs "${JOBS:-50}" --record BENCHMARKS.md

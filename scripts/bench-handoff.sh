@@ -4,5 +4,5 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 require_cargo
 cd "$IRIS_ROOT"
-cargo build --release --locked --bin iris
-"$CARGO_TARGET_DIR/release/iris" bench handoff --jobs "${JOBS:-60}" --record BENCHMARKS.md
+cargo build --release --locked -p iris-dev
+"$CARGO_TARGET_DIR/release/iris-dev" bench handoff --jobs "${JOBS:-60}" --record BENCHMARKS.md

@@ -7,7 +7,7 @@
 # Expects, in the repo's git-ignored .gpu/ folder (the wheel is carried in 52 MiB parts, since one
 # call carries at most 64 MiB; earlier calls copy parts 00–03 to /tmp/parts):
 #   whl.part04                         last part of onnxruntime_gpu-1.31.1-cp312-…-manylinux_2_28_x86_64.whl
-#   segment_bench                      cargo build --release -p iris-segment --example segment_bench (stripped)
+#   segment_bench                      cargo build --release -p iris-onnxruntime --example segment_bench (stripped)
 #   ct.nii.gz                          ../shared/data/totalseg/example_ct_sm.nii.gz
 #   nibabel-5.4.2-py3-none-any.whl
 # The machine provides CUDA 13, cuDNN 9, numpy and onnx. Results go to $OUT (the device tool's).

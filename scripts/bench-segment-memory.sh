@@ -43,7 +43,7 @@ fi
 
 say "building the release iris and segment_bench"
 cargo build --release --locked --bin iris >&2
-cargo build --release --locked -p iris-segment --example segment_bench >&2
+cargo build --release --locked -p iris-onnxruntime --example segment_bench >&2
 IRIS="$CARGO_TARGET_DIR/release/iris"
 SEGMENT="$CARGO_TARGET_DIR/release/examples/segment_bench"
 

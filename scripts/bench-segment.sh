@@ -36,7 +36,7 @@ if [[ ! -f "$MODEL/card.json" ]]; then
     "$PY" scripts/models/make_models.py unet --out "$MODEL" --spacing "$SPACING" "$SPACING" "$SPACING" >&2
 fi
 say "building the Rust side (release)"
-cargo build --release --locked -p iris-segment --example segment_bench >&2
+cargo build --release --locked -p iris-onnxruntime --example segment_bench >&2
 RUST_BIN="$CARGO_TARGET_DIR/release/examples/segment_bench"
 
 WORK="$(mktemp -d)"

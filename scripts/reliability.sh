@@ -9,7 +9,7 @@ source "$(dirname "$0")/env.sh"
 require_cargo
 cd "$IRIS_ROOT"
 cargo build --release --locked --workspace --bins
-IRIS="$CARGO_TARGET_DIR/release/iris"
+IRIS_DEV="$CARGO_TARGET_DIR/release/iris-dev"
 bash scripts/moto.sh install
 IRIS_MOTO_URL="$(bash scripts/moto.sh start)"
 export IRIS_MOTO_URL
@@ -30,7 +30,7 @@ for suite in "${suites[@]}"; do
     esac
     for backend in embedded moto; do
         echo "== $suite on $backend"
-        if ! RUST_LOG=error "$IRIS" reliability "${arguments[@]}" --on "$backend" --record RELIABILITY.md; then
+        if ! RUST_LOG=error "$IRIS_DEV" reliability "${arguments[@]}" --on "$backend" --record RELIABILITY.md; then
             echo "!! $suite on $backend broke a promise" >&2
             failed=1
         fi

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Every test: formatting, lints, and the whole workspace's tests (debug build), the AWS adapters'
 # against a moto server this script installs (pinned, in a virtualenv) and starts on a free port,
-# the segment tests against ONNX Runtime from the pinned PyPI wheel (installed in a venv, with the
-# Python reference of the sliding window),
-# the CDK app's tests with an offline `cdk synth`, and the Dockerfiles' lint.
-# Tests that need ../shared/data skip with a message when it is absent.
+# the ONNX Runtime tests against the pinned PyPI wheel (installed in a venv, with the Python
+# reference of the sliding window), the CDK app's tests with an offline `cdk synth`, and the
+# Dockerfiles' lint.
+# A bare `cargo test --workspace` skips what needs moto, ONNX Runtime or the service binaries (with
+# a message); here IRIS_TEST_STRICT=1 makes each of those a failure instead, so nothing is skipped
+# silently. Tests that need ../shared/data skip with a message when it is absent.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 require_cargo
@@ -13,7 +15,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo build (the service binaries the end-to-end tests run as separate processes)"
+echo "== cargo build (the binaries the reliability suites run as separate processes)"
 cargo build --workspace --bins --locked
 echo "== moto server (the AWS wire protocols, offline) for the AWS adapters' tests"
 bash scripts/moto.sh install
@@ -23,8 +25,8 @@ trap 'bash scripts/moto.sh stop "$IRIS_MOTO_URL" || true' EXIT
 echo "== ONNX Runtime 1.31.1 (the PyPI wheel's shared library) and the Python reference's venv"
 use_onnx_env
 IRIS_ONNX_PYTHON="$ONNX_PY"
-# The segment tests fail, rather than skip, when ONNX Runtime is missing.
-export IRIS_ONNX_PYTHON IRIS_REQUIRE_ONNX=1
+# Tests fail, rather than skip, when moto, ONNX Runtime or the binaries are missing.
+export IRIS_ONNX_PYTHON IRIS_TEST_STRICT=1
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== CDK app: tests and an offline cdk synth"

@@ -8,13 +8,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
-use iris_shared::backends::Backends;
-use iris_shared::config::IrisConfig;
-use iris_shared::job::{JobId, JobRecord, JobStatus, Stage};
-use iris_shared::keys::UserId;
-use iris_shared::nifti_codec::{NiftiGeometry, encode_nifti_gz};
-use iris_shared::phantom::{PhantomSpec, synthetic_ct};
-use iris_shared::ports::ObjectMetadata;
+use iris_core::backends::Backends;
+use iris_core::config::IrisConfig;
+use iris_core::ids::JobId;
+use iris_core::ids::UserId;
+use iris_core::job::{JobRecord, JobStatus, Stage};
+use iris_core::ports::ObjectMetadata;
+use iris_core::{Artifact, ErrorCode};
+use iris_onnxruntime::OrtRuntime;
+use iris_segment::NetworkRuntime;
+use iris_volume::nifti_codec::{NiftiGeometry, encode_nifti_gz};
+use iris_volume::phantom::{PhantomSpec, synthetic_ct};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -146,7 +150,7 @@ pub async fn run(config: &IrisConfig, inbox: Option<PathBuf>, user: UserId) -> a
         .await
         .with_context(|| format!("cannot write {}", gateway_file.display()))?;
     let shutdown = pipeline.shutdown_token();
-    iris_shared::cancel_on_shutdown_signals(shutdown.clone());
+    iris_core::runtime::cancel_on_shutdown_signals(shutdown.clone());
     eprintln!("iris run: data in {}, WebSocket gateway at {url}", config.data_dir.display());
     let inbox_task = inbox.map(|directory| {
         eprintln!("iris run: watching inbox {}", directory.display());
@@ -218,7 +222,7 @@ pub async fn watch(config: &IrisConfig, job: &str, user: &UserId, url: Option<St
     let token = iris_notify::auth::TokenSigner::load_or_create(&config.data_dir)?.issue(
         user,
         iris_notify::auth::DEFAULT_TOKEN_LIFETIME,
-        iris_shared::time::Timestamp::now(),
+        iris_core::time::Timestamp::now(),
     )?;
     let (mut socket, _) = tokio_tungstenite::connect_async(format!("{url}/?token={token}"))
         .await
@@ -244,7 +248,7 @@ pub async fn watch(config: &IrisConfig, job: &str, user: &UserId, url: Option<St
 /// `iris token issue --user NAME`: a token for the WebSocket gateway, on stdout.
 pub fn issue_token(config: &IrisConfig, user: &UserId, lifetime: Duration) -> anyhow::Result<ExitCode> {
     let signer = iris_notify::auth::TokenSigner::load_or_create(&config.data_dir)?;
-    println!("{}", signer.issue(user, lifetime, iris_shared::time::Timestamp::now())?);
+    println!("{}", signer.issue(user, lifetime, iris_core::time::Timestamp::now())?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -263,8 +267,8 @@ pub fn ingest_file(config: &IrisConfig, input: &Path, out: &Path) -> anyhow::Res
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     // The volume is written as it is made (an axial DICOM series plane by plane, never held
     // whole), under a temporary name that becomes `volume.nii.gz` only once it is complete.
-    let volume_path = out.join("volume.nii.gz");
-    let partial_path = out.join(".volume.nii.gz.partial");
+    let volume_path = out.join(Artifact::Volume.file());
+    let partial_path = out.join(format!(".{}.partial", Artifact::Volume.file()));
     // Unbuffered: the volume arrives in whole gzip members of up to about 1 MiB, one write each.
     let mut sink =
         std::fs::File::create(&partial_path).with_context(|| format!("cannot write {}", partial_path.display()))?;
@@ -284,7 +288,7 @@ pub fn ingest_file(config: &IrisConfig, input: &Path, out: &Path) -> anyhow::Res
         }
     };
     std::fs::rename(&partial_path, &volume_path).with_context(|| format!("cannot write {}", volume_path.display()))?;
-    write_outputs(out, &[("ingest.json", &iris_ingest::report_json(&report)?)])?;
+    write_outputs(out, &[(Artifact::IngestReport.file(), &iris_ingest::report_json(&report)?)])?;
     eprintln!(
         "ingested {} ({} → RAS, {}) in {:.3} s → {}",
         input.display(),
@@ -305,18 +309,19 @@ pub fn segment_file(
     fast: bool,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let (segmenter, runtime) = match model {
-        None => (iris_segment::Segmenter::Classical { reason: None }, None),
+    let runtime = OrtRuntime::new(&config.segment);
+    let segmenter = match model {
+        None => iris_segment::Segmenter::Classical { reason: None },
         Some(model) => {
             let options = iris_segment::SegmentOptions { fast, ..Default::default() };
             let plan = match iris_segment::load_local_plan(model, &options) {
                 Ok(plan) => plan,
                 Err(error) => return stage_failure(error.code(), &error.to_string()),
             };
-            match iris_segment::onnx_runtime(&config.segment) {
-                Ok(runtime) => (iris_segment::Segmenter::Onnx(plan), Some(runtime)),
-                Err(error) => return stage_failure(error.code(), &error.to_string()),
+            if let Err(error) = runtime.check() {
+                return stage_failure(error.code(), &error.to_string());
             }
+            iris_segment::Segmenter::Onnx(plan)
         }
     };
     let ingested = match ingest_local_file(config, input)? {
@@ -329,13 +334,16 @@ pub fn segment_file(
         &ingested.report,
         config.max_voxels,
         &segmenter,
-        runtime,
+        &runtime,
         &|_, _, _| {},
     ) {
         Ok(outputs) => outputs,
         Err(error) => return stage_failure(error.code(), &error.to_string()),
     };
-    write_outputs(out, &[("labels.nii.gz", &outputs.labels_nii_gz), ("stats.json", &outputs.stats_json)])?;
+    write_outputs(
+        out,
+        &[(Artifact::Labels.file(), &outputs.labels_nii_gz), (Artifact::Stats.file(), &outputs.stats_json)],
+    )?;
     eprintln!("segmented {} in {:.3} s → {}", input.display(), started.elapsed().as_secs_f64(), out.display());
     for label in &outputs.stats.labels {
         eprintln!("  {:>3} {:<8} {:>10} voxels {:>10.1} ml", label.id, label.name, label.voxels, label.volume_ml);
@@ -354,13 +362,13 @@ pub fn mesh_file(
     out: &Path,
 ) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
-    let beside = input.parent().map(|p| p.join("stats.json")).filter(|p| p.is_file());
+    let beside = input.parent().map(|p| p.join(Artifact::Stats.file())).filter(|p| p.is_file());
     let table = match stats.map(Path::to_owned).or(beside) {
         Some(path) => {
             let json = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
             iris_mesh::label_table_from_stats(&json)?
         }
-        None => iris_shared::labels::LabelTable { model: "unknown".into(), diagnostic: false, labels: Vec::new() },
+        None => iris_core::labels::LabelTable { model: "unknown".into(), diagnostic: false, labels: Vec::new() },
     };
     let settings = match iris_mesh::MeshSettings::from_job_options(options) {
         Ok(settings) => settings,
@@ -400,7 +408,7 @@ fn ingest_local_file(
     }
 }
 
-fn stage_failure(code: &str, message: &str) -> anyhow::Result<ExitCode> {
+fn stage_failure(code: ErrorCode, message: &str) -> anyhow::Result<ExitCode> {
     eprintln!("error [{code}]: {message}");
     Ok(ExitCode::from(EXIT_FAILED))
 }
@@ -416,11 +424,11 @@ fn write_outputs(directory: &Path, files: &[(&str, &Vec<u8>)]) -> anyhow::Result
 
 /// The backends the configuration names (`--backend` / `IRIS_BACKEND`).
 pub async fn open_backends(config: &IrisConfig) -> anyhow::Result<Backends> {
-    iris_aws::open_configured_backends(config).await.with_context(|| match config.backend {
-        iris_shared::config::BackendKind::Embedded => {
+    iris_backends::open(config).await.with_context(|| match config.backend {
+        iris_core::config::BackendKind::Embedded => {
             format!("opening the data directory {}", config.data_dir.display())
         }
-        iris_shared::config::BackendKind::Aws => {
+        iris_core::config::BackendKind::Aws => {
             "opening the AWS resources (do they exist? see `iris aws bootstrap`; endpoint from AWS_ENDPOINT_URL)"
                 .to_owned()
         }
@@ -433,57 +441,4 @@ pub async fn aws_bootstrap(config: &IrisConfig) -> anyhow::Result<ExitCode> {
     let resources = iris_aws::bootstrap::bootstrap(config, &clients).await.context("creating the AWS resources")?;
     println!("{}", serde_json::to_string_pretty(&resources)?);
     Ok(ExitCode::SUCCESS)
-}
-
-/// A reliability suite and its plan.
-pub enum Suite {
-    Chaos(crate::reliability::chaos::ChaosPlan),
-    Duplicates(crate::reliability::duplicates::DuplicatesPlan),
-    BadInputs(crate::reliability::bad_inputs::BadInputPlan),
-    Load(crate::reliability::load::LoadPlan),
-}
-
-/// `iris reliability …`: runs the suite, prints its report (Markdown), records it in `record`'s
-/// `<suite>-<backend>` section, and exits 1 when any promise broke.
-pub async fn reliability(
-    suite: Suite,
-    target: &crate::reliability::Target,
-    record: Option<&Path>,
-) -> anyhow::Result<ExitCode> {
-    use crate::reliability::{bad_inputs, binaries_beside_this_executable, chaos, duplicates, load};
-    let binaries = binaries_beside_this_executable()?;
-    let (name, markdown, problems) = match suite {
-        Suite::Chaos(plan) => {
-            let report = chaos::run_chaos(target, &binaries, &plan).await?;
-            ("chaos", report.to_markdown(), report.problems)
-        }
-        Suite::Duplicates(plan) => {
-            let report = duplicates::run_duplicates(target, &plan).await?;
-            ("duplicates", report.to_markdown(), report.problems)
-        }
-        Suite::BadInputs(plan) => {
-            let report = bad_inputs::run_bad_inputs(target, &binaries, &plan).await?;
-            ("bad-inputs", report.to_markdown(), report.problems)
-        }
-        Suite::Load(plan) => {
-            let report = load::run_load(target, &binaries, &plan).await?;
-            ("load", report.to_markdown(), report.problems)
-        }
-    };
-    println!("{markdown}");
-    if let Some(path) = record {
-        let command: Vec<String> = std::env::args().collect();
-        let body = format!(
-            "{markdown}\nMeasured {} on {} cores by `{}`.\n",
-            iris_shared::time::Timestamp::now().to_rfc3339(),
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-            command.join(" ").replace(&binaries.display().to_string(), "…"),
-        );
-        crate::bench::replace_section(path, &format!("{name}-{}", target.name()), &body)?;
-        println!("recorded in {}", path.display());
-    }
-    for problem in &problems {
-        eprintln!("problem: {problem}");
-    }
-    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use iris_shared::keys::UserId;
-use iris_shared::ports::ObjectStore;
+use iris_core::ids::UserId;
+use iris_core::ports::ObjectStore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 

@@ -2,21 +2,23 @@
 //! submitting files, waiting for jobs, fetching their outputs, and the drop-in inbox.
 //! `src/main.rs` only parses arguments and calls into here.
 
-pub mod bench;
 pub mod commands;
 pub mod inbox;
-pub mod reliability;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use iris_shared::backends::Backends;
-use iris_shared::config::IrisConfig;
-use iris_shared::job::{JobId, JobRecord, JobStatus, UploadSource};
-use iris_shared::keys::{ObjectKey, UserId};
-use iris_shared::ports::{ObjectMetadata, ObjectStore, PortError};
+use iris_core::backends::Backends;
+use iris_core::config::IrisConfig;
+use iris_core::ids::JobId;
+use iris_core::ids::UserId;
+use iris_core::job::{JobRecord, JobStatus, UploadSource};
+use iris_core::keys::ObjectKey;
+use iris_core::ports::{ObjectMetadata, ObjectStore, PortError};
+use iris_onnxruntime::OrtRuntime;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -40,7 +42,9 @@ pub enum AppError {
     #[error("{0}")]
     Port(#[from] PortError),
     #[error("{0}")]
-    Key(#[from] iris_shared::keys::KeyError),
+    Key(#[from] iris_core::keys::KeyError),
+    #[error("{0}")]
+    User(#[from] iris_core::ids::InvalidUserId),
     #[error("cannot read {path}: {error}")]
     ReadInput { path: PathBuf, error: std::io::Error },
     #[error("cannot write {path}: {error}")]
@@ -66,7 +70,8 @@ pub fn start_pipeline(
     }
     {
         let (backends, config, shutdown) = (backends.clone(), config.clone(), shutdown.clone());
-        services.spawn(async move { iris_segment::run_service(&backends, &config, shutdown).await });
+        let runtime = Arc::new(OrtRuntime::new(&config.segment));
+        services.spawn(async move { iris_segment::run_service(&backends, &config, runtime, shutdown).await });
     }
     {
         let (backends, config, shutdown) = (backends.clone(), config.clone(), shutdown.clone());

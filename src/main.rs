@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use iris::commands::{self, ProcessOptions};
-use iris_shared::config::IrisConfig;
-use iris_shared::keys::UserId;
+use iris_core::config::IrisConfig;
+use iris_core::ids::UserId;
 
 #[derive(Debug, Parser)]
 #[command(name = "iris", version, about = "CT scans to labelled segmentations and 3D surface meshes", long_about = None)]
@@ -82,27 +82,6 @@ enum Command {
         #[command(subcommand)]
         command: AwsCommand,
     },
-    /// Benchmarks: print figures and optionally record them in BENCHMARKS.md.
-    Bench {
-        #[command(subcommand)]
-        benchmark: Benchmark,
-    },
-    /// Reliability suites (RELIABILITY.md): the services under SIGKILLs, duplicate delivery, bad
-    /// input and load, on a private deployment; exit 1 if any promise broke.
-    Reliability {
-        #[command(subcommand)]
-        suite: ReliabilitySuite,
-        /// Where to run: the embedded backends in a temporary directory, or a private set of
-        /// resources on moto server (--moto-url).
-        #[arg(long, value_enum, default_value = "embedded", global = true)]
-        on: SuiteTarget,
-        /// The moto server for --on moto (scripts/moto.sh start prints it).
-        #[arg(long, env = "IRIS_MOTO_URL", global = true)]
-        moto_url: Option<String>,
-        /// Write the report into this Markdown file's section for the suite and backend.
-        #[arg(long, value_name = "FILE", global = true)]
-        record: Option<PathBuf>,
-    },
     /// Run ingest's logic on a local file (no queues).
     Ingest {
         input: PathBuf,
@@ -119,7 +98,7 @@ enum Command {
         model: Option<PathBuf>,
         /// Where ONNX models run (overrides IRIS_DEVICE).
         #[arg(long, value_name = "auto|cpu|gpu")]
-        device: Option<iris_shared::config::DeviceChoice>,
+        device: Option<iris_core::config::DeviceChoice>,
         /// Run the task's fast models.
         #[arg(long)]
         fast: bool,
@@ -172,69 +151,6 @@ enum AwsCommand {
     Contract,
 }
 
-#[derive(Debug, Subcommand)]
-enum ReliabilitySuite {
-    /// SIGKILL a random service at random moments while studies run; outputs must equal an
-    /// undisturbed run's.
-    Chaos {
-        #[arg(long, default_value_t = 20)]
-        studies: usize,
-        #[arg(long, default_value_t = 50)]
-        kills: usize,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
-    /// Every queue message delivered twice, the copy late (out of order).
-    Duplicates {
-        #[arg(long, default_value_t = 8)]
-        studies: usize,
-        #[arg(long, default_value_t = 1500)]
-        max_delay_ms: u64,
-    },
-    /// The malformed-upload corpus and malformed queue messages.
-    BadInputs {
-        /// Peak resident memory no service may exceed (far below the smallest production task's
-        /// 512 MiB: every refusal must come before the allocation a lying header asks for).
-        #[arg(long, default_value_t = 256)]
-        memory_cap_mib: u64,
-    },
-    /// Many small studies uploaded at once.
-    Load {
-        #[arg(long, default_value_t = 200)]
-        studies: usize,
-        #[arg(long, default_value_t = 1)]
-        concurrency: usize,
-    },
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum SuiteTarget {
-    Embedded,
-    Moto,
-}
-
-#[derive(Debug, Subcommand)]
-enum Benchmark {
-    /// Stage hand-off latency on the embedded backends (object written → next stage starts).
-    Handoff {
-        /// Studies to run (each gives three hand-offs).
-        #[arg(long, default_value_t = 40)]
-        jobs: usize,
-        /// Write the figures into this Markdown file's handoff section.
-        #[arg(long, value_name = "FILE")]
-        record: Option<PathBuf>,
-    },
-    /// WebSocket notification latency on the embedded backends (state recorded → message received).
-    NotifyLatency {
-        /// Studies to run, one after another.
-        #[arg(long, default_value_t = 100)]
-        jobs: usize,
-        /// Write the figures into this Markdown file's notify-latency section.
-        #[arg(long, value_name = "FILE")]
-        record: Option<PathBuf>,
-    },
-}
-
 #[derive(Debug, clap::Args)]
 struct JobArguments {
     /// Where to copy the job's outputs (default ./iris-out/<jobId>/).
@@ -266,12 +182,12 @@ fn main() -> ExitCode {
         config.data_dir = directory;
     }
     match cli.backend {
-        Some(BackendArgument::Embedded) => config.backend = iris_shared::config::BackendKind::Embedded,
-        Some(BackendArgument::Aws) => config.backend = iris_shared::config::BackendKind::Aws,
+        Some(BackendArgument::Embedded) => config.backend = iris_core::config::BackendKind::Embedded,
+        Some(BackendArgument::Aws) => config.backend = iris_core::config::BackendKind::Aws,
         None => {}
     }
     let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
-    iris_shared::telemetry::init_with_default_level(config.log_format, default_level);
+    iris_core::telemetry::init_with_default_level(config.log_format, default_level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -323,50 +239,6 @@ async fn dispatch(command: Command, config: IrisConfig) -> anyhow::Result<ExitCo
         Command::Aws { command: AwsCommand::Contract } => {
             println!("{}", serde_json::to_string_pretty(&iris_aws::contract::pipeline_contract(&config))?);
             Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench { benchmark: Benchmark::Handoff { jobs, record } } => {
-            iris::bench::handoff(&config, jobs, record.as_deref()).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Bench { benchmark: Benchmark::NotifyLatency { jobs, record } } => {
-            iris::bench::notify_latency(&config, jobs, record.as_deref()).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Reliability { suite, on, moto_url, record } => {
-            let target = match (on, moto_url) {
-                (SuiteTarget::Embedded, _) => iris::reliability::Target::Embedded,
-                (SuiteTarget::Moto, Some(endpoint_url)) => iris::reliability::Target::Moto { endpoint_url },
-                (SuiteTarget::Moto, None) => anyhow::bail!("--on moto needs --moto-url or IRIS_MOTO_URL"),
-            };
-            let suite = match suite {
-                ReliabilitySuite::Chaos { studies, kills, seed } => {
-                    commands::Suite::Chaos(iris::reliability::chaos::ChaosPlan {
-                        studies,
-                        kills,
-                        seed,
-                        ..Default::default()
-                    })
-                }
-                ReliabilitySuite::Duplicates { studies, max_delay_ms } => {
-                    commands::Suite::Duplicates(iris::reliability::duplicates::DuplicatesPlan {
-                        studies,
-                        max_delay: Duration::from_millis(max_delay_ms),
-                    })
-                }
-                ReliabilitySuite::BadInputs { memory_cap_mib } => {
-                    commands::Suite::BadInputs(iris::reliability::bad_inputs::BadInputPlan {
-                        memory_cap_bytes: memory_cap_mib << 20,
-                    })
-                }
-                ReliabilitySuite::Load { studies, concurrency } => {
-                    commands::Suite::Load(iris::reliability::load::LoadPlan {
-                        studies,
-                        concurrency,
-                        ..Default::default()
-                    })
-                }
-            };
-            commands::reliability(suite, &target, record.as_deref()).await
         }
         Command::Ingest { input, out } => commands::ingest_file(&config, &input, &out),
         Command::Segment { input, out, model, device, fast } => {

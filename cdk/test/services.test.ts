@@ -123,8 +123,8 @@ describe('services', () => {
   });
 
   test('each container gets exactly the IRIS_* variables the Rust config reads, values from the contract', () => {
-    // Every IRIS_* name shared/src/config.rs reads.
-    const configSource = fs.readFileSync(path.join(REPO_ROOT, 'shared', 'src', 'config.rs'), 'utf8');
+    // Every IRIS_* name the one configuration struct reads (shared/core/src/config.rs).
+    const configSource = fs.readFileSync(path.join(REPO_ROOT, 'shared', 'core', 'src', 'config.rs'), 'utf8');
     const readByRust = new Set(configSource.match(/"IRIS_[A-Z_]+"/g)!.map((n) => n.slice(1, -1)));
     // Read by the notify service itself (not config.rs): where it posts to WebSocket connections.
     const readByNotify = new Set(['IRIS_WS_CALLBACK_URL']);
@@ -507,6 +507,14 @@ describe('WebSocket API', () => {
   });
 });
 
+/** The workspace members the root Cargo.toml lists (folders relative to the repository root). */
+function workspaceMembers(): string[] {
+  const manifest = fs.readFileSync(path.join(REPO_ROOT, 'Cargo.toml'), 'utf8');
+  const list = manifest.match(/^members\s*=\s*\[([^\]]*)\]/m);
+  assert.ok(list, 'the root Cargo.toml lists its members');
+  return [...list[1].matchAll(/"([^"]+)"/g)].map((m) => m[1]);
+}
+
 describe('container images', () => {
   const manifest = JSON.parse(fs.readFileSync(path.join(assembly.directory, `${stack.artifactId}.assets.json`), 'utf8'));
   const images: Json[] = Object.values(manifest.dockerImages).map((i: Json) => i.source);
@@ -533,6 +541,10 @@ describe('container images', () => {
         assert.ok(!fs.existsSync(path.join(context, absent)), `${absent} must not be in the build context`);
       }
       assert.ok(fs.existsSync(path.join(context, 'services', 'ingest', 'Cargo.toml')));
+      // cargo loads the whole workspace: every member's folder must be in the context.
+      for (const member of workspaceMembers()) {
+        assert.ok(fs.existsSync(path.join(context, member, 'Cargo.toml')), `${source.dockerFile}: workspace member ${member} missing`);
+      }
     }
   });
 
@@ -547,7 +559,7 @@ describe('container images', () => {
     // The runtime's own OS (glibc 2.34), then nothing but the executable.
     assert.equal(stages[0], 'public.ecr.aws/amazonlinux/amazonlinux:2023');
     assert.equal(stages[stages.length - 1], 'scratch');
-    assert.match(dockerfile, /cargo build --release --locked -p iris-notify --bin iris-websocket-lambda\b/);
+    assert.match(dockerfile, /cargo build --release --locked -p iris-websocket-lambda\b/);
     assert.match(dockerfile, /install -D -m 0755 target\/release\/iris-websocket-lambda \/out\/bootstrap/);
     assert.match(dockerfile.split(/^FROM scratch$/m)[1], /^COPY --from=builder \/out\/bootstrap \/bootstrap$/m);
     // Every context path it copies is in its allowlist.

@@ -4,7 +4,7 @@
 #![no_main]
 
 use iris_fuzz::{SMALL_LIMITS, ingest_and_encode, show};
-use iris_shared::nifti_codec::{DecodeLimits, decode_nifti, decode_nifti_uint8};
+use iris_volume::nifti_codec::{DecodeLimits, decode_nifti, decode_nifti_uint8};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,8 +3,8 @@
 //! Also checks that every key it accepts survives S3's notification encoding unchanged.
 #![no_main]
 
-use iris_shared::s3_event::{decode_notification_key, encode_notification_key};
-use iris_shared::stage::{Notification, parse_notification, stage_triggers};
+use iris_core::s3_event::{decode_notification_key, encode_notification_key};
+use iris_core::notification::{Notification, parse_notification, stage_triggers};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

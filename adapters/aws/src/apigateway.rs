@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_config::retry::RetryConfig;
 use aws_sdk_apigatewaymanagement::primitives::Blob;
-use iris_shared::ports::{ConnectionGateway, PortError};
+use iris_core::ports::{ConnectionGateway, PortError};
 
 use crate::error::port_error;
 

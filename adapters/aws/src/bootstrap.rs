@@ -14,10 +14,10 @@ use aws_sdk_s3::types::{
     NotificationConfigurationFilter, QueueConfiguration, S3KeyFilter,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
-use iris_shared::config::IrisConfig;
-use iris_shared::events::EVENT_SOURCE;
-use iris_shared::keys::{PIPELINE_NOTIFICATION_RULES, QueueRole};
-use iris_shared::ports::PortError;
+use iris_core::config::IrisConfig;
+use iris_core::events::EVENT_SOURCE;
+use iris_core::keys::{PIPELINE_NOTIFICATION_RULES, QueueRole};
+use iris_core::ports::PortError;
 use serde::Serialize;
 
 use crate::AwsClients;

@@ -3,9 +3,9 @@
 //! committed copy (`cdk/pipeline-contract.json`) and its tests check the synthesised template
 //! against it, and a test here checks the copy against this code, so the two cannot drift.
 
-use iris_shared::config::IrisConfig;
-use iris_shared::events::EVENT_SOURCE;
-use iris_shared::keys::{PIPELINE_NOTIFICATION_RULES, QueueRole};
+use iris_core::config::IrisConfig;
+use iris_core::events::EVENT_SOURCE;
+use iris_core::keys::{PIPELINE_NOTIFICATION_RULES, QueueRole};
 use serde_json::{Value, json};
 
 use crate::bootstrap::{MESSAGE_RETENTION_SECONDS, event_rule_name};

@@ -14,10 +14,11 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
-use iris_shared::job::{JobId, JobRecord, JobStatus, Transition};
-use iris_shared::keys::UserId;
-use iris_shared::ports::{Connection, ConnectionStore, JobStore, PortError, Subscription, TransitionOutcome};
-use iris_shared::time::Timestamp;
+use iris_core::ids::JobId;
+use iris_core::ids::UserId;
+use iris_core::job::{JobRecord, JobStatus, Transition};
+use iris_core::ports::{Connection, ConnectionStore, JobStore, PortError, Subscription, TransitionOutcome};
+use iris_core::time::Timestamp;
 
 use crate::error::{error_code, port_error};
 

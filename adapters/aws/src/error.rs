@@ -2,7 +2,7 @@
 //! failures are retryable; the rest are permanent.
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use iris_shared::ports::PortError;
+use iris_core::ports::PortError;
 
 /// Error codes that mean "slow down and try again", across services.
 const THROTTLING_CODES: &[&str] = &[

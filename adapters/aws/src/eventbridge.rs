@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
-use iris_shared::events::EventEnvelope;
-use iris_shared::ports::{EventBus, PortError};
+use iris_core::events::EventEnvelope;
+use iris_core::ports::{EventBus, PortError};
 
 use crate::error::port_error;
 

@@ -1,4 +1,4 @@
-//! AWS adapters for the shared ports: `S3ObjectStore`, `SqsWorkQueue`, `DynamoJobStore`,
+//! AWS adapters for the core ports: `S3ObjectStore`, `SqsWorkQueue`, `DynamoJobStore`,
 //! `DynamoConnectionStore`, `EventBridgeBus`, `ApiGatewayConnectionGateway`, and `bootstrap`, which creates every resource the
 //! pipeline needs (the same names and notification rules the CDK app deploys).
 //!
@@ -21,10 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
-use iris_shared::backends::Backends;
-use iris_shared::config::IrisConfig;
-use iris_shared::keys::QueueRole;
-use iris_shared::ports::{PortError, WorkQueue};
+use iris_core::backends::Backends;
+use iris_core::config::IrisConfig;
+use iris_core::keys::QueueRole;
+use iris_core::ports::{PortError, WorkQueue};
 
 pub use apigateway::ApiGatewayConnectionGateway;
 pub use dynamo::{DynamoConnectionStore, DynamoJobStore};
@@ -86,15 +86,4 @@ pub async fn open_backends(config: &IrisConfig, clients: &AwsClients) -> Result<
         connections: Arc::new(DynamoConnectionStore::new(clients.dynamodb.clone(), &config.connections_table)),
         queues,
     })
-}
-
-/// The backends `config.backend` names: the embedded ones in the data directory, or AWS (whose
-/// resources must exist). What every binary calls to wire its adapters.
-/// Fault injection (`IRIS_FAULT_*`, off by default) wraps them as the configuration asks.
-pub async fn open_configured_backends(config: &IrisConfig) -> Result<Backends, PortError> {
-    let backends = match config.backend {
-        iris_shared::config::BackendKind::Embedded => iris_shared::backends::EmbeddedBackends::open(config)?.ports(),
-        iris_shared::config::BackendKind::Aws => open_backends(config, &AwsClients::from_environment().await).await?,
-    };
-    Ok(iris_shared::fault::with_injected_faults(backends, config))
 }

@@ -2,7 +2,7 @@
 //! credentials, and naming a private set of resources on it: what tests, benchmarks and
 //! developers running against moto need.
 
-use iris_shared::config::{ConfigError, IrisConfig};
+use iris_core::config::{ConfigError, IrisConfig};
 
 use crate::AwsClients;
 
@@ -47,13 +47,4 @@ pub fn unique_prefix() -> String {
         hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
     }
     format!("t{:010x}", hash & 0xff_ffff_ffff)
-}
-
-/// `IRIS_MOTO_URL`, or a panic that says how to get one (for tests).
-pub fn moto_url_for_tests() -> String {
-    std::env::var("IRIS_MOTO_URL").unwrap_or_else(|_| {
-        panic!(
-            "IRIS_MOTO_URL is not set: run the tests with scripts/test.sh, or `export IRIS_MOTO_URL=$(scripts/moto.sh start)`"
-        )
-    })
 }

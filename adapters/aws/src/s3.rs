@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use iris_shared::keys::ObjectKey;
-use iris_shared::ports::{ObjectInfo, ObjectMetadata, ObjectStore, PortError};
-use iris_shared::time::Timestamp;
+use iris_core::keys::ObjectKey;
+use iris_core::ports::{ObjectInfo, ObjectMetadata, ObjectStore, PortError};
+use iris_core::time::Timestamp;
 
 use crate::error::port_error;
 

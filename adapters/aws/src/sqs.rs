@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
-use iris_shared::ports::{PortError, QueueDepth, ReceiptHandle, ReceivedMessage, WorkQueue};
+use iris_core::ports::{PortError, QueueDepth, ReceiptHandle, ReceivedMessage, WorkQueue};
 
 use crate::error::{error_code, port_error};
 

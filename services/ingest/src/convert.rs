@@ -1,11 +1,12 @@
 //! Ingest's logic, free of I/O: an uploaded file's bytes become the canonical RAS volume (CT as
 //! int16 HU) and the ingest report.
 
-use iris_shared::ingest_report::{CanonicalGrid, INGEST_REPORT_VERSION, IngestReport, IntensitySummary, OriginalGrid};
+use iris_core::ErrorCode;
+use iris_volume::ingest_report::{CanonicalGrid, INGEST_REPORT_VERSION, IngestReport, IntensitySummary, OriginalGrid};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
-use iris_shared::nifti_codec::{
+use iris_volume::nifti_codec::{
     AffineSource, DecodeLimits, NiftiDecodeError, NiftiEncodeError, NiftiGeometry, decode_nifti_hounsfield,
     encode_nifti_gz, open_int16_planes, write_nifti_gz, write_nifti_gz_by_planes, write_nifti_gz_in_order,
 };
@@ -14,7 +15,7 @@ use rayon::prelude::*;
 use crate::dicom::{
     ArchiveReader, DicomError, DicomLimits, PositionedFile, open_dicom_zip, read_dicom_file, read_dicom_zip,
 };
-use iris_shared::volume::{Affine, Reorientation, Volume, VolumeError};
+use iris_volume::volume::{Affine, Reorientation, Volume, VolumeError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IngestLimits {
@@ -109,14 +110,14 @@ impl From<NiftiEncodeError> for IngestError {
 
 impl IngestError {
     /// Stable error code recorded on the failed job.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            IngestError::UnsupportedFormat(_) => "unsupported_format",
+            IngestError::UnsupportedFormat(_) => ErrorCode::UnsupportedFormat,
             IngestError::Nifti(error) => error.code(),
             IngestError::Dicom(error) => error.code(),
-            IngestError::UploadTooLarge { .. } => "too_large",
-            IngestError::Geometry(_) => "not_a_volume",
-            IngestError::Encode(_) | IngestError::Read(_) => "internal_error",
+            IngestError::UploadTooLarge { .. } => ErrorCode::TooLarge,
+            IngestError::Geometry(_) => ErrorCode::NotAVolume,
+            IngestError::Encode(_) | IngestError::Read(_) => ErrorCode::InternalError,
         }
     }
 
@@ -132,7 +133,7 @@ struct SourceDescription {
     datatype: String,
     geometry: NiftiGeometry,
     affine_source: AffineSource,
-    dicom: Option<iris_shared::ingest_report::DicomSeries>,
+    dicom: Option<iris_volume::ingest_report::DicomSeries>,
     notes: Vec<String>,
 }
 

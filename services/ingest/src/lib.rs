@@ -8,17 +8,20 @@ pub mod synthetic_dicom;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use iris_shared::backends::Backends;
-use iris_shared::config::IrisConfig;
-use iris_shared::job::{JobId, JobRecord, JobStatus, Stage, StatsSummary, UploadSource};
-use iris_shared::keys::{self, QueueRole};
-use iris_shared::ports::ReceivedMessage;
-use iris_shared::runtime::{MessageHandler, Outcome, run_worker};
-use iris_shared::stage::{
-    CreatedObject, Notification, StageContext, StageStart, begin_stage, failure, outcome_of_port_error,
-    outcome_of_task_panic, parse_notification, write_outputs_and_finish,
+use iris_core::backends::Backends;
+use iris_core::config::IrisConfig;
+use iris_core::ids::JobId;
+use iris_core::job::{JobRecord, JobStatus, Stage, StatsSummary, UploadSource};
+use iris_core::keys::{QueueRole, UPLOADS_PREFIX};
+use iris_core::notification::{CreatedObject, Notification, parse_notification};
+use iris_core::ports::ReceivedMessage;
+use iris_core::runtime::{MessageHandler, Outcome, run_worker};
+use iris_core::stage::{
+    StageContext, StageStart, begin_stage, failure, outcome_of_port_error, outcome_of_task_panic,
+    write_outputs_and_finish,
 };
-use iris_shared::time::Timestamp;
+use iris_core::time::Timestamp;
+use iris_core::{Artifact, ErrorCode};
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, info, instrument};
 
@@ -82,7 +85,7 @@ impl IngestHandler {
             return Outcome::Fail {
                 job_id,
                 stage: Some(Stage::Ingest),
-                code: "upload_replaced".into(),
+                code: ErrorCode::UploadReplaced,
                 message:
                     "the uploaded file was deleted or replaced before it could be read; the newer upload is its own job"
                         .into(),
@@ -121,7 +124,8 @@ impl IngestHandler {
             Err(panic) => return outcome_of_task_panic(&panic, &job_id, Stage::Ingest),
         };
         // The report first, the volume last: the volume's notification starts segmentation.
-        let outputs = vec![(keys::ingest_report_key(&job_id), report_json), (keys::volume_key(&job_id), volume_nii_gz)];
+        let outputs =
+            vec![(Artifact::IngestReport.key(&job_id), report_json), (Artifact::Volume.key(&job_id), volume_nii_gz)];
         write_outputs_and_finish(&self.context, &job_id, Stage::Ingest, receive_count, outputs, summary).await
     }
 }
@@ -140,7 +144,7 @@ fn upload_of(object: &CreatedObject) -> UploadSource {
 }
 
 fn job_id_of(object: &CreatedObject) -> Option<JobId> {
-    object.key.as_str().starts_with(keys::UPLOADS_PREFIX).then(|| upload_of(object).job_id())
+    object.key.as_str().starts_with(UPLOADS_PREFIX).then(|| upload_of(object).job_id())
 }
 
 #[async_trait]

@@ -2,6 +2,7 @@
 //! series selection, every DICOM error code, zip safety, no identifier in the outputs, and the
 //! inputs fuzzing found (`fuzz/regressions/`).
 
+use iris_core::ErrorCode;
 use std::path::PathBuf;
 
 use iris_ingest::synthetic_dicom::{
@@ -129,7 +130,7 @@ fn the_shared_jpeg2000_series_matches_dicom2nifti_voxel_for_voxel_and_in_world_s
 /// Ingests `bytes` through [`ingest_upload_to`], from memory and from a file, and checks that both
 /// write exactly the `volume.nii.gz` that [`ingest_upload`] and [`encode_outputs`] give, with the
 /// same report, or fail with the same code. Returns how the volume was built, or the error code.
-fn written_as_decoded(bytes: &[u8], file_name: &str) -> Result<VolumeAssembly, &'static str> {
+fn written_as_decoded(bytes: &[u8], file_name: &str) -> Result<VolumeAssembly, ErrorCode> {
     let whole = ingest_upload(bytes.to_vec(), file_name, &LIMITS).map(|ingested| {
         let outputs = encode_outputs(&ingested).expect("encode");
         (ingested.report, outputs.volume_nii_gz)
@@ -233,14 +234,14 @@ fn each_bad_series_fails_with_its_code() {
     let mr = small_axial_series(|_, s| s.modality = "MR");
     let no_pixels = small_axial_series(|_, s| s.with_pixels = false);
     let single = small_axial_series(|_, _| {}).into_iter().take(1).collect::<Vec<_>>();
-    let cases: Vec<(&str, Vec<SyntheticSlice>, &str)> = vec![
-        ("gantry tilt", tilted, "gantry_tilt"),
-        ("a missing slice", gap, "uneven_slice_spacing"),
-        ("mixed orientations", mixed, "inconsistent_series"),
-        ("two slices at one position", duplicate, "inconsistent_series"),
-        ("MR only", mr, "no_ct_series"),
-        ("no pixel data", no_pixels, "no_pixel_data"),
-        ("one slice", single, "not_a_volume"),
+    let cases: Vec<(&str, Vec<SyntheticSlice>, ErrorCode)> = vec![
+        ("gantry tilt", tilted, ErrorCode::GantryTilt),
+        ("a missing slice", gap, ErrorCode::UnevenSliceSpacing),
+        ("mixed orientations", mixed, ErrorCode::InconsistentSeries),
+        ("two slices at one position", duplicate, ErrorCode::InconsistentSeries),
+        ("MR only", mr, ErrorCode::NoCtSeries),
+        ("no pixel data", no_pixels, ErrorCode::NoPixelData),
+        ("one slice", single, ErrorCode::NotAVolume),
     ];
     for (name, slices, code) in cases {
         let error = ingest_zip(&slices, &[]).err().unwrap_or_else(|| panic!("{name} was accepted"));
@@ -249,9 +250,9 @@ fn each_bad_series_fails_with_its_code() {
         assert_eq!(written_as_decoded(&zip_series(&slices, &[]).unwrap(), "series.zip"), Err(code), "{name}");
     }
     let not_a_zip = ingest_upload(b"PK\x03\x04 broken".to_vec(), "broken.zip", &LIMITS).unwrap_err();
-    assert_eq!(not_a_zip.code(), "corrupt_file");
+    assert_eq!(not_a_zip.code(), ErrorCode::CorruptFile);
     let empty_zip = ingest_zip(&[], &[("notes.txt", b"hello".to_vec())]).unwrap_err();
-    assert_eq!(empty_zip.code(), "no_dicom_images");
+    assert_eq!(empty_zip.code(), ErrorCode::NoDicomImages);
 }
 
 #[test]
@@ -268,10 +269,10 @@ fn archive_entries_that_escape_and_zip_bombs_are_refused() {
     );
 
     let bomb = ingest_zip(&slices, &[("zeros.dcm", vec![0u8; 16 << 20])]).unwrap_err();
-    assert_eq!(bomb.code(), "too_large", "{bomb}");
+    assert_eq!(bomb.code(), ErrorCode::TooLarge, "{bomb}");
     let small = IngestLimits { max_upload_bytes: 1 << 31, max_voxels: 100 };
     let too_many_voxels = ingest_upload(zip_series(&slices, &[]).unwrap(), "series.zip", &small).unwrap_err();
-    assert_eq!(too_many_voxels.code(), "too_large");
+    assert_eq!(too_many_voxels.code(), ErrorCode::TooLarge);
 }
 
 #[test]
@@ -329,9 +330,9 @@ fn series_in_each_transfer_syntax_decode_to_the_same_values_or_fail_with_a_code(
     // MPEG-2 video is not an image codec the pipeline decodes.
     let mpeg2_zip = zip_directory(&root.join("mpeg2-unsupported"));
     // Found while decoding the planes, after the header is written: the same code either way.
-    assert_eq!(written_as_decoded(&mpeg2_zip, "series.zip"), Err("unsupported_transfer_syntax"));
+    assert_eq!(written_as_decoded(&mpeg2_zip, "series.zip"), Err(ErrorCode::UnsupportedTransferSyntax));
     let mpeg2 = ingest_upload(mpeg2_zip, "series.zip", &LIMITS).unwrap_err();
-    assert_eq!(mpeg2.code(), "unsupported_transfer_syntax", "{mpeg2}");
+    assert_eq!(mpeg2.code(), ErrorCode::UnsupportedTransferSyntax, "{mpeg2}");
     assert!(mpeg2.to_string().contains("1.2.840.10008.1.2.4.100"), "{mpeg2}");
 }
 
@@ -418,7 +419,7 @@ fn inputs_that_crashed_the_fuzzer_are_refused_as_corrupt_without_large_allocatio
         let largest = LARGEST_ALLOCATION.with(|largest| largest.get());
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         match outcome {
-            Ok(Err(error)) if error.code() != "corrupt_file" => {
+            Ok(Err(error)) if error.code() != ErrorCode::CorruptFile => {
                 problems.push(format!("{name}: {}: {error}", error.code()))
             }
             Ok(Err(_)) => {}
@@ -455,8 +456,8 @@ fn a_long_series_is_written_plane_by_plane_with_the_bytes_of_the_whole_volume_pa
 /// same code either way.
 #[test]
 fn nifti_in_any_orientation_is_written_in_file_order_or_whole_with_the_same_bytes() {
-    use iris_shared::nifti_codec::{NiftiGeometry, encode_nifti_gz};
-    use iris_shared::volume::{Affine, Volume};
+    use iris_volume::nifti_codec::{NiftiGeometry, encode_nifti_gz};
+    use iris_volume::volume::{Affine, Volume};
     let dims = [6, 5, 40];
     let values: Vec<i16> = (0..dims.iter().product::<usize>()).map(|n| (n % 3001) as i16 - 1024).collect();
     let permutations = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
@@ -496,11 +497,11 @@ fn nifti_in_any_orientation_is_written_in_file_order_or_whole_with_the_same_byte
     let mut raw = Vec::new();
     std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(&good[..]), &mut raw).unwrap();
     raw[44..46].copy_from_slice(&(-54i16).to_le_bytes());
-    assert_eq!(written_as_decoded(&raw, "ct.nii"), Err("corrupt_file"), "negative dim");
+    assert_eq!(written_as_decoded(&raw, "ct.nii"), Err(ErrorCode::CorruptFile), "negative dim");
     let truncated = &good[..good.len() / 2];
-    assert_eq!(written_as_decoded(truncated, "ct.nii.gz"), Err("corrupt_file"), "truncated");
+    assert_eq!(written_as_decoded(truncated, "ct.nii.gz"), Err(ErrorCode::CorruptFile), "truncated");
     let mut wrong_crc = good.clone();
     let crc_at = wrong_crc.len() - 8;
     wrong_crc[crc_at] ^= 0xff;
-    assert_eq!(written_as_decoded(&wrong_crc, "ct.nii.gz"), Err("corrupt_file"), "wrong CRC");
+    assert_eq!(written_as_decoded(&wrong_crc, "ct.nii.gz"), Err(ErrorCode::CorruptFile), "wrong CRC");
 }

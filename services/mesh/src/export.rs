@@ -7,7 +7,7 @@
 
 use std::io::Write;
 
-use iris_shared::labels::LabelTable;
+use iris_core::labels::LabelTable;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -124,7 +124,7 @@ pub fn write_obj_and_mtl(labels: &[MeshedLabel], table: &LabelTable, mtl_file_na
                 + 100
         })
         .sum();
-    let mut obj = iris_shared::memory::large_vec_with_capacity(header.len() + estimate);
+    let mut obj = iris_volume::memory::large_vec_with_capacity(header.len() + estimate);
     obj.extend_from_slice(&header);
     // A few pieces at a time, formatted in parallel and appended in order: the pieces' memory is
     // reused from one batch to the next instead of holding a second copy of the whole file.

@@ -2,7 +2,7 @@
 //! world positions, triangles, simplification (meshoptimizer), vertex cache and fetch order,
 //! normals.
 
-use iris_shared::volume::Affine;
+use iris_volume::volume::Affine;
 
 use crate::label_mesh::LabelMesh;
 use crate::surface::LabelTopology;

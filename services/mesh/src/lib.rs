@@ -22,20 +22,23 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use iris_shared::backends::Backends;
-use iris_shared::config::IrisConfig;
-use iris_shared::job::{JobId, Stage, StatsSummary};
-use iris_shared::keys::{self, LABELS_FILE, QueueRole};
-use iris_shared::labels::{LabelTable, SegmentationStats, fallback_label};
-use iris_shared::nifti_codec::{DecodeLimits, NiftiDecodeError, decode_nifti, decode_nifti_uint8};
-use iris_shared::ports::PortError;
-use iris_shared::runtime::{Outcome, run_worker};
-use iris_shared::stage::{
+use iris_core::artifacts::mesh_file_key;
+use iris_core::backends::Backends;
+use iris_core::config::IrisConfig;
+use iris_core::ids::JobId;
+use iris_core::job::{Stage, StatsSummary};
+use iris_core::keys::QueueRole;
+use iris_core::labels::{LabelTable, SegmentationStats, fallback_label};
+use iris_core::ports::PortError;
+use iris_core::runtime::{Outcome, run_worker};
+use iris_core::stage::{
     StageContext, TriggeredStage, TriggeredStageHandler, enter_stage, failure, outcome_of_port_error,
     outcome_of_task_panic, write_outputs_and_finish,
 };
-use iris_shared::time::Timestamp;
-use iris_shared::volume::Volume;
+use iris_core::time::Timestamp;
+use iris_core::{Artifact, ErrorCode};
+use iris_volume::nifti_codec::{DecodeLimits, NiftiDecodeError, decode_nifti, decode_nifti_uint8};
+use iris_volume::volume::Volume;
 use rayon::prelude::*;
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, info, instrument};
@@ -47,10 +50,11 @@ pub use label_mesh::LabelMesh;
 pub use smoothing::{DEFAULT_SMOOTHING, SmoothingSettings};
 pub use surface::{ExtractionSettings, SkippedLabel};
 
-pub const GLB_FILE: &str = "scene.glb";
-pub const OBJ_FILE: &str = "model.obj";
-pub const MTL_FILE: &str = "model.mtl";
-pub const MANIFEST_FILE: &str = "manifest.json";
+/// The mesh stage's files, by name in `jobs/<id>/mesh/` (as the manifest and the OBJ refer to them).
+pub const GLB_FILE: &str = Artifact::MeshGlb.file_name();
+pub const OBJ_FILE: &str = Artifact::MeshObj.file_name();
+pub const MTL_FILE: &str = Artifact::MeshMtl.file_name();
+pub const MANIFEST_FILE: &str = Artifact::MeshManifest.file_name();
 /// Labels with fewer voxels than this get no surface (listed as skipped in the manifest).
 pub const DEFAULT_MINIMUM_VOXELS: u64 = 10;
 
@@ -109,14 +113,14 @@ pub enum MeshError {
 }
 
 impl MeshError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             MeshError::LabelMap(error) => error.code(),
-            MeshError::NotALabelMap(_) => "not_a_label_map",
-            MeshError::Stats(_) => "corrupt_file",
-            MeshError::TooLarge(_) => "volume_too_large",
-            MeshError::InvalidOption { .. } => "invalid_option",
-            MeshError::Glb(_) => "mesh_export_failed",
+            MeshError::NotALabelMap(_) => ErrorCode::NotALabelMap,
+            MeshError::Stats(_) => ErrorCode::CorruptFile,
+            MeshError::TooLarge(_) => ErrorCode::VolumeTooLarge,
+            MeshError::InvalidOption { .. } => ErrorCode::InvalidOption,
+            MeshError::Glb(_) => ErrorCode::MeshExportFailed,
         }
     }
 }
@@ -326,8 +330,8 @@ impl TriggeredStage for MeshHandler {
         Stage::Mesh
     }
 
-    fn trigger_file(&self) -> &'static str {
-        LABELS_FILE
+    fn trigger(&self) -> Artifact {
+        Artifact::Labels
     }
 
     #[instrument(skip_all, fields(job_id))]
@@ -341,11 +345,11 @@ impl TriggeredStage for MeshHandler {
             Ok(settings) => settings,
             Err(error) => return fail(&job_id, &error),
         };
-        let labels = match self.context.objects.get(&keys::labels_key(&job_id)).await {
+        let labels = match self.context.objects.get(&Artifact::Labels.key(&job_id)).await {
             Ok(bytes) => bytes,
             Err(error) => return outcome_of_port_error(&error, &job_id, Stage::Mesh, "reading labels.nii.gz"),
         };
-        let table = match self.context.objects.get(&keys::stats_key(&job_id)).await {
+        let table = match self.context.objects.get(&Artifact::Stats.key(&job_id)).await {
             Ok(bytes) => match label_table_from_stats(&bytes) {
                 Ok(table) => table,
                 Err(error) => return fail(&job_id, &error),
@@ -373,8 +377,8 @@ impl TriggeredStage for MeshHandler {
         };
         // The manifest goes last: once it exists, every file it names does.
         let mut outputs: Vec<_> =
-            artifacts.files.into_iter().map(|(name, bytes)| (keys::mesh_file_key(&job_id, &name), bytes)).collect();
-        outputs.push((keys::mesh_manifest_key(&job_id), manifest));
+            artifacts.files.into_iter().map(|(name, bytes)| (mesh_file_key(&job_id, &name), bytes)).collect();
+        outputs.push((Artifact::MeshManifest.key(&job_id), manifest));
         write_outputs_and_finish(&self.context, &job_id, Stage::Mesh, receive_count, outputs, summary).await
     }
 }

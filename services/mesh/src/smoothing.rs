@@ -13,7 +13,7 @@
 //! The clamp makes this surface nets: each vertex stays inside the voxel-sized cell around its
 //! grid corner, and so within half a voxel diagonal of the label boundary it came from.
 
-use iris_shared::memory::large_vec_with_capacity;
+use iris_volume::memory::large_vec_with_capacity;
 use rayon::prelude::*;
 
 use crate::surface::CornerGraph;

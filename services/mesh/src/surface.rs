@@ -22,8 +22,8 @@
 //! corners on any boundary (shared by every label touching them, which is what keeps the surfaces
 //! of neighbouring labels together when they are smoothed).
 
-use iris_shared::memory::large_zeroed_vec;
-use iris_shared::volume::Volume;
+use iris_volume::memory::large_zeroed_vec;
+use iris_volume::volume::Volume;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -974,7 +974,7 @@ fn compute_corner_groups(config: u16) -> CornerGroups {
 #[cfg(test)]
 mod tests {
     use super::{ExtractionSettings, end_of_run, extract_topologies};
-    use iris_shared::volume::{Affine, Volume};
+    use iris_volume::volume::{Affine, Volume};
 
     #[test]
     fn long_runs_give_exactly_the_exposed_faces() {

@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use iris_core::ErrorCode;
+use iris_core::labels::{LabelDescription, LabelTable};
 use iris_mesh::finish::{signed_volume_mm3, surface_area_mm2};
 use iris_mesh::surface::{CornerGraph, ExtractionSettings, extract_topologies};
 use iris_mesh::{DEFAULT_MESH_SETTINGS, GlbGeometry, LabelMesh, MeshSettings, MeshedLabel, export_scene, mesh_labels};
-use iris_shared::labels::{LabelDescription, LabelTable};
-use iris_shared::volume::{Affine, Volume};
+use iris_volume::volume::{Affine, Volume};
 
 // ---------------------------------------------------------------------------------------------
 // Label maps and checks
@@ -629,7 +630,7 @@ fn options_are_read_from_the_job_and_bad_ones_are_refused_with_a_code() {
         ("stl", "maybe"),
     ] {
         let error = MeshSettings::from_job_options(&options(&[(name, value)])).unwrap_err();
-        assert_eq!(error.code(), "invalid_option", "{name}={value}");
+        assert_eq!(error.code(), ErrorCode::InvalidOption, "{name}={value}");
         assert!(error.to_string().contains(name), "{error}");
     }
 }

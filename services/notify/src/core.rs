@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use iris_shared::events::JobEventDetail;
-use iris_shared::job::JobId;
-use iris_shared::ports::{Connection, ConnectionGateway, ConnectionStore, JobStore, PortError};
+use iris_core::events::JobEventDetail;
+use iris_core::ids::JobId;
+use iris_core::ports::{Connection, ConnectionGateway, ConnectionStore, JobStore, PortError};
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
-use iris_shared::keys::UserId;
-use iris_shared::ports::{Connection, ConnectionGateway, PortError};
-use iris_shared::time::Timestamp;
+use iris_core::ids::UserId;
+use iris_core::ports::{Connection, ConnectionGateway, PortError};
+use iris_core::time::Timestamp;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;

@@ -17,9 +17,9 @@
 use std::sync::Arc;
 
 use aws_lambda_events::apigw::{ApiGatewayCustomAuthorizerRequestTypeRequest, ApiGatewayWebsocketProxyRequest};
-use iris_shared::keys::UserId;
-use iris_shared::ports::{Connection, PortError};
-use iris_shared::time::Timestamp;
+use iris_core::ids::UserId;
+use iris_core::ports::{Connection, PortError};
+use iris_core::time::Timestamp;
 use serde_json::{Value, json};
 use tracing::{info, instrument, warn};
 

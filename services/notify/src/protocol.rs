@@ -3,9 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use iris_shared::events::{DetailType, JobEventDetail};
-use iris_shared::job::{JobId, JobRecord, JobStatus};
-use iris_shared::time::Timestamp;
+use iris_core::events::{DetailType, JobEventDetail};
+use iris_core::ids::JobId;
+use iris_core::job::{JobRecord, JobStatus};
+use iris_core::time::Timestamp;
 
 /// What a client may send.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use iris_shared::labels::{LabelDescription, LabelTable, fallback_label};
+use iris_core::labels::{LabelDescription, LabelTable, fallback_label};
 use serde::Deserialize;
 
 use crate::sliding_window::{CtNormalization, WindowSettings};

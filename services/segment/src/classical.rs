@@ -23,8 +23,9 @@
 //!    cavities (holes enclosed by bone in an axial slice whose mean value is bone-like) filled.
 //! 5. Body label: the filled body minus lungs minus bone.
 
-use iris_shared::labels::{LabelDescription, LabelTable};
-use iris_shared::volume::Volume;
+use iris_core::ErrorCode;
+use iris_core::labels::{LabelDescription, LabelTable};
+use iris_volume::volume::Volume;
 
 /// Model name recorded in label tables and statistics.
 pub const CLASSICAL_MODEL_NAME: &str = "classical-ct-v1";
@@ -70,9 +71,9 @@ pub enum ClassicalModelError {
 
 impl ClassicalModelError {
     /// Stable machine-readable error code.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ClassicalModelError::NotCtLike { .. } => "not_ct_like",
+            ClassicalModelError::NotCtLike { .. } => ErrorCode::NotCtLike,
         }
     }
 }
@@ -436,8 +437,8 @@ fn fill_holes_in_axial_slices(grid: Grid, mask: &mut [bool], accept: impl Fn(&[u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iris_shared::phantom::{PhantomSpec, landmarks, synthetic_ct};
-    use iris_shared::volume::{Affine, Reorientation};
+    use iris_volume::phantom::{PhantomSpec, landmarks, synthetic_ct};
+    use iris_volume::volume::{Affine, Reorientation};
 
     /// Spacing of the synthetic torso (mm): anisotropic, as many clinical CTs are.
     const SPACING: [f64; 3] = [2.5, 2.5, 4.0];
@@ -614,7 +615,7 @@ mod tests {
         let ct = Volume::new([8, 8, 8], Affine::identity(), vec![40i16; 512]).unwrap();
         let error = segment_classical(&ct).unwrap_err();
         assert!(matches!(error, ClassicalModelError::NotCtLike { .. }));
-        assert_eq!(error.code(), "not_ct_like");
+        assert_eq!(error.code(), ErrorCode::NotCtLike);
         assert!(error.to_string().contains("no voxel is at or below -50 HU"), "{error}");
     }
 
@@ -625,7 +626,7 @@ mod tests {
         assert!(segment_classical(&air).unwrap_err().to_string().contains("no tissue"));
         // An MR-like magnitude image: non-negative values only.
         let magnitude = Volume::new([4, 4, 4], Affine::identity(), (0..64).map(|v| v * 30).collect()).unwrap();
-        assert_eq!(segment_classical(&magnitude).unwrap_err().code(), "not_ct_like");
+        assert_eq!(segment_classical(&magnitude).unwrap_err().code(), ErrorCode::NotCtLike);
         // A narrow range straddling the split.
         let flat = Volume::new([4, 4, 4], Affine::identity(), (0..64).map(|v| -300 + v * 3).collect()).unwrap();
         assert!(segment_classical(&flat).unwrap_err().to_string().contains("less than 300 HU"));

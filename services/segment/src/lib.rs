@@ -8,7 +8,7 @@
 pub mod card;
 pub mod classical;
 pub mod model_store;
-pub mod onnx_runtime;
+pub mod network;
 pub mod sliding_window;
 pub mod stats;
 
@@ -16,28 +16,32 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use iris_shared::backends::Backends;
-use iris_shared::config::{IrisConfig, SegmentSettings};
-use iris_shared::ingest_report::IngestReport;
-use iris_shared::job::{JobId, Stage, StatsSummary};
-use iris_shared::keys::{self, QueueRole, VOLUME_FILE};
-use iris_shared::labels::{LabelTable, SegmentationStats};
-use iris_shared::nifti_codec::{DecodeLimits, NiftiDecodeError, decode_nifti_hounsfield, encode_nifti_gz};
-use iris_shared::runtime::{Outcome, run_worker};
-use iris_shared::stage::{
+use iris_core::backends::Backends;
+use iris_core::config::{IrisConfig, SegmentSettings};
+use iris_core::ids::JobId;
+use iris_core::job::{Stage, StatsSummary};
+use iris_core::keys::QueueRole;
+use iris_core::labels::{LabelTable, SegmentationStats};
+use iris_core::runtime::{Outcome, run_worker};
+use iris_core::stage::{
     StageContext, TriggeredStage, TriggeredStageHandler, enter_stage, failure, outcome_of_port_error,
     outcome_of_task_panic, write_outputs_and_finish,
 };
-use iris_shared::time::Timestamp;
-use iris_shared::volume::{Volume, VolumeError};
+use iris_core::time::Timestamp;
+use iris_core::{Artifact, ErrorCode};
+use iris_volume::ingest_report::IngestReport;
+use iris_volume::nifti_codec::{DecodeLimits, NiftiDecodeError, decode_nifti_hounsfield, encode_nifti_gz};
+use iris_volume::volume::{Volume, VolumeError};
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, info, instrument};
 
 pub use card::{CardError, ModelCard, TaskDefinition, TaskModel};
 pub use classical::{ClassicalModelError, classical_label_table, segment_classical};
 pub use model_store::{LocalModel, ModelStore, ModelStoreError, ResolvedModel};
-pub use onnx_runtime::{OnnxRuntime, OrtInferenceEngine, RuntimeError, onnx_runtime};
-pub use sliding_window::{InferenceEngine, InferenceError, WindowOutput, WindowReport, run_sliding_window};
+pub use network::{Network, NetworkRuntime, NoNetworkRuntime, RuntimeError};
+pub use sliding_window::{
+    InferenceEngine, InferenceError, WindowOutput, WindowReport, WindowSettings, run_sliding_window,
+};
 pub use stats::compute_statistics;
 
 /// The model name that always means the built-in classical model.
@@ -109,18 +113,18 @@ pub enum SegmentError {
 }
 
 impl SegmentError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
             SegmentError::Volume(error) => error.code(),
-            SegmentError::Report(_) => "corrupt_file",
+            SegmentError::Report(_) => ErrorCode::CorruptFile,
             SegmentError::Model(error) => error.code(),
-            SegmentError::Grid(_) => "not_a_volume",
-            SegmentError::Encode(_) => "internal_error",
-            SegmentError::InvalidOption { .. } => "invalid_option",
+            SegmentError::Grid(_) => ErrorCode::NotAVolume,
+            SegmentError::Encode(_) => ErrorCode::InternalError,
+            SegmentError::InvalidOption { .. } => ErrorCode::InvalidOption,
             SegmentError::Store(error) => error.code(),
             SegmentError::Runtime(error) => error.code(),
-            SegmentError::Inference { .. } => "inference_failed",
-            SegmentError::CardMismatch { .. } => "model_invalid",
+            SegmentError::Inference { .. } => ErrorCode::InferenceFailed,
+            SegmentError::CardMismatch { .. } => ErrorCode::ModelInvalid,
         }
     }
 }
@@ -241,12 +245,34 @@ pub fn load_local_plan(path: &std::path::Path, options: &SegmentOptions) -> Resu
     Ok(TaskPlan::new(task, &selected, &fetched, keep))
 }
 
+/// The card's window settings, checked against what the network fixes (batch, patch).
+fn window_for(card: &ModelCard, network: &dyn Network) -> Result<WindowSettings, SegmentError> {
+    let mut window = card.window.clone();
+    if let Some(batch) = network.fixed_batch() {
+        if batch != window.batch_size {
+            return Err(SegmentError::CardMismatch {
+                model: card.name.clone(),
+                reason: format!("the network fixes the batch at {batch}, the card says {}", window.batch_size),
+            });
+        }
+        window.batch_is_fixed = true;
+    }
+    let fixed = network.fixed_patch();
+    if fixed.iter().zip(window.patch).any(|(fixed, patch)| fixed.is_some_and(|f| f != patch)) {
+        return Err(SegmentError::CardMismatch {
+            model: card.name.clone(),
+            reason: format!("the network's input is {fixed:?}, the card's patch {:?}", window.patch),
+        });
+    }
+    Ok(window)
+}
+
 /// Runs every model of `plan` on `ct` and merges their labels (task ids) on the canonical grid:
 /// a later model's non-background label replaces what is there. `progress(model, done, total)`.
 pub fn segment_with_plan(
     ct: &Volume<i16>,
     plan: &TaskPlan,
-    runtime: &OnnxRuntime,
+    runtime: &dyn NetworkRuntime,
     progress: &(dyn Fn(usize, usize, usize) + Sync),
 ) -> Result<PlanOutput, SegmentError> {
     if plan.models.iter().any(|(model, _)| model.card.ct_only) {
@@ -256,29 +282,9 @@ pub fn segment_with_plan(
     let mut reports = Vec::new();
     for (index, (model, label_map)) in plan.models.iter().enumerate() {
         let name = model.card.name.clone();
-        let session = runtime.session(&model.card.onnx_sha256, &model.onnx_path)?;
-        let mut window = model.card.window.clone();
-        {
-            let loaded = session.lock().map_err(|_| SegmentError::Encode("session lock poisoned".to_owned()))?;
-            if let Some(batch) = loaded.fixed_batch {
-                if batch != window.batch_size {
-                    return Err(SegmentError::CardMismatch {
-                        model: name,
-                        reason: format!("the network fixes the batch at {batch}, the card says {}", window.batch_size),
-                    });
-                }
-                window.batch_is_fixed = true;
-            }
-            let fixed = loaded.fixed_patch();
-            if fixed.iter().zip(window.patch).any(|(fixed, patch)| fixed.is_some_and(|f| f != patch)) {
-                return Err(SegmentError::CardMismatch {
-                    model: name,
-                    reason: format!("the network's input is {fixed:?}, the card's patch {:?}", window.patch),
-                });
-            }
-        }
-        let mut engine = OrtInferenceEngine { session, patch: window.patch };
-        let output = run_sliding_window(ct, &window, &mut engine, &|done, total| progress(index, done, total))
+        let mut network = runtime.network(model)?;
+        let window = window_for(&model.card, network.as_ref())?;
+        let output = run_sliding_window(ct, &window, network.as_mut(), &|done, total| progress(index, done, total))
             .map_err(|source| SegmentError::Inference { model: name.clone(), source })?;
         let mut lookup = [0u8; 256];
         for (local, task_id) in label_map {
@@ -338,19 +344,16 @@ pub fn segment_canonical(
     report: &IngestReport,
     max_voxels: u64,
     segmenter: &Segmenter,
-    runtime: Option<&OnnxRuntime>,
+    runtime: &dyn NetworkRuntime,
     progress: &(dyn Fn(usize, usize, usize) + Sync),
 ) -> Result<SegmentOutputs, SegmentError> {
     let ct = decode_canonical(volume_nii_gz, max_voxels)?;
-    match (segmenter, runtime) {
-        (Segmenter::Onnx(plan), Some(runtime)) => {
+    match segmenter {
+        Segmenter::Onnx(plan) => {
             let (labels, _) = segment_with_plan(&ct, plan, runtime, progress)?;
             encode_outputs(&ct, labels, &plan.label_table(), report)
         }
-        (Segmenter::Onnx(_), None) => {
-            Err(RuntimeError::Unavailable("no ONNX Runtime was given for an ONNX model".to_owned()).into())
-        }
-        (Segmenter::Classical { .. }, _) => {
+        Segmenter::Classical { .. } => {
             let labels = segment_classical(&ct)?;
             encode_outputs(&ct, labels, &classical_label_table(), report)
         }
@@ -362,15 +365,19 @@ pub struct SegmentHandler {
     max_voxels: u64,
     settings: SegmentSettings,
     models: ModelStore,
+    runtime: Arc<dyn NetworkRuntime>,
 }
 
 impl SegmentHandler {
-    pub fn from_config(backends: &Backends, config: &IrisConfig) -> SegmentHandler {
+    /// The handler of a segment service on `backends` with `config`'s settings, running networks
+    /// with `runtime`.
+    pub fn from_config(backends: &Backends, config: &IrisConfig, runtime: Arc<dyn NetworkRuntime>) -> SegmentHandler {
         SegmentHandler {
             context: StageContext::from_config(backends, config),
             max_voxels: config.max_voxels,
             settings: config.segment.clone(),
             models: ModelStore::new(Arc::clone(&backends.objects), config.segment.model_cache_dir.clone()),
+            runtime,
         }
     }
 
@@ -392,7 +399,7 @@ impl SegmentHandler {
                 });
             }
         };
-        if let Err(error) = onnx_runtime(&self.settings) {
+        if let Err(error) = self.runtime.check() {
             if requested {
                 return Err(error.into());
             }
@@ -415,8 +422,8 @@ impl TriggeredStage for SegmentHandler {
         Stage::Segment
     }
 
-    fn trigger_file(&self) -> &'static str {
-        VOLUME_FILE
+    fn trigger(&self) -> Artifact {
+        Artifact::Volume
     }
 
     #[instrument(skip_all, fields(job_id))]
@@ -440,19 +447,19 @@ impl TriggeredStage for SegmentHandler {
         if let Segmenter::Classical { reason: Some(reason) } = &segmenter {
             info!(reason = %reason, "no ONNX model ran: using the built-in classical model");
         }
-        let report = match self.context.objects.get(&keys::ingest_report_key(&job_id)).await {
+        let report = match self.context.objects.get(&Artifact::IngestReport.key(&job_id)).await {
             Ok(bytes) => match serde_json::from_slice::<IngestReport>(&bytes) {
                 Ok(report) => report,
                 Err(error) => return fail(&job_id, &SegmentError::Report(error.to_string())),
             },
             Err(error) => return outcome_of_port_error(&error, &job_id, Stage::Segment, "reading ingest.json"),
         };
-        let volume = match self.context.objects.get(&keys::volume_key(&job_id)).await {
+        let volume = match self.context.objects.get(&Artifact::Volume.key(&job_id)).await {
             Ok(bytes) => bytes,
             Err(error) => return outcome_of_port_error(&error, &job_id, Stage::Segment, "reading volume.nii.gz"),
         };
         let max_voxels = self.max_voxels;
-        let runtime = onnx_runtime(&self.settings).ok();
+        let runtime = Arc::clone(&self.runtime);
         let steps = match &segmenter {
             Segmenter::Onnx(plan) => plan.models.len(),
             Segmenter::Classical { .. } => 0,
@@ -460,7 +467,7 @@ impl TriggeredStage for SegmentHandler {
         let (progress_sender, progress_receiver) = tokio::sync::mpsc::unbounded_channel();
         let forwarder = tokio::spawn(forward_progress(self.context.ledger.clone(), job, steps, progress_receiver));
         let work = move || {
-            segment_canonical(&volume, &report, max_voxels, &segmenter, runtime, &|model, done, total| {
+            segment_canonical(&volume, &report, max_voxels, &segmenter, runtime.as_ref(), &|model, done, total| {
                 let _ = progress_sender.send((model, done, total));
             })
         };
@@ -479,8 +486,10 @@ impl TriggeredStage for SegmentHandler {
             ..StatsSummary::default()
         };
         // Statistics first, labels last: the label map's notification starts meshing.
-        let outputs =
-            vec![(keys::stats_key(&job_id), outputs.stats_json), (keys::labels_key(&job_id), outputs.labels_nii_gz)];
+        let outputs = vec![
+            (Artifact::Stats.key(&job_id), outputs.stats_json),
+            (Artifact::Labels.key(&job_id), outputs.labels_nii_gz),
+        ];
         write_outputs_and_finish(&self.context, &job_id, Stage::Segment, receive_count, outputs, summary).await
     }
 }
@@ -491,8 +500,8 @@ pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_mil
 /// Publishes `JobProgress` events (tiles done of total, model step of steps) for `job`, throttled
 /// to one per [`PROGRESS_INTERVAL`]; advisory, so a failed publish is logged and not retried.
 async fn forward_progress(
-    ledger: iris_shared::runtime::JobLedger,
-    job: iris_shared::job::JobRecord,
+    ledger: iris_core::runtime::JobLedger,
+    job: iris_core::job::JobRecord,
     steps: usize,
     mut receiver: tokio::sync::mpsc::UnboundedReceiver<(usize, usize, usize)>,
 ) {
@@ -503,15 +512,15 @@ async fn forward_progress(
         if !(first_of_model || due || done == total) {
             continue;
         }
-        let progress = iris_shared::events::StageProgress {
+        let progress = iris_core::events::StageProgress {
             done: done as u64,
             total: total as u64,
             unit: "tiles".to_owned(),
             step: model as u32 + 1,
             steps: steps as u32,
         };
-        let detail = iris_shared::events::JobEventDetail::progress_of(&job, progress, Timestamp::now());
-        if let Err(error) = ledger.events.publish(&[iris_shared::events::EventEnvelope::new(detail)]).await {
+        let detail = iris_core::events::JobEventDetail::progress_of(&job, progress, Timestamp::now());
+        if let Err(error) = ledger.events.publish(&[iris_core::events::EventEnvelope::new(detail)]).await {
             tracing::warn!(%error, "progress event not published");
         }
         last_sent = Some((model, std::time::Instant::now()));
@@ -522,9 +531,14 @@ fn fail(job_id: &JobId, error: &SegmentError) -> Outcome {
     failure(job_id, Stage::Segment, error.code(), error.to_string())
 }
 
-/// Runs the segment worker until `shutdown`.
-pub async fn run_service(backends: &Backends, config: &IrisConfig, shutdown: CancellationToken) {
-    let handler = Arc::new(TriggeredStageHandler(SegmentHandler::from_config(backends, config)));
+/// Runs the segment worker until `shutdown`, running networks with `runtime`.
+pub async fn run_service(
+    backends: &Backends,
+    config: &IrisConfig,
+    runtime: Arc<dyn NetworkRuntime>,
+    shutdown: CancellationToken,
+) {
+    let handler = Arc::new(TriggeredStageHandler(SegmentHandler::from_config(backends, config, runtime)));
     run_worker(handler, backends.queue(QueueRole::Segment), backends.ledger(), config.worker_settings(), shutdown)
         .await;
 }

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use iris_shared::keys::ObjectKey;
-use iris_shared::ports::{ObjectStore, PortError};
+use iris_core::ErrorCode;
+use iris_core::keys::ObjectKey;
+use iris_core::ports::{ObjectStore, PortError};
 use sha2::{Digest, Sha256};
 use tracing::info;
 
@@ -43,13 +44,13 @@ pub enum ModelStoreError {
 }
 
 impl ModelStoreError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ModelStoreError::InvalidName(_) => "invalid_option",
-            ModelStoreError::NotFound(_) => "model_not_found",
-            ModelStoreError::ChecksumMismatch { .. } => "model_checksum_mismatch",
-            ModelStoreError::Card(_) => "model_card_invalid",
-            ModelStoreError::Store { .. } | ModelStoreError::Cache { .. } => "internal_error",
+            ModelStoreError::InvalidName(_) => ErrorCode::InvalidOption,
+            ModelStoreError::NotFound(_) => ErrorCode::ModelNotFound,
+            ModelStoreError::ChecksumMismatch { .. } => ErrorCode::ModelChecksumMismatch,
+            ModelStoreError::Card(_) => ErrorCode::ModelCardInvalid,
+            ModelStoreError::Store { .. } | ModelStoreError::Cache { .. } => ErrorCode::InternalError,
         }
     }
 

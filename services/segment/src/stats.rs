@@ -2,8 +2,8 @@
 //! standard deviation of the CT intensity, centroid and bounding box in world millimetres, and
 //! whether the label touches the volume's border, for each label of the model's table.
 
-use iris_shared::labels::{BoundingBox, LabelStatistics, LabelTable, SegmentationStats};
-use iris_shared::volume::Volume;
+use iris_core::labels::{BoundingBox, LabelStatistics, LabelTable, SegmentationStats};
+use iris_volume::volume::Volume;
 
 /// Why statistics could not be computed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,7 +99,7 @@ impl IndexExtent {
 
     /// The world box of the index box's eight corners (exact for axis-aligned grids, the
     /// enclosing box for oblique ones).
-    fn world_box(&self, affine: &iris_shared::volume::Affine) -> Option<BoundingBox> {
+    fn world_box(&self, affine: &iris_volume::volume::Affine) -> Option<BoundingBox> {
         if self.count == 0 {
             return None;
         }
@@ -158,8 +158,8 @@ impl IntensitySums {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iris_shared::labels::LabelDescription;
-    use iris_shared::volume::Affine;
+    use iris_core::labels::LabelDescription;
+    use iris_volume::volume::Affine;
 
     fn table() -> LabelTable {
         LabelTable {

@@ -1,81 +1,44 @@
-//! The segment crate's integration tests: model cards and tasks, the model store, ONNX Runtime
-//! with the sliding window against the Python reference, task merges, and the classical model
-//! against TotalSegmentator's reference segmentation.
+//! The segment crate's integration tests: model cards and tasks, the model store, model choice, and
+//! the classical model against TotalSegmentator's reference segmentation. (The sliding window with
+//! real networks against the Python reference is tested with ONNX Runtime in `adapters/onnxruntime`.)
 //!
-//! Tests that need ONNX Runtime (`scripts/onnx-env.sh install`) or `../shared/data` skip with a
-//! message when either is missing, except that `IRIS_REQUIRE_ONNX=1` (set by `scripts/test.sh`)
-//! turns a missing runtime into a failure, so CI cannot skip them silently.
+//! Tests that need `../shared/data` skip with a message when it is absent.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use iris_core::ErrorCode;
+use iris_core::ports::{ObjectMetadata, ObjectStore};
+use iris_core::testing;
 use iris_segment::card::{ModelCard, TaskDefinition};
 use iris_segment::model_store::load_local_model;
 use iris_segment::{
-    ModelStore, ModelStoreError, OnnxRuntime, SegmentError, SegmentOptions, Segmenter, TaskPlan, decode_canonical,
-    load_local_plan, onnx_runtime, segment_classical, segment_with_plan,
+    LocalModel, ModelStore, ModelStoreError, Network, NetworkRuntime, NoNetworkRuntime, RuntimeError, SegmentError,
+    SegmentOptions, Segmenter, TaskPlan, decode_canonical, segment_classical,
 };
-use iris_shared::config::{DeviceChoice, SegmentSettings};
-use iris_shared::nifti_codec::{DecodeLimits, decode_nifti_hounsfield};
-use iris_shared::ports::{ObjectMetadata, ObjectStore};
-use iris_shared::volume::{Affine, Volume};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use iris_volume::nifti_codec::{DecodeLimits, decode_nifti_hounsfield};
 
 fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/models")
 }
 
-fn shared_data(file: &str) -> Option<PathBuf> {
-    let path = repo_root().join("../shared/data/totalseg").join(file);
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("SKIP: {} is absent (the ../shared kit is not beside the repo)", path.display());
-        None
-    }
+fn shared_data(test: &str, file: &str) -> Option<PathBuf> {
+    testing::shared_data(test, env!("CARGO_MANIFEST_DIR"), file)
 }
 
-fn require_onnx() -> bool {
-    std::env::var("IRIS_REQUIRE_ONNX").is_ok_and(|value| value == "1")
-}
+/// A stand-in for ONNX Runtime whose library always loads: what model choice asks of a runtime
+/// is only whether it loads (the real runtime's tests are in `adapters/onnxruntime`).
+struct LoadableRuntime;
 
-fn settings() -> SegmentSettings {
-    SegmentSettings {
-        default_model: "total".to_owned(),
-        device: DeviceChoice::Cpu,
-        model_cache_dir: std::env::temp_dir(),
-        onnx_runtime_library: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
-        onnx_threads: 2,
+impl NetworkRuntime for LoadableRuntime {
+    fn check(&self) -> Result<(), RuntimeError> {
+        Ok(())
     }
-}
 
-/// ONNX Runtime, or `None` (test skipped) when it is not installed and not required.
-fn runtime() -> Option<&'static OnnxRuntime> {
-    match onnx_runtime(&settings()) {
-        Ok(runtime) => Some(runtime),
-        Err(error) if require_onnx() => panic!("IRIS_REQUIRE_ONNX=1 but {error}"),
-        Err(error) => {
-            eprintln!("SKIP: {error}");
-            None
-        }
+    fn network(&self, _model: &LocalModel) -> Result<Box<dyn Network + '_>, RuntimeError> {
+        Err(RuntimeError::InvalidModel("the stand-in runs no network".to_owned()))
     }
-}
-
-/// The Python of the project's ONNX venv (for the reference), or `None` (skipped) when absent.
-fn reference_python() -> Option<PathBuf> {
-    let python = std::env::var_os("IRIS_ONNX_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/iris-onnx-venv/bin/python")))?;
-    if python.is_file() {
-        return Some(python);
-    }
-    assert!(!require_onnx(), "IRIS_REQUIRE_ONNX=1 but the reference's Python {} is missing", python.display());
-    eprintln!("SKIP: {} is missing (scripts/onnx-env.sh install)", python.display());
-    None
 }
 
 fn read_labels(path: &Path) -> Vec<i16> {
@@ -136,7 +99,7 @@ fn bad_cards_are_refused_with_the_reason() {
     for (what, bytes, expected) in cases {
         let error = ModelCard::parse("m", &bytes).expect_err(what);
         assert!(error.to_string().contains(expected), "{what}: {error}");
-        assert_eq!(SegmentError::Store(ModelStoreError::Card(error)).code(), "model_card_invalid");
+        assert_eq!(SegmentError::Store(ModelStoreError::Card(error)).code(), ErrorCode::ModelCardInvalid);
     }
 }
 
@@ -174,10 +137,10 @@ fn options_select_models_and_labels() {
     assert_eq!(models.iter().map(|m| m.model.as_str()).collect::<Vec<_>>(), vec!["tiny-random-a"]);
     assert_eq!(keep, Some(BTreeSet::from([3])));
     let error = TaskPlan::select(&task, &options(&[("roi-subset", "heart")]).unwrap()).unwrap_err();
-    assert_eq!(error.code(), "invalid_option");
+    assert_eq!(error.code(), ErrorCode::InvalidOption);
     let error = TaskPlan::select(&task, &options(&[("fast", "true")]).unwrap()).unwrap_err();
     assert!(error.to_string().contains("no fast models"), "{error}");
-    assert_eq!(options(&[("fast", "maybe")]).unwrap_err().code(), "invalid_option");
+    assert_eq!(options(&[("fast", "maybe")]).unwrap_err().code(), ErrorCode::InvalidOption);
     assert_eq!(options(&[("model", " tiny-merge ")]).unwrap().model.as_deref(), Some("tiny-merge"));
 }
 
@@ -196,24 +159,20 @@ fn local_models_are_checked_against_their_card() {
     onnx[last] ^= 1;
     std::fs::write(dir.join("model.onnx"), onnx).unwrap();
     let error = load_local_model(&dir).unwrap_err();
-    assert_eq!(error.code(), "model_checksum_mismatch");
+    assert_eq!(error.code(), ErrorCode::ModelChecksumMismatch);
     std::fs::remove_file(dir.join("model.onnx")).unwrap();
-    assert_eq!(load_local_model(&dir).unwrap_err().code(), "model_not_found");
+    assert_eq!(load_local_model(&dir).unwrap_err().code(), ErrorCode::ModelNotFound);
 }
 
 async fn store_with_models(root: &Path, names: &[&str]) -> Arc<dyn ObjectStore> {
-    let database = iris_shared::embedded::SqliteDatabase::open(&root.join("db.sqlite3")).unwrap();
-    let store: Arc<dyn ObjectStore> = Arc::new(iris_shared::embedded::DirectoryObjectStore::new(
-        database,
-        root.join("objects"),
-        "test",
-        BTreeMap::new(),
-    ));
+    let database = iris_embedded::SqliteDatabase::open(&root.join("db.sqlite3")).unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(iris_embedded::DirectoryObjectStore::new(database, root.join("objects"), "test", BTreeMap::new()));
     for name in names {
         for entry in std::fs::read_dir(models_dir().join(name)).unwrap() {
             let path = entry.unwrap().path();
             let key = format!("models/{name}/{}", path.file_name().unwrap().to_str().unwrap());
-            let key = iris_shared::keys::ObjectKey::parse(&key).unwrap();
+            let key = iris_core::keys::ObjectKey::parse(&key).unwrap();
             store.put(&key, std::fs::read(&path).unwrap(), &ObjectMetadata::new()).await.unwrap();
         }
     }
@@ -229,8 +188,8 @@ async fn the_model_store_verifies_caches_and_names_what_is_missing() {
     assert!(matches!(models.resolve("tiny-merge").await.unwrap(), Some(iris_segment::ResolvedModel::Task(_))));
     assert!(matches!(models.resolve("tiny-threshold").await.unwrap(), Some(iris_segment::ResolvedModel::Single(_))));
     assert_eq!(models.resolve("absent").await.unwrap(), None);
-    assert_eq!(models.resolve("../etc").await.unwrap_err().code(), "invalid_option");
-    assert_eq!(models.resolve("Upper").await.unwrap_err().code(), "invalid_option");
+    assert_eq!(models.resolve("../etc").await.unwrap_err().code(), ErrorCode::InvalidOption);
+    assert_eq!(models.resolve("Upper").await.unwrap_err().code(), ErrorCode::InvalidOption);
 
     let fetched = models.fetch("tiny-threshold").await.unwrap();
     assert!(fetched.onnx_path.starts_with(&cache));
@@ -239,195 +198,61 @@ async fn the_model_store_verifies_caches_and_names_what_is_missing() {
         std::fs::read(models_dir().join("tiny-threshold/model.onnx")).unwrap()
     );
     // Cached by checksum: a later fetch does not need model.onnx in the store any more.
-    let onnx_key = iris_shared::keys::ObjectKey::parse("models/tiny-threshold/model.onnx").unwrap();
+    let onnx_key = iris_core::keys::ObjectKey::parse("models/tiny-threshold/model.onnx").unwrap();
     store.put(&onnx_key, b"corrupt".to_vec(), &ObjectMetadata::new()).await.unwrap();
     assert_eq!(models.fetch("tiny-threshold").await.unwrap(), fetched);
     // A fresh cache gets the corrupt bytes and refuses them.
     let fresh = ModelStore::new(Arc::clone(&store), root.path().join("fresh-cache"));
-    assert_eq!(fresh.fetch("tiny-threshold").await.unwrap_err().code(), "model_checksum_mismatch");
-    assert_eq!(fresh.fetch("tiny-random-b").await.unwrap_err().code(), "model_not_found");
-}
-
-#[test]
-fn threshold_model_labels_follow_the_hounsfield_bands() {
-    let Some(runtime) = runtime() else { return };
-    // 6 mm voxels, the model's own spacing: no resampling, so each voxel keeps its own band.
-    let hounsfield: Vec<i16> = (0..20 * 18 * 16).map(|i| [-1000, -600, -499, 0, 250, 251, 1200][i % 7]).collect();
-    let affine = Affine([[6.0, 0.0, 0.0, 0.0], [0.0, 6.0, 0.0, 0.0], [0.0, 0.0, 6.0, 0.0], [0.0, 0.0, 0.0, 1.0]]);
-    let ct = Volume::new([20, 18, 16], affine, hounsfield.clone()).unwrap();
-    let plan = load_local_plan(&models_dir().join("tiny-threshold"), &SegmentOptions::default()).unwrap();
-    let (labels, reports) = segment_with_plan(&ct, &plan, runtime, &|_, _, _| {}).unwrap();
-    let expected: Vec<u8> = hounsfield
-        .iter()
-        .map(|hu| {
-            if *hu < -499 {
-                0
-            } else if *hu <= 250 {
-                1
-            } else {
-                2
-            }
-        })
-        .collect();
-    assert_eq!(labels, expected);
-    assert_eq!(reports[0].1.tiles, 2 * 2);
-}
-
-/// The Rust pipeline and `bench/segment/reference.py` give the same labels, voxel for voxel.
-#[test]
-fn rust_equals_the_python_reference_on_the_shared_ct() {
-    let Some(ct_path) = shared_data("example_ct_sm.nii.gz") else { return };
-    let Some(runtime) = runtime() else { return };
-    let Some(python) = reference_python() else { return };
-    let ct = decode_canonical(&std::fs::read(&ct_path).unwrap(), u64::MAX).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    for (model, arguments) in [
-        ("tiny-threshold", vec!["--model".to_owned(), models_dir().join("tiny-threshold").display().to_string()]),
-        ("tiny-random-a", vec!["--model".to_owned(), models_dir().join("tiny-random-a").display().to_string()]),
-        ("tiny-random-b", vec!["--model".to_owned(), models_dir().join("tiny-random-b").display().to_string()]),
-        (
-            "tiny-merge/task.json",
-            vec![
-                "--task".to_owned(),
-                models_dir().join("tiny-merge/task.json").display().to_string(),
-                "--models-root".to_owned(),
-                models_dir().display().to_string(),
-            ],
-        ),
-    ] {
-        let plan = load_local_plan(&models_dir().join(model), &SegmentOptions::default()).unwrap();
-        let (rust, _) = segment_with_plan(&ct, &plan, runtime, &|_, _, _| {}).unwrap();
-        let reference = out.path().join("reference.nii.gz");
-        let status = std::process::Command::new(&python)
-            .arg(repo_root().join("bench/segment/reference.py"))
-            .arg("--volume")
-            .arg(&ct_path)
-            .args(&arguments)
-            .arg("--out")
-            .arg(&reference)
-            .args(["--threads", "2"])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "reference.py failed for {model}");
-        let python_labels = read_labels(&reference);
-        assert_eq!(python_labels.len(), rust.len(), "{model}");
-        let differing = rust.iter().zip(&python_labels).filter(|(r, p)| i16::from(**r) != **p).count();
-        assert_eq!(differing, 0, "{model}: {differing} voxels differ from the Python reference");
-        let distinct: BTreeSet<u8> = rust.iter().copied().collect();
-        assert!(distinct.len() >= 3, "{model}: a meaningful comparison needs several labels, got {distinct:?}");
-    }
-}
-
-/// A task's labels are its models' labels remapped through `label_map`, later models on top.
-#[test]
-fn task_merge_remaps_local_ids() {
-    let Some(ct_path) = shared_data("example_ct_sm.nii.gz") else { return };
-    let Some(runtime) = runtime() else { return };
-    let ct = decode_canonical(&std::fs::read(&ct_path).unwrap(), u64::MAX).unwrap();
-    let run = |path: PathBuf, options: &SegmentOptions| {
-        let plan = load_local_plan(&path, options).unwrap();
-        segment_with_plan(&ct, &plan, runtime, &|_, _, _| {}).unwrap().0
-    };
-    let merged = run(models_dir().join("tiny-merge/task.json"), &SegmentOptions::default());
-    let a = run(models_dir().join("tiny-random-a"), &SegmentOptions::default());
-    let b = run(models_dir().join("tiny-random-b"), &SegmentOptions::default());
-    let map_a = [0u8, 3, 7];
-    let map_b = [0u8, 1, 0, 9];
-    let expected: Vec<u8> = a
-        .iter()
-        .zip(&b)
-        .map(|(a, b)| if map_b[usize::from(*b)] != 0 { map_b[usize::from(*b)] } else { map_a[usize::from(*a)] })
-        .collect();
-    assert_eq!(merged, expected);
-    let ids: BTreeSet<u8> = merged.iter().copied().collect();
-    assert_eq!(ids, BTreeSet::from([0, 1, 3, 7, 9]));
-    // roi-subset keeps only the named labels.
-    let subset = SegmentOptions { roi_subset: vec!["organ_a2".into(), "organ_b3".into()], ..SegmentOptions::default() };
-    let kept = run(models_dir().join("tiny-merge/task.json"), &subset);
-    let expected: Vec<u8> = expected
-        .iter()
-        .zip(&a)
-        .zip(&b)
-        .map(|((_, a), b)| {
-            if *b == 3 {
-                9
-            } else if *a == 2 {
-                7
-            } else {
-                0
-            }
-        })
-        .collect();
-    assert_eq!(kept, expected);
-}
-
-/// A five-part task (as TotalSegmentator's 1.5 mm task): every part's local ids go through its own
-/// map, and a later part's label wins where two parts label a voxel.
-#[test]
-fn five_part_merge_remaps_each_parts_ids_in_order() {
-    let Some(ct_path) = shared_data("example_ct_sm.nii.gz") else { return };
-    let Some(runtime) = runtime() else { return };
-    let ct = decode_canonical(&std::fs::read(&ct_path).unwrap(), u64::MAX).unwrap();
-    let task_path = models_dir().join("tiny-five/task.json");
-    let task = TaskDefinition::parse("tiny-five", &std::fs::read(&task_path).unwrap()).unwrap();
-    assert_eq!(task.models.len(), 5);
-    let plan = load_local_plan(&task_path, &SegmentOptions::default()).unwrap();
-    let (merged, reports) = segment_with_plan(&ct, &plan, runtime, &|_, _, _| {}).unwrap();
-    assert_eq!(reports.len(), 5, "every part ran");
-    let mut expected = vec![0u8; ct.voxel_count()];
-    for part in &task.models {
-        let single = load_local_plan(&models_dir().join(&part.model), &SegmentOptions::default()).unwrap();
-        let (local, _) = segment_with_plan(&ct, &single, runtime, &|_, _, _| {}).unwrap();
-        let map = part.label_map.as_ref().unwrap();
-        for (out, id) in expected.iter_mut().zip(&local) {
-            if let Some(task_id) = map.get(id) {
-                *out = *task_id;
-            }
-        }
-    }
-    assert_eq!(merged, expected);
-    let ids: BTreeSet<u8> = merged.iter().copied().collect();
-    assert!(ids.is_subset(&BTreeSet::from([0, 10, 11, 20, 21, 30, 32, 41, 52])), "{ids:?}");
-    assert!(ids.len() >= 6, "most parts show through: {ids:?}");
+    assert_eq!(fresh.fetch("tiny-threshold").await.unwrap_err().code(), ErrorCode::ModelChecksumMismatch);
+    assert_eq!(fresh.fetch("tiny-random-b").await.unwrap_err().code(), ErrorCode::ModelNotFound);
 }
 
 #[tokio::test]
 async fn the_default_model_falls_back_to_classical_and_a_requested_one_must_exist() {
     let root = tempfile::tempdir().unwrap();
-    let config = iris_shared::config::IrisConfig::from_lookup(|name| match name {
+    let config = iris_core::config::IrisConfig::from_lookup(|name| match name {
         "IRIS_DATA_DIR" => Some(root.path().display().to_string()),
         "IRIS_SEGMENT_MODEL" => Some("tiny-threshold".into()),
         _ => None,
     })
     .unwrap();
-    let backends = iris_shared::backends::EmbeddedBackends::open(&config).unwrap().ports();
-    let handler = iris_segment::SegmentHandler::from_config(&backends, &config);
-    let choose = |model: Option<&str>| {
+    let backends = iris_embedded::EmbeddedBackends::open(&config).unwrap().ports();
+    let without_runtime = NoNetworkRuntime { reason: "no ONNX Runtime in this test".to_owned() };
+    let handlers = [
+        iris_segment::SegmentHandler::from_config(&backends, &config, Arc::new(LoadableRuntime)),
+        iris_segment::SegmentHandler::from_config(&backends, &config, Arc::new(without_runtime)),
+    ];
+    let choose = |handler: usize, model: Option<&str>| {
         let options = SegmentOptions { model: model.map(str::to_owned), ..SegmentOptions::default() };
-        let handler = &handler;
+        let handler = &handlers[handler];
         async move { handler.choose_segmenter(&options).await }
     };
+    let (loads, missing) = (0, 1);
     // Nothing in the store: the default falls back with its reason, a named model is an error.
-    match choose(None).await.unwrap() {
+    match choose(loads, None).await.unwrap() {
         Segmenter::Classical { reason: Some(reason) } => assert!(reason.contains("tiny-threshold"), "{reason}"),
         other => panic!("expected the classical fallback, got {other:?}"),
     }
-    assert_eq!(choose(Some("tiny-threshold")).await.unwrap_err().code(), "model_not_found");
-    assert_eq!(choose(Some("classical")).await.unwrap(), Segmenter::Classical { reason: None });
-    // In the store: it runs when ONNX Runtime loads.
+    assert_eq!(choose(loads, Some("tiny-threshold")).await.unwrap_err().code(), ErrorCode::ModelNotFound);
+    assert_eq!(choose(loads, Some("classical")).await.unwrap(), Segmenter::Classical { reason: None });
+    // In the store: it runs when the runtime loads; without a runtime the default falls back with
+    // the runtime's reason, and a job that names the model fails.
     for entry in std::fs::read_dir(models_dir().join("tiny-threshold")).unwrap() {
         let path = entry.unwrap().path();
         let key = format!("models/tiny-threshold/{}", path.file_name().unwrap().to_str().unwrap());
-        let key = iris_shared::keys::ObjectKey::parse(&key).unwrap();
+        let key = iris_core::keys::ObjectKey::parse(&key).unwrap();
         backends.objects.put(&key, std::fs::read(&path).unwrap(), &ObjectMetadata::new()).await.unwrap();
     }
-    if runtime().is_some() {
-        match choose(None).await.unwrap() {
-            Segmenter::Onnx(plan) => assert_eq!(plan.models[0].0.card.name, "tiny-threshold"),
-            other => panic!("expected the ONNX model, got {other:?}"),
-        }
+    match choose(loads, None).await.unwrap() {
+        Segmenter::Onnx(plan) => assert_eq!(plan.models[0].0.card.name, "tiny-threshold"),
+        other => panic!("expected the ONNX model, got {other:?}"),
     }
+    match choose(missing, None).await.unwrap() {
+        Segmenter::Classical { reason: Some(reason) } => assert!(reason.contains("no ONNX Runtime"), "{reason}"),
+        other => panic!("expected the classical fallback, got {other:?}"),
+    }
+    let error = choose(missing, Some("tiny-threshold")).await.unwrap_err();
+    assert_eq!(error.code(), ErrorCode::ModelRuntimeUnavailable, "{error}");
 }
 
 /// The classical model against TotalSegmentator's reference on the shared CT: lungs (the five lobes)
@@ -435,9 +260,10 @@ async fn the_default_model_falls_back_to_classical_and_a_requested_one_must_exis
 /// skull) Dice ≥ 0.75. The figures are printed; BENCHMARKS.md records them.
 #[test]
 fn classical_model_dice_against_totalsegmentator() {
-    let Some(ct_path) = shared_data("example_ct_sm.nii.gz") else { return };
-    let Some(seg_path) = shared_data("example_seg.nii.gz") else { return };
-    let Some(labels_path) = shared_data("total_labels.json") else { return };
+    const TEST: &str = "classical_model_dice_against_totalsegmentator";
+    let Some(ct_path) = shared_data(TEST, "example_ct_sm.nii.gz") else { return };
+    let Some(seg_path) = shared_data(TEST, "example_seg.nii.gz") else { return };
+    let Some(labels_path) = shared_data(TEST, "total_labels.json") else { return };
     let ct = decode_canonical(&std::fs::read(&ct_path).unwrap(), u64::MAX).unwrap();
     let reference = read_labels(&seg_path);
     assert_eq!(reference.len(), ct.voxel_count(), "the reference is on the CT's grid");
@@ -483,6 +309,7 @@ fn classical_model_dice_against_totalsegmentator() {
 /// every class to itself; ids, names and colours are those of the shared `total_labels.json`.
 #[test]
 fn the_totalsegmentator_task_template_covers_every_class_once() {
+    const TEST: &str = "the_totalsegmentator_task_template_covers_every_class_once";
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tasks/totalsegmentator/task.json");
     let task = TaskDefinition::parse("totalsegmentator", &std::fs::read(&path).unwrap()).unwrap();
     assert_eq!(task.labels.len(), 117);
@@ -519,7 +346,7 @@ fn the_totalsegmentator_task_template_covers_every_class_once() {
     assert_eq!(fast.len(), 117);
     assert!(fast.iter().all(|(local, class)| local == class), "the 3 mm model's ids are the task's");
 
-    let Some(labels_path) = shared_data("total_labels.json") else { return };
+    let Some(labels_path) = shared_data(TEST, "total_labels.json") else { return };
     let reference: serde_json::Value = serde_json::from_slice(&std::fs::read(labels_path).unwrap()).unwrap();
     let reference: Vec<(u16, String, [u8; 3])> = reference["labels"]
         .as_array()
