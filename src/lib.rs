@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use iris_core::backends::Backends;
 use iris_core::config::IrisConfig;
-use iris_core::ids::JobId;
-use iris_core::ids::UserId;
+use iris_core::ids::{JobId, UserId};
 use iris_core::job::{JobRecord, JobStatus, UploadSource};
 use iris_core::keys::ObjectKey;
 use iris_core::ports::{ObjectMetadata, ObjectStore, PortError};

@@ -106,7 +106,7 @@ const SEGMENT_CONTAINER = { cpu: 3072, memoryReservationMiB: 12288, memoryLimitM
  */
 export const SEGMENT_CAPACITY_WEIGHTS = { spot: 3, onDemand: 1 };
 
-/** The bucket prefixes the stages read and write (shared/src/keys.rs). */
+/** The bucket prefixes the stages read and write (shared/core/src/keys.rs, artifacts.rs). */
 const UPLOADS = 'uploads/';
 const JOBS = 'jobs/';
 const MODELS = 'models/';
@@ -299,7 +299,7 @@ export class IrisStack extends Stack {
 
     // ---- Services.
     const environment = (q: QueueContract): Record<string, string> => ({
-      // Exactly what shared/src/config.rs reads.
+      // Exactly what shared/core/src/config.rs reads.
       IRIS_BACKEND: 'aws',
       IRIS_BUCKET: bucketName,
       IRIS_QUEUE_PREFIX: prefix,

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use iris::{start_pipeline, submit_bytes, wait_for_job};
 use iris_core::backends::Backends;
 use iris_core::config::{BackendKind, IrisConfig};
 use iris_core::ids::UserId;
@@ -13,8 +14,6 @@ use iris_embedded::EmbeddedBackends;
 use iris_volume::nifti_codec::{NiftiGeometry, encode_nifti_gz};
 use iris_volume::phantom::{PhantomSpec, synthetic_ct};
 use tokio::net::TcpListener;
-
-use iris::{start_pipeline, submit_bytes, wait_for_job};
 
 /// Hand-off latencies in milliseconds, per kind of hand-off.
 #[derive(Debug, Clone, Default)]

@@ -1,8 +1,6 @@
 //! What the system tests share: a pipeline harness on a temporary data directory, the small
 //! phantom, and the checks of a completed job's outputs. Re-exports what the tests use.
 
-#![allow(dead_code)]
-
 pub use std::collections::BTreeMap;
 pub use std::path::{Path, PathBuf};
 pub use std::process::{Child, Command, Stdio};
@@ -13,13 +11,11 @@ pub use iris::{RunningPipeline, start_pipeline, submit_bytes, wait_for_job};
 pub use iris_core::ErrorCode;
 pub use iris_core::backends::Backends;
 pub use iris_core::config::IrisConfig;
-pub use iris_core::ids::JobId;
-pub use iris_core::ids::UserId;
-pub use iris_core::job::{JobRecord, JobStatus, Stage, UploadSource};
+pub use iris_core::ids::{JobId, UserId};
+pub use iris_core::job::{JobRecord, JobStatus, Stage};
 pub use iris_core::keys::{ObjectKey, QueueRole};
 pub use iris_core::ports::{JobStore, ObjectStore, WorkQueue};
-pub use iris_embedded::DirectoryObjectStore;
-pub use iris_embedded::EmbeddedBackends;
+pub use iris_embedded::{DirectoryObjectStore, EmbeddedBackends};
 pub use iris_volume::nifti_codec::{DecodeLimits, DecodedNifti, NiftiGeometry, decode_nifti, encode_nifti_gz};
 pub use iris_volume::phantom::{PhantomSpec, synthetic_ct};
 pub use iris_volume::volume::{Affine, Volume};

@@ -14,8 +14,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
-use iris_core::ids::JobId;
-use iris_core::ids::UserId;
+use iris_core::ids::{JobId, UserId};
 use iris_core::job::{JobRecord, JobStatus, Transition};
 use iris_core::ports::{Connection, ConnectionStore, JobStore, PortError, Subscription, TransitionOutcome};
 use iris_core::time::Timestamp;

@@ -18,11 +18,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use iris::{AppError, submit_bytes};
 use iris_core::backends::Backends;
 use iris_core::config::IrisConfig;
 use iris_core::events::EventEnvelope;
-use iris_core::ids::JobId;
-use iris_core::ids::UserId;
+use iris_core::ids::{JobId, UserId};
 use iris_core::job::{JobRecord, JobStatus};
 use iris_core::keys::QueueRole;
 use iris_core::ports::{PortError, QueueDepth, WorkQueue};
@@ -30,7 +30,6 @@ use iris_embedded::EmbeddedBackends;
 use sha2::{Digest, Sha256};
 
 use crate::reliability::corpus::{Expected, Study};
-use iris::{AppError, submit_bytes};
 
 /// Where a suite runs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,21 +1,21 @@
 //! Ingest's logic, free of I/O: an uploaded file's bytes become the canonical RAS volume (CT as
 //! int16 HU) and the ingest report.
 
-use iris_core::ErrorCode;
-use iris_volume::ingest_report::{CanonicalGrid, INGEST_REPORT_VERSION, IngestReport, IntensitySummary, OriginalGrid};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
+use iris_core::ErrorCode;
+use iris_volume::ingest_report::{CanonicalGrid, INGEST_REPORT_VERSION, IngestReport, IntensitySummary, OriginalGrid};
 use iris_volume::nifti_codec::{
     AffineSource, DecodeLimits, NiftiDecodeError, NiftiEncodeError, NiftiGeometry, decode_nifti_hounsfield,
     encode_nifti_gz, open_int16_planes, write_nifti_gz, write_nifti_gz_by_planes, write_nifti_gz_in_order,
 };
+use iris_volume::volume::{Affine, Reorientation, Volume, VolumeError};
 use rayon::prelude::*;
 
 use crate::dicom::{
     ArchiveReader, DicomError, DicomLimits, PositionedFile, open_dicom_zip, read_dicom_file, read_dicom_zip,
 };
-use iris_volume::volume::{Affine, Reorientation, Volume, VolumeError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IngestLimits {

@@ -2,9 +2,9 @@
 //! series selection, every DICOM error code, zip safety, no identifier in the outputs, and the
 //! inputs fuzzing found (`fuzz/regressions/`).
 
-use iris_core::ErrorCode;
 use std::path::PathBuf;
 
+use iris_core::ErrorCode;
 use iris_ingest::synthetic_dicom::{
     PHI_CANARY, SyntheticSlice, axial_series, oriented_series, small_axial_series, write_multiframe, write_slice,
     zip_series,

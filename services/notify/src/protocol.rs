@@ -1,12 +1,11 @@
 //! The WebSocket protocol, identical on API Gateway and the local gateway. Clients send JSON with
 //! an `action` (API Gateway's route selection expression is `$request.body.action`).
 
-use serde::{Deserialize, Serialize};
-
 use iris_core::events::{DetailType, JobEventDetail};
 use iris_core::ids::JobId;
 use iris_core::job::{JobRecord, JobStatus};
 use iris_core::time::Timestamp;
+use serde::{Deserialize, Serialize};
 
 /// What a client may send.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,9 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use iris_core::ErrorCode;
 use iris_core::ports::{ObjectMetadata, ObjectStore};
-use iris_core::testing;
+use iris_core::{ErrorCode, testing};
 use iris_segment::card::{ModelCard, TaskDefinition};
 use iris_segment::model_store::load_local_model;
 use iris_segment::{

@@ -5,9 +5,8 @@
 use std::io::Read;
 
 use dicom_dictionary_std::tags;
-use dicom_object::DefaultDicomObject;
-use dicom_object::OpenFileOptions;
 use dicom_object::file::ReadPreamble;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
 use super::DicomError;
 

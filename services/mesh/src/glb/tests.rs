@@ -49,13 +49,7 @@ fn sample_meshes() -> Vec<LabelMesh> {
 
 /// A convex mesh with every face turned to wind counter-clockwise seen from outside and vertex
 /// normals pointing away from the centroid.
-fn convex_mesh(
-    label: u16,
-    name: &str,
-    color_srgb: [u8; 3],
-    positions: Vec<[f32; 3]>,
-    faces: &[[u32; 3]],
-) -> LabelMesh {
+fn convex_mesh(label: u16, name: &str, color_srgb: [u8; 3], positions: Vec<[f32; 3]>, faces: &[[u32; 3]]) -> LabelMesh {
     let centroid: [f64; 3] = std::array::from_fn(|axis| {
         positions.iter().map(|position| f64::from(position[axis])).sum::<f64>() / positions.len() as f64
     });
@@ -317,8 +311,7 @@ fn root_matrix_maps_ras_millimetres_to_gltf_metres() {
     for point in [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [-3.5, 250.0, -1200.0]] {
         assert_close(transform_point(matrix, point), ras_millimetres_to_gltf_metres(point), 1e-7, "root matrix");
     }
-    let linear: [[f64; 3]; 3] =
-        std::array::from_fn(|row| std::array::from_fn(|column| f64::from(matrix[column][row])));
+    let linear: [[f64; 3]; 3] = std::array::from_fn(|row| std::array::from_fn(|column| f64::from(matrix[column][row])));
     let determinant = dot(linear[0], cross(linear[1], linear[2]));
     assert!((determinant - 1e-9).abs() < 1e-15, "proper rotation × 0.001³, got {determinant}");
 }
@@ -482,8 +475,7 @@ fn meshopt_geometry_decodes_to_the_quantized_layout() {
             .as_ref()
             .and_then(|extension| extension.others.get(EXT_MESHOPT_COMPRESSION))
             .expect("view has an EXT_meshopt_compression object");
-        let field =
-            |name: &str| extension[name].as_u64().unwrap_or_else(|| panic!("view {index}: {name}")) as usize;
+        let field = |name: &str| extension[name].as_u64().unwrap_or_else(|| panic!("view {index}: {name}")) as usize;
         assert_eq!(field("buffer"), 0, "compressed bytes live in the BIN chunk");
         let (offset, length, stride, count) =
             (field("byteOffset"), field("byteLength"), field("byteStride"), field("count"));

@@ -1,8 +1,9 @@
 //! Each label's voxel count and bounding box, from one pass over the label map.
 
-use super::end_of_run;
 use iris_volume::volume::Volume;
 use rayon::prelude::*;
+
+use super::end_of_run;
 
 /// Inclusive voxel-index bounding box of one label.
 #[derive(Debug, Clone, Copy)]

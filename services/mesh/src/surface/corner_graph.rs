@@ -6,8 +6,7 @@ use iris_volume::memory::large_zeroed_vec;
 use iris_volume::volume::Volume;
 use rayon::prelude::*;
 
-use super::TooManyCorners;
-use super::insert_bit;
+use super::{TooManyCorners, insert_bit};
 
 /// Flag bits of a corner: bit `axis` (0–2) when the edge towards +axis is a boundary edge,
 /// bit `3 + axis` when it is a junction edge.

@@ -3,11 +3,10 @@
 
 use iris_volume::volume::Volume;
 
-use super::LabelTopology;
 use super::census::VoxelBounds;
 use super::corner_graph::CornerGraph;
 use super::corner_groups::{corner_groups, diagonal_and_joined_half_edges, other_axes};
-use super::end_of_run;
+use super::{LabelTopology, end_of_run};
 
 /// The four corners of each face of a voxel, as offsets (0 or 1 on each axis) from the voxel's
 /// lowest corner, in counter-clockwise order seen from outside the voxel in voxel space.

@@ -1,7 +1,8 @@
 //! Tests of surface extraction: closed manifolds, vertex splitting, bounds.
 
-use super::{ExtractionSettings, end_of_run, extract_topologies};
 use iris_volume::volume::{Affine, Volume};
+
+use super::{ExtractionSettings, end_of_run, extract_topologies};
 
 #[test]
 fn long_runs_give_exactly_the_exposed_faces() {

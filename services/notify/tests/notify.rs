@@ -1,0 +1,176 @@
+//! The notify service with its local WebSocket gateway, on the real embedded stores: tokens
+//! checked at the upgrade (query or Authorization header), dropped clients removed, connections
+//! that are gone removed when a state is posted to them. (Delivery through a running pipeline is
+//! tested in `tests/system/websocket.rs`; the API Gateway side in `lambda/websocket/tests/`.)
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use iris_core::backends::Backends;
+use iris_core::config::IrisConfig;
+use iris_core::ids::UserId;
+use iris_core::job::{JobRecord, UploadSource};
+use iris_embedded::EmbeddedBackends;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// The notify service (consumer and local gateway) on a temporary data directory.
+struct Harness {
+    _directory: tempfile::TempDir,
+    config: IrisConfig,
+    backends: Backends,
+    address: SocketAddr,
+    shutdown: CancellationToken,
+    service: tokio::task::JoinHandle<()>,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let directory = tempfile::tempdir().expect("temp dir");
+        let data = directory.path().display().to_string();
+        let config = IrisConfig::from_lookup(|name| (name == "IRIS_DATA_DIR").then(|| data.clone())).expect("config");
+        let backends = EmbeddedBackends::open(&config).expect("open backends").ports();
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let shutdown = CancellationToken::new();
+        let service = {
+            let (backends, config, shutdown) = (backends.clone(), config.clone(), shutdown.clone());
+            tokio::spawn(async move { iris_notify::run_service(&backends, &config, listener, shutdown).await })
+        };
+        Harness { _directory: directory, config, backends, address, shutdown, service }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.service.await.expect("notify stops");
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn token_for(harness: &Harness, user: &str) -> String {
+    iris_notify::auth::TokenSigner::load_or_create(&harness.config.data_dir)
+        .expect("token key")
+        .issue(&UserId::parse(user).unwrap(), Duration::from_secs(600), iris_core::time::Timestamp::now())
+        .expect("token")
+}
+
+async fn connect(harness: &Harness, address: SocketAddr, user: &str) -> Socket {
+    let token = token_for(harness, user);
+    let (socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://{address}/?token={token}")).await.expect("connect");
+    socket
+}
+
+async fn send(socket: &mut Socket, value: serde_json::Value) {
+    socket.send(Message::text(value.to_string())).await.expect("send");
+}
+
+async fn next_json(socket: &mut Socket) -> serde_json::Value {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(60), socket.next())
+            .await
+            .expect("a message within 60 s")
+            .expect("socket open")
+            .expect("frame");
+        if let Message::Text(text) = frame {
+            return serde_json::from_str(text.as_str()).expect("JSON frame");
+        }
+    }
+}
+
+/// The local gateway accepts only a valid token, as API Gateway's authorizer does: none, a
+/// malformed one, one signed by another key and an expired one are all answered 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_gateway_refuses_connections_without_a_valid_token() {
+    let harness = Harness::start().await;
+    let address = harness.address;
+    let alice = UserId::parse("alice").unwrap();
+    let foreign = iris_notify::auth::TokenSigner::generate().unwrap();
+    let own = iris_notify::auth::TokenSigner::load_or_create(&harness.config.data_dir).unwrap();
+    let long_ago = iris_core::time::Timestamp::from_epoch_millis(1_000_000_000);
+    let refused = [
+        ("no token", format!("ws://{address}/")),
+        ("the old ?user= form", format!("ws://{address}/?user=alice")),
+        ("a malformed token", format!("ws://{address}/?token=abc.def.ghi")),
+        (
+            "another key's token",
+            format!(
+                "ws://{address}/?token={}",
+                foreign.issue(&alice, Duration::from_secs(600), iris_core::time::Timestamp::now()).unwrap()
+            ),
+        ),
+        (
+            "an expired token",
+            format!("ws://{address}/?token={}", own.issue(&alice, Duration::from_secs(60), long_ago).unwrap()),
+        ),
+    ];
+    for (what, url) in refused {
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status().as_u16(), 401, "{what}")
+            }
+            other => panic!("{what}: expected 401, got {:?}", other.map(|(_, response)| response.status())),
+        }
+    }
+    // The same token in an Authorization header is accepted.
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{address}/"))
+            .unwrap();
+    request.headers_mut().insert("authorization", format!("Bearer {}", token_for(&harness, "alice")).parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("bearer token accepted");
+    send(&mut socket, serde_json::json!({"action": "list"})).await;
+    assert_eq!(next_json(&mut socket).await["type"], "jobs");
+    harness.stop().await;
+}
+
+/// A client that vanishes without a close frame is removed from the connection store, and
+/// states posted to it afterwards go nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_is_removed() {
+    let harness = Harness::start().await;
+    let mut alice = connect(&harness, harness.address, "alice").await;
+    let upload = UploadSource { bucket: "b".into(), key: "uploads/alice/x".into(), etag: "e".into(), version_id: None };
+    let job = JobRecord::received(
+        &upload,
+        UserId::parse("alice").unwrap(),
+        BTreeMap::new(),
+        iris_core::time::Timestamp::now(),
+    );
+    send(&mut alice, serde_json::json!({"action": "subscribe", "jobId": job.job_id})).await;
+    assert_eq!(next_json(&mut alice).await["type"], "subscribed");
+    assert_eq!(harness.backends.connections.subscribers(&job.job_id).await.unwrap().len(), 1);
+    // Drop the TCP connection under the WebSocket: no close handshake.
+    drop(alice);
+    let started = Instant::now();
+    while !harness.backends.connections.subscribers(&job.job_id).await.unwrap().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the dropped connection is still recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let local = iris_notify::LocalNotify::new(&harness.backends);
+    assert_eq!(local.core.deliver(&iris_core::events::JobEventDetail::from_job(&job)).await.unwrap(), 0);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_is_gone_is_removed_when_a_state_is_posted_to_it() {
+    let harness = Harness::start().await;
+    let local = iris_notify::LocalNotify::new(&harness.backends);
+    let user = UserId::parse("alice").unwrap();
+    // A connection recorded in the store that the gateway no longer holds (e.g. before a restart).
+    let stale = iris_core::ports::Connection {
+        connection_id: "stale".into(),
+        user_id: user.clone(),
+        connected_at: iris_core::time::Timestamp::now(),
+    };
+    harness.backends.connections.add_connection(&stale).await.unwrap();
+    let upload = UploadSource { bucket: "b".into(), key: "uploads/alice/x".into(), etag: "e".into(), version_id: None };
+    let job = JobRecord::received(&upload, user, BTreeMap::new(), iris_core::time::Timestamp::now());
+    harness.backends.connections.subscribe("stale", &job.job_id).await.unwrap();
+    let sent = local.core.deliver(&iris_core::events::JobEventDetail::from_job(&job)).await.unwrap();
+    assert_eq!(sent, 0);
+    assert_eq!(harness.backends.connections.get_connection("stale").await.unwrap(), None, "removed after Gone");
+}
