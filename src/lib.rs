@@ -1,9 +1,11 @@
-//! The `iris` command's library: running every service in one process on the embedded backends,
-//! submitting files, waiting for jobs, fetching their outputs, and the drop-in inbox.
-//! `src/main.rs` only parses arguments and calls into here.
+//! The binaries' library: running every service in one process, submitting files, waiting for
+//! jobs, fetching their outputs, the drop-in inbox, the `iris` commands (`commands`), and what
+//! every binary does at its start (`process`). `src/main.rs` only parses arguments and calls into
+//! here; the service binaries in `src/bin/` are a few lines each.
 
 pub mod commands;
 pub mod inbox;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

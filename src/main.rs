@@ -171,12 +171,9 @@ struct JobArguments {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut config = match IrisConfig::from_env() {
+    let mut config = match iris::process::config_from_env() {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     if let Some(directory) = cli.data_dir.clone() {
         config.data_dir = directory;
@@ -187,21 +184,7 @@ fn main() -> ExitCode {
         None => {}
     }
     let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
-    iris_core::telemetry::init_with_default_level(config.log_format, default_level);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(dispatch(cli.command, config)) {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(2)
-        }
-    }
+    iris::process::run_command(config.log_format, default_level, dispatch(cli.command, config))
 }
 
 fn user(text: &str) -> anyhow::Result<UserId> {

@@ -108,28 +108,11 @@ enum Benchmark {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match IrisConfig::from_env() {
+    let config = match iris::process::config_from_env() {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    iris_core::telemetry::init_with_default_level(config.log_format, "warn");
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(dispatch(cli.command, config)) {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(2)
-        }
-    }
+    iris::process::run_command(config.log_format, "warn", dispatch(cli.command, config))
 }
 
 async fn dispatch(command: Command, config: IrisConfig) -> anyhow::Result<ExitCode> {

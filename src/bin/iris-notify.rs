@@ -4,17 +4,11 @@
 
 use std::sync::Arc;
 
-use iris_core::config::{BackendKind, IrisConfig};
-use iris_core::runtime::cancel_on_shutdown_signals;
-use tokio_util::sync::CancellationToken;
+use iris_core::config::BackendKind;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = IrisConfig::from_env()?;
-    iris_core::telemetry::init(config.log_format);
-    let backends = iris_backends::open(&config).await?;
-    let shutdown = CancellationToken::new();
-    cancel_on_shutdown_signals(shutdown.clone());
+    let iris::process::ServiceProcess { config, backends, shutdown } = iris::process::ServiceProcess::start().await?;
     match config.backend {
         BackendKind::Embedded => {
             let listener = tokio::net::TcpListener::bind(config.websocket_bind).await?;

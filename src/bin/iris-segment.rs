@@ -3,19 +3,12 @@
 
 use std::sync::Arc;
 
-use iris_core::config::IrisConfig;
-use iris_core::runtime::cancel_on_shutdown_signals;
 use iris_onnxruntime::OrtRuntime;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = IrisConfig::from_env()?;
-    iris_core::telemetry::init(config.log_format);
-    let backends = iris_backends::open(&config).await?;
-    let runtime = Arc::new(OrtRuntime::new(&config.segment));
-    let shutdown = CancellationToken::new();
-    cancel_on_shutdown_signals(shutdown.clone());
-    iris_segment::run_service(&backends, &config, runtime, shutdown).await;
+    let process = iris::process::ServiceProcess::start().await?;
+    let runtime = Arc::new(OrtRuntime::new(&process.config.segment));
+    iris_segment::run_service(&process.backends, &process.config, runtime, process.shutdown).await;
     Ok(())
 }

@@ -3,41 +3,13 @@
 //! its documented JSON Schema. (The gateway's own behaviour, tokens and dropped connections, is
 //! tested in `services/notify/tests/`.)
 
+use iris_notify::testing::{self, Socket, next_json, send};
+
 use crate::support::*;
 
-/// A WebSocket client of `user`, with a token signed by the data directory's key (what
-/// `iris token issue --user USER` prints).
+/// A client of `user` connected to the harness's gateway.
 async fn connect(harness: &Harness, address: std::net::SocketAddr, user: &str) -> Socket {
-    let token = token_for(harness, user);
-    let (socket, _) =
-        tokio_tungstenite::connect_async(format!("ws://{address}/?token={token}")).await.expect("connect");
-    socket
-}
-
-fn token_for(harness: &Harness, user: &str) -> String {
-    iris_notify::auth::TokenSigner::load_or_create(&harness.config.data_dir)
-        .expect("token key")
-        .issue(&UserId::parse(user).unwrap(), Duration::from_secs(600), iris_core::time::Timestamp::now())
-        .expect("token")
-}
-
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn send(socket: &mut Socket, value: serde_json::Value) {
-    socket.send(Message::text(value.to_string())).await.expect("send");
-}
-
-async fn next_json(socket: &mut Socket) -> serde_json::Value {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(60), socket.next())
-            .await
-            .expect("a message within 60 s")
-            .expect("socket open")
-            .expect("frame");
-        if let Message::Text(text) = frame {
-            return serde_json::from_str(text.as_str()).expect("JSON frame");
-        }
-    }
+    testing::connect(&harness.config.data_dir, address, user).await
 }
 
 /// An ONNX model's tiles reach a subscriber as progress messages between SEGMENTING and SEGMENTED,

@@ -48,14 +48,8 @@ static ALLOCATOR: RecordsLargestAllocation = RecordsLargestAllocation;
 
 const LIMITS: IngestLimits = IngestLimits { max_upload_bytes: 1 << 31, max_voxels: 512 * 512 * 2000 };
 
-fn shared_series() -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/totalseg/example_ct_dicom");
-    if path.is_dir() {
-        Some(path)
-    } else {
-        eprintln!("SKIPPED: {} is absent (the kit ../shared is not beside the repository)", path.display());
-        None
-    }
+fn shared_series(test: &str) -> Option<PathBuf> {
+    iris_core::testing::shared_data(test, env!("CARGO_MANIFEST_DIR"), "example_ct_dicom")
 }
 
 fn zip_directory(directory: &std::path::Path) -> Vec<u8> {
@@ -90,7 +84,11 @@ struct Sample {
 
 #[test]
 fn the_shared_jpeg2000_series_matches_dicom2nifti_voxel_for_voxel_and_in_world_space() {
-    let Some(directory) = shared_series() else { return };
+    let Some(directory) =
+        shared_series("the_shared_jpeg2000_series_matches_dicom2nifti_voxel_for_voxel_and_in_world_space")
+    else {
+        return;
+    };
     let reference: Reference =
         serde_json::from_str(include_str!("fixtures/dicom2nifti_example_ct_dicom.json")).expect("fixture");
     let zipped = zip_directory(&directory);

@@ -6,6 +6,8 @@ pub mod core;
 pub mod gateway;
 pub mod lambda;
 pub mod protocol;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::sync::Arc;
 

@@ -7,14 +7,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use iris_core::backends::Backends;
 use iris_core::config::IrisConfig;
 use iris_core::ids::UserId;
 use iris_core::job::{JobRecord, UploadSource};
 use iris_embedded::EmbeddedBackends;
+use iris_notify::testing::{self, Socket, next_json, send};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 /// The notify service (consumer and local gateway) on a temporary data directory.
@@ -49,37 +48,9 @@ impl Harness {
     }
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn token_for(harness: &Harness, user: &str) -> String {
-    iris_notify::auth::TokenSigner::load_or_create(&harness.config.data_dir)
-        .expect("token key")
-        .issue(&UserId::parse(user).unwrap(), Duration::from_secs(600), iris_core::time::Timestamp::now())
-        .expect("token")
-}
-
+/// A client of `user` connected to the harness's gateway.
 async fn connect(harness: &Harness, address: SocketAddr, user: &str) -> Socket {
-    let token = token_for(harness, user);
-    let (socket, _) =
-        tokio_tungstenite::connect_async(format!("ws://{address}/?token={token}")).await.expect("connect");
-    socket
-}
-
-async fn send(socket: &mut Socket, value: serde_json::Value) {
-    socket.send(Message::text(value.to_string())).await.expect("send");
-}
-
-async fn next_json(socket: &mut Socket) -> serde_json::Value {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(60), socket.next())
-            .await
-            .expect("a message within 60 s")
-            .expect("socket open")
-            .expect("frame");
-        if let Message::Text(text) = frame {
-            return serde_json::from_str(text.as_str()).expect("JSON frame");
-        }
-    }
+    testing::connect(&harness.config.data_dir, address, user).await
 }
 
 /// The local gateway accepts only a valid token, as API Gateway's authorizer does: none, a
@@ -120,7 +91,10 @@ async fn the_local_gateway_refuses_connections_without_a_valid_token() {
     let mut request =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{address}/"))
             .unwrap();
-    request.headers_mut().insert("authorization", format!("Bearer {}", token_for(&harness, "alice")).parse().unwrap());
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", testing::token_for(&harness.config.data_dir, "alice")).parse().unwrap(),
+    );
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("bearer token accepted");
     send(&mut socket, serde_json::json!({"action": "list"})).await;
     assert_eq!(next_json(&mut socket).await["type"], "jobs");

@@ -1,9 +1,10 @@
 //! What tests share across crates: their prerequisites. A test that needs something a bare
 //! `cargo test` does not have (a moto server, ONNX Runtime, the service binaries, the `../shared`
-//! data kit) asks for it here; when it is missing the test prints `SKIPPED <test>: <why>` and
-//! passes, except that `IRIS_TEST_STRICT=1` (set by `scripts/test.sh`, which provides moto, ONNX
-//! Runtime and the binaries) turns a missing moto, runtime or binary into a failure, so CI cannot
-//! skip them silently. The data kit is never required: it may be absent by design.
+//! data kit) asks for it here; when it is missing the test prints `SKIPPED <test>: <why>` (even
+//! under the harness's output capture) and passes, except that `IRIS_TEST_STRICT=1` (set by
+//! `scripts/test.sh`, which provides moto, ONNX Runtime and the binaries) turns a missing moto,
+//! runtime or binary into a failure, so CI cannot skip them silently. The data kit is never
+//! required: it may be absent by design.
 
 use std::path::{Path, PathBuf};
 
@@ -49,7 +50,10 @@ pub fn prerequisite<T>(test: &str, what: Prerequisite, found: Result<T, String>)
             panic!("IRIS_TEST_STRICT=1 but {test} lacks {what:?}: {why}")
         }
         Err(why) => {
-            eprintln!("SKIPPED {test}: {why} ({})", what.how_to_get());
+            // Straight to stderr, not through `eprintln!`: the test harness captures the output of
+            // a passing test, and a skip must be seen.
+            let line = format!("SKIPPED {test}: {why} ({})\n", what.how_to_get());
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
             None
         }
     }
