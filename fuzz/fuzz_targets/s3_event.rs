@@ -3,8 +3,9 @@
 //! Also checks that every key it accepts survives S3's notification encoding unchanged.
 #![no_main]
 
-use iris_core::s3_event::{decode_notification_key, encode_notification_key};
+use iris_core::Artifact;
 use iris_core::notification::{Notification, parse_notification, stage_triggers};
+use iris_core::s3_event::{decode_notification_key, encode_notification_key};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,5 +16,5 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(decode_notification_key(&encode_notification_key(key)).as_deref(), Ok(key));
         }
     }
-    let _ = stage_triggers(body, "volume.nii.gz");
+    let _ = stage_triggers(body, Artifact::Volume);
 });
