@@ -5,6 +5,7 @@
 
 pub mod commands;
 pub mod inbox;
+pub mod models;
 pub mod process;
 
 use std::collections::BTreeMap;

@@ -77,6 +77,12 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Segmentation models: import nnU-Net or TotalSegmentator models, put them in the object store,
+    /// list them, remove them.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
     /// AWS resources for `--backend aws`.
     Aws {
         #[command(subcommand)]
@@ -139,6 +145,69 @@ enum TokenCommand {
     /// Print the public key that verifies the tokens (the CDK app's tokenPublicKey, the Lambda
     /// authorizer's IRIS_TOKEN_PUBLIC_KEY).
     PublicKey,
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Import a model as ONNX + card.json (needs nnU-Net's venv: scripts/nnunet-env.sh install).
+    Import {
+        #[command(subcommand)]
+        source: ImportSource,
+    },
+    /// Put model folders (card.json + model.onnx), task folders (task.json) or folders of them
+    /// into the object store as models/<name>/, each checked against its card first.
+    Push {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// The name in the store (one model only; default: the folder's name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the models and tasks in the object store.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a model or task from the object store.
+    Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportSource {
+    /// An nnU-Net v2 trained-model folder (dataset.json, plans.json, fold_*/checkpoint_final.pth).
+    Nnunet {
+        folder: PathBuf,
+        /// Where the model folder is written.
+        #[arg(long, value_name = "DIR", default_value = "models")]
+        out: PathBuf,
+        /// Its name (default: from the dataset, e.g. dataset901-liver).
+        #[arg(long)]
+        name: Option<String>,
+        /// Folds to export, averaged as nnU-Net does (default: every fold with a checkpoint).
+        #[arg(long, value_delimiter = ',')]
+        folds: Option<Vec<String>>,
+        #[arg(long, default_value = "checkpoint_final.pth")]
+        checkpoint: String,
+        /// nnU-Net's tile_step_size.
+        #[arg(long, default_value_t = 0.5)]
+        tile_step: f64,
+        /// Tiles per network run.
+        #[arg(long, default_value_t = 1)]
+        batch_size: usize,
+        /// Also push it into the object store.
+        #[arg(long)]
+        push: bool,
+    },
+    /// TotalSegmentator's weights folder (TOTALSEG_WEIGHTS_PATH, ~/.totalsegmentator/nnunet/results):
+    /// its `total` task (five 1.5 mm parts, the 3 mm fast model) and the task merging them.
+    Totalsegmentator {
+        weights: PathBuf,
+        #[arg(long, value_name = "DIR", default_value = "models")]
+        out: PathBuf,
+        /// Also push the models and the task into the object store.
+        #[arg(long)]
+        push: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,6 +283,7 @@ async fn dispatch(command: Command, config: IrisConfig) -> anyhow::Result<ExitCo
             commands::status(&config, job.as_deref(), &user(&name)?, json).await
         }
         Command::Watch { job, user: name, url } => commands::watch(&config, &job, &user(&name)?, url).await,
+        Command::Model { command } => model_command(&config, command).await,
         Command::Token { command: TokenCommand::Issue { user: name, ttl_hours } } => {
             commands::issue_token(&config, &user(&name)?, Duration::from_secs(ttl_hours.saturating_mul(3600)))
         }
@@ -238,5 +308,22 @@ async fn dispatch(command: Command, config: IrisConfig) -> anyhow::Result<ExitCo
             }
             commands::mesh_file(&config, &input, stats.as_deref(), &options, &out)
         }
+    }
+}
+
+async fn model_command(config: &IrisConfig, command: ModelCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ModelCommand::Import {
+            source: ImportSource::Nnunet { folder, out, name, folds, checkpoint, tile_step, batch_size, push },
+        } => {
+            let options = iris_nnunet::ImportOptions { name, folds, checkpoint, tile_step, batch_size };
+            iris::models::import_nnunet(config, &folder, &out, &options, push).await
+        }
+        ModelCommand::Import { source: ImportSource::Totalsegmentator { weights, out, push } } => {
+            iris::models::import_totalsegmentator(config, &weights, &out, push).await
+        }
+        ModelCommand::Push { paths, name } => iris::models::push(config, &paths, name.as_deref()).await,
+        ModelCommand::List { json } => iris::models::list(config, json).await,
+        ModelCommand::Rm { name } => iris::models::remove(config, &name).await,
     }
 }

@@ -194,7 +194,7 @@ def tile_starts(length: int, patch: int, tile_step: float) -> list[int]:
 
 
 def gaussian_map(patch: list[int]) -> np.ndarray:
-    """Step 5: nnU-Net's compute_gaussian (sigma_scale 1/8) as an f32 map."""
+    """Step 5: nnU-Net's compute_gaussian (sigma_scale 1/8, value_scaling_factor 10, float16)."""
     per_axis = []
     for p in patch:
         sigma = p / 8.0
@@ -207,10 +207,10 @@ def gaussian_map(patch: list[int]) -> np.ndarray:
                 g[i] = math.exp(-float(d * d) / (2.0 * sigma * sigma))  # C libm exp, as Rust's f64::exp
         per_axis.append(g)
     gz, gy, gx = per_axis
-    gmap = ((gz[:, None, None] * gy[None, :, None]) * gx[None, None, :]).astype(np.float32)
+    gmap = (((gz[:, None, None] * gy[None, :, None]) * gx[None, None, :]) * 10.0).astype(np.float16)
     nonzero = gmap[gmap != 0]
     gmap[gmap == 0] = nonzero.min()
-    return gmap
+    return gmap.astype(np.float32)
 
 
 def channel_argmax(a: np.ndarray, out: np.ndarray) -> None:

@@ -190,4 +190,15 @@ impl ObjectStore for S3ObjectStore {
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(objects)
     }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), PortError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key.as_str())
+            .send()
+            .await
+            .map_err(|e| port_error(BACKEND, e))?;
+        Ok(())
+    }
 }

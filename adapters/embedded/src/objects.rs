@@ -179,6 +179,24 @@ impl ObjectStore for DirectoryObjectStore {
             .map(|(key, size, etag, metadata, modified)| row_to_info(key, size, etag, metadata, modified))
             .collect()
     }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), PortError> {
+        // The bytes first: a row without its file already reads as no object (see `head`).
+        match tokio::fs::remove_file(self.path_of(key)).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::IsADirectory => {}
+            Err(e) => return Err(PortError::unavailable(OBJECTS_BACKEND, e)),
+        }
+        let key_text = key.as_str().to_owned();
+        self.database
+            .run(move |connection| {
+                connection
+                    .execute("DELETE FROM objects WHERE key = ?1", params![key_text])
+                    .map(|_| ())
+                    .map_err(sqlite_error)
+            })
+            .await
+    }
 }
 
 fn write_atomically(path: &Path, body: &[u8]) -> Result<(), PortError> {

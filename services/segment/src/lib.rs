@@ -37,10 +37,11 @@ use tracing::{Span, info, instrument};
 
 pub use card::{CardError, ModelCard, TaskDefinition, TaskModel};
 pub use classical::{ClassicalModelError, classical_label_table, segment_classical};
-pub use model_store::{LocalModel, ModelStore, ModelStoreError, ResolvedModel};
+pub use model_store::{LocalModel, ModelStore, ModelStoreError, ResolvedModel, StoredModel};
 pub use network::{Network, NetworkRuntime, NoNetworkRuntime, RuntimeError};
 pub use sliding_window::{
-    InferenceEngine, InferenceError, WindowOutput, WindowReport, WindowSettings, run_sliding_window,
+    InferenceEngine, InferenceError, ModelGridLogits, WindowOutput, WindowReport, WindowSettings, run_sliding_window,
+    run_sliding_window_logits,
 };
 pub use stats::compute_statistics;
 

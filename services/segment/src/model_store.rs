@@ -13,6 +13,24 @@ use tracing::info;
 
 use crate::card::{CardError, ModelCard, TaskDefinition};
 
+/// Where models live in the object store: `models/<name>/`.
+pub const MODELS_PREFIX: &str = "models/";
+
+/// What an importer writes beside a model's card about where it came from (kept with the model).
+pub const IMPORT_FACTS: &str = "nnunet.json";
+
+/// A model or task in the store, as [`ModelStore::list`] finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredModel {
+    pub name: String,
+    /// File name → size in bytes.
+    pub files: BTreeMap<String, u64>,
+    pub onnx_sha256: Option<String>,
+    /// What it is ("model, 3 labels", "task of 5 models"), or why it is unusable; `None` for a
+    /// folder with neither a card nor a task.
+    pub kind: Option<String>,
+}
+
 /// A model ready to run: its card and the verified ONNX file on local disk.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalModel {
@@ -122,9 +140,103 @@ impl ModelStore {
         Ok(models)
     }
 
+    /// Puts a local model (`card.json` + `model.onnx`, checked against each other first) or task
+    /// (`task.json`) into the store as `models/<name>/`. The card (or task) goes last, so a reader
+    /// never finds a card without its network. Returns the name.
+    pub async fn push(&self, dir: &Path, name: Option<&str>) -> Result<String, ModelStoreError> {
+        let name = match name {
+            Some(name) => name.to_owned(),
+            None => dir.file_name().and_then(|name| name.to_str()).unwrap_or_default().to_owned(),
+        };
+        check_name(&name)?;
+        let read = |file: &str| {
+            std::fs::read(dir.join(file))
+                .map_err(|error| ModelStoreError::Cache { path: dir.join(file), message: error.to_string() })
+        };
+        let files: Vec<(&str, Vec<u8>)> = if dir.join("task.json").is_file() {
+            let task = read("task.json")?;
+            TaskDefinition::parse(&name, &task)?;
+            vec![("task.json", task)]
+        } else {
+            load_local_model(dir)?;
+            let mut files = vec![("model.onnx", read("model.onnx")?)];
+            if dir.join(IMPORT_FACTS).is_file() {
+                files.push((IMPORT_FACTS, read(IMPORT_FACTS)?));
+            }
+            files.push(("card.json", read("card.json")?));
+            files
+        };
+        for (file, bytes) in files {
+            let key = model_key(&name, file)?;
+            let size = bytes.len() as u64;
+            let stored = self
+                .objects
+                .put(&key, bytes, &Default::default())
+                .await
+                .map_err(|source| ModelStoreError::Store { name: name.clone(), source })?;
+            if stored.size != size {
+                return Err(ModelStoreError::Store {
+                    name: name.clone(),
+                    source: PortError::Invalid {
+                        backend: "object store",
+                        message: format!("{key} was stored with {} bytes, not {size}", stored.size),
+                    },
+                });
+            }
+        }
+        info!(model = %name, "model pushed");
+        Ok(name)
+    }
+
+    /// Every model and task in the store, by name.
+    pub async fn list(&self) -> Result<Vec<StoredModel>, ModelStoreError> {
+        let objects = self
+            .objects
+            .list(MODELS_PREFIX)
+            .await
+            .map_err(|source| ModelStoreError::Store { name: "*".to_owned(), source })?;
+        let mut models: BTreeMap<String, StoredModel> = BTreeMap::new();
+        for object in objects {
+            let Some((name, file)) =
+                object.key.as_str().strip_prefix(MODELS_PREFIX).and_then(|rest| rest.split_once('/'))
+            else {
+                continue;
+            };
+            let entry = models.entry(name.to_owned()).or_insert_with(|| StoredModel {
+                name: name.to_owned(),
+                files: BTreeMap::new(),
+                onnx_sha256: None,
+                kind: None,
+            });
+            entry.files.insert(file.to_owned(), object.size);
+        }
+        for model in models.values_mut() {
+            model.kind = match self.resolve(&model.name).await {
+                Ok(Some(ResolvedModel::Task(task))) => Some(format!("task of {} models", task.models.len())),
+                Ok(Some(ResolvedModel::Single(card))) => {
+                    model.onnx_sha256 = Some(card.onnx_sha256.clone());
+                    Some(format!("model, {} labels", card.labels.len()))
+                }
+                Ok(None) => None,
+                Err(error) => Some(format!("unusable: {error}")),
+            };
+        }
+        Ok(models.into_values().collect())
+    }
+
+    /// Removes `models/<name>/` whole; the number of objects removed (0: there was nothing).
+    pub async fn remove(&self, name: &str) -> Result<usize, ModelStoreError> {
+        check_name(name)?;
+        let store = |source| ModelStoreError::Store { name: name.to_owned(), source };
+        let objects = self.objects.list(&format!("{MODELS_PREFIX}{name}/")).await.map_err(store)?;
+        for object in &objects {
+            self.objects.delete(&object.key).await.map_err(store)?;
+        }
+        Ok(objects.len())
+    }
+
     async fn get_if_present(&self, name: &str, file: &str) -> Result<Option<Vec<u8>>, ModelStoreError> {
-        let key = ObjectKey::parse(&format!("models/{name}/{file}"))
-            .map_err(|_| ModelStoreError::InvalidName(name.to_owned()))?;
+        let key = model_key(name, file)?;
         match self.objects.get(&key).await {
             Ok(bytes) => Ok(Some(bytes)),
             Err(PortError::NotFound(_)) => Ok(None),
@@ -150,6 +262,11 @@ pub fn load_local_model(dir: &Path) -> Result<LocalModel, ModelStoreError> {
         return Err(ModelStoreError::ChecksumMismatch { name, expected: card.onnx_sha256.clone(), actual });
     }
     Ok(LocalModel { card, onnx_path })
+}
+
+fn model_key(name: &str, file: &str) -> Result<ObjectKey, ModelStoreError> {
+    ObjectKey::parse(&format!("{MODELS_PREFIX}{name}/{file}"))
+        .map_err(|_| ModelStoreError::InvalidName(name.to_owned()))
 }
 
 /// Model names are single path segments: `[a-z0-9._-]`, not starting with '.'.

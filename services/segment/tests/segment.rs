@@ -207,6 +207,42 @@ async fn the_model_store_verifies_caches_and_names_what_is_missing() {
 }
 
 #[tokio::test]
+async fn models_and_tasks_are_pushed_listed_and_removed() {
+    let root = tempfile::tempdir().unwrap();
+    let store = store_with_models(root.path(), &[]).await;
+    let models = ModelStore::new(Arc::clone(&store), root.path().join("cache"));
+    assert_eq!(models.push(&models_dir().join("tiny-threshold"), None).await.unwrap(), "tiny-threshold");
+    assert_eq!(models.push(&models_dir().join("tiny-random-a"), Some("renamed")).await.unwrap(), "renamed");
+    assert_eq!(models.push(&models_dir().join("tiny-merge"), None).await.unwrap(), "tiny-merge");
+    // What was pushed runs: fetched and checked against its card.
+    assert_eq!(models.fetch("renamed").await.unwrap().card.name, "renamed");
+    let listed = models.list().await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|model| model.name.as_str()).collect();
+    assert_eq!(names, ["renamed", "tiny-merge", "tiny-threshold"]);
+    assert_eq!(listed[1].kind.as_deref(), Some("task of 2 models"));
+    assert!(listed[2].kind.as_deref().is_some_and(|kind| kind.starts_with("model, ")), "{:?}", listed[2].kind);
+    assert_eq!(listed[2].files.keys().map(String::as_str).collect::<Vec<_>>(), ["card.json", "model.onnx"]);
+    assert_eq!(listed[2].onnx_sha256.as_deref().map(str::len), Some(64));
+
+    // A model whose network does not match its card is refused before anything is stored.
+    let corrupt = root.path().join("corrupt");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    std::fs::copy(models_dir().join("tiny-threshold/card.json"), corrupt.join("card.json")).unwrap();
+    std::fs::write(corrupt.join("model.onnx"), b"not the network").unwrap();
+    assert_eq!(models.push(&corrupt, None).await.unwrap_err().code(), ErrorCode::ModelChecksumMismatch);
+    assert_eq!(
+        models.push(&models_dir().join("tiny-threshold"), Some("Bad/Name")).await.unwrap_err().code(),
+        ErrorCode::InvalidOption
+    );
+    assert!(models.list().await.unwrap().iter().all(|model| model.name != "corrupt"));
+
+    assert_eq!(models.remove("tiny-threshold").await.unwrap(), 2);
+    assert_eq!(models.resolve("tiny-threshold").await.unwrap(), None);
+    assert_eq!(models.remove("tiny-threshold").await.unwrap(), 0, "removing what is gone removes nothing");
+    assert_eq!(models.list().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
 async fn the_default_model_falls_back_to_classical_and_a_requested_one_must_exist() {
     let root = tempfile::tempdir().unwrap();
     let config = iris_core::config::IrisConfig::from_lookup(|name| match name {

@@ -55,6 +55,15 @@ pub async fn object_store_contract(store: &dyn ObjectStore) {
     let missing = key("contract/missing");
     assert!(matches!(store.get(&missing).await, Err(PortError::NotFound(_))), "get of a missing object is NotFound");
     assert!(store.head(&missing).await.expect("head").is_none());
+
+    store.delete(&key("contract/b/z")).await.expect("delete");
+    assert!(matches!(store.get(&key("contract/b/z")).await, Err(PortError::NotFound(_))), "a deleted object is gone");
+    assert!(store.head(&key("contract/b/z")).await.expect("head").is_none());
+    assert!(store.list("contract/b/").await.expect("list").is_empty(), "a deleted object is not listed");
+    store.delete(&missing).await.expect("deleting a missing object is not an error");
+    let kept: Vec<String> =
+        store.list("contract/").await.expect("list").into_iter().map(|o| o.key.to_string()).collect();
+    assert_eq!(kept.len(), 4, "deleting one object leaves the others: {kept:?}");
 }
 
 /// Send, receive, visibility timeout, redelivery, stale receipts, heartbeats, dead-lettering and the

@@ -41,6 +41,8 @@ pub trait ObjectStore: Send + Sync {
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectInfo>, PortError>;
     /// Objects whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, PortError>;
+    /// Removes the object; removing one that does not exist is not an error (as S3's DeleteObject).
+    async fn delete(&self, key: &ObjectKey) -> Result<(), PortError>;
 }
 
 /// Opaque handle of one delivery of a message; only the latest delivery's handle acks it.

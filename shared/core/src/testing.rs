@@ -1,5 +1,5 @@
 //! What tests share across crates: their prerequisites. A test that needs something a bare
-//! `cargo test` does not have (a moto server, ONNX Runtime, the service binaries, the `../shared`
+//! `cargo test` does not have (a moto server, ONNX Runtime, nnU-Net's Python, the service binaries, the `../shared`
 //! data kit) asks for it here; when it is missing the test prints `SKIPPED <test>: <why>` (even
 //! under the harness's output capture) and passes, except that `IRIS_TEST_STRICT=1` (set by
 //! `scripts/test.sh`, which provides moto, ONNX Runtime and the binaries) turns a missing moto,
@@ -15,6 +15,8 @@ pub enum Prerequisite {
     Moto,
     /// ONNX Runtime's library and the reference's Python (the ONNX venv).
     OnnxRuntime,
+    /// nnU-Net v2 and PyTorch (the nnU-Net venv), for the model importer and nnU-Net's predictor.
+    Nnunet,
     /// The workspace's binaries, built (`cargo build --workspace --bins`).
     Binaries,
     /// `../shared/data/totalseg`, the real CT beside the repository.
@@ -26,6 +28,7 @@ impl Prerequisite {
         match self {
             Prerequisite::Moto => "run scripts/test.sh, or `export IRIS_MOTO_URL=$(scripts/moto.sh start)`",
             Prerequisite::OnnxRuntime => "run scripts/test.sh, or `scripts/onnx-env.sh install`",
+            Prerequisite::Nnunet => "run scripts/test.sh, or `scripts/nnunet-env.sh install`",
             Prerequisite::Binaries => "run scripts/test.sh, or `cargo build --workspace --bins` first",
             Prerequisite::SharedData => "the ../shared kit is not beside the repository",
         }

@@ -15,6 +15,7 @@
 //! back to the canonical grid) follow.
 
 mod accumulator;
+mod logits;
 mod mirroring;
 mod pipelined;
 mod plan;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use iris_volume::volume::Volume;
 
+pub use logits::{ModelGridLogits, run_sliding_window_logits};
 pub use plan::{gaussian_importance_map, mirror_combinations, resampled_length, tile_grid, tile_starts};
 
 use accumulator::{Accumulator, nearest_to_canonical};

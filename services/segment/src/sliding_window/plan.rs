@@ -85,16 +85,20 @@ pub fn tile_starts(length: usize, patch: usize, tile_step: f64) -> Vec<usize> {
     (0..count).map(|index| (actual * index as f64).round_ties_even() as usize).collect()
 }
 
-/// The Gaussian importance map of a patch (z, y, x order, x fastest): nnU-Net's
-/// `compute_gaussian` with σ = patch / 8, maximum 1 at the centre, zeros replaced by the smallest
-/// non-zero value.
+/// nnU-Net's `value_scaling_factor`: the map's maximum, before it is rounded to half precision.
+pub const GAUSSIAN_SCALE: f64 = 10.0;
+
+/// The Gaussian importance map of a patch (z, y, x order, x fastest), exactly as nnU-Net v2's
+/// `compute_gaussian(patch, sigma_scale=1/8, value_scaling_factor=10)` makes it: σ = patch / 8,
+/// scaled to a maximum of 10 at the centre, rounded to float16 (its default dtype; far corners of
+/// large patches underflow to 0), zeros replaced by the smallest non-zero value.
 pub fn gaussian_importance_map(patch: [usize; 3]) -> Vec<f32> {
     let axis: [Vec<f64>; 3] = std::array::from_fn(|a| gaussian_axis(patch[a]));
     let mut map = Vec::with_capacity(patch.iter().product());
     for z in 0..patch[0] {
         for y in 0..patch[1] {
             let zy = axis[0][z] * axis[1][y];
-            map.extend(axis[2].iter().map(|x| (zy * x) as f32));
+            map.extend(axis[2].iter().map(|x| half::f16::from_f64(zy * x * GAUSSIAN_SCALE).to_f32()));
         }
     }
     let smallest = map.iter().copied().filter(|value| *value > 0.0).fold(f32::INFINITY, f32::min);
@@ -145,8 +149,9 @@ impl PaddedGrid {
         PaddedGrid { model, dims, before }
     }
 
-    pub(super) fn crop(&self, padded: &[u8]) -> Vec<u8> {
-        let [pz, py, px] = self.dims;
+    /// The model grid's values out of the padded grid's.
+    pub(super) fn crop<T: Copy>(&self, padded: &[T]) -> Vec<T> {
+        let [_, py, px] = self.dims;
         let [mz, my, mx] = self.model;
         let mut out = Vec::with_capacity(mz * my * mx);
         for z in 0..mz {
@@ -156,7 +161,6 @@ impl PaddedGrid {
             }
         }
         debug_assert_eq!(out.len(), mz * my * mx);
-        let _ = pz;
         out
     }
 }

@@ -20,23 +20,27 @@ fn tile_starts_follow_nnunet() {
 #[test]
 fn gaussian_map_matches_hand_values() {
     let map = gaussian_importance_map([8, 8, 8]);
-    // σ = 1, centre 4, radius 4: g(d) = exp(−d²/2).
+    // σ = 1, centre 4, radius 4: g(d) = 10 · exp(−d²/2), rounded to float16.
+    let half = |value: f64| half::f16::from_f64(10.0 * value).to_f32();
     let at = |z: usize, y: usize, x: usize| map[(z * 8 + y) * 8 + x];
-    assert_eq!(at(4, 4, 4), 1.0);
-    assert_eq!(at(4, 4, 5), (-0.5f64).exp() as f32);
-    assert_eq!(at(3, 4, 6), ((-0.5f64).exp() * (-2.0f64).exp()) as f32);
-    assert_eq!(at(0, 0, 0), ((-8.0f64).exp().powi(3)) as f32);
-    assert!(map.iter().all(|value| *value > 0.0 && *value <= 1.0));
+    assert_eq!(at(4, 4, 4), 10.0);
+    assert_eq!(at(4, 4, 5), half((-0.5f64).exp()));
+    assert_eq!(at(3, 4, 6), half((-0.5f64).exp() * (-2.0f64).exp()));
+    // 10 · e^−24 is under float16's smallest subnormal (2^−24): 0, replaced by the smallest value.
+    let smallest = map.iter().copied().filter(|value| *value > 0.0).fold(f32::INFINITY, f32::min);
+    assert_eq!(at(0, 0, 0), smallest);
+    assert!(map.iter().all(|value| *value > 0.0 && *value <= 10.0));
 }
 
 #[test]
 fn gaussian_truncation_reaches_the_patch_edge() {
     // σ = p/8 and radius floor(4σ + 0.5) ≥ p/2: scipy's truncation never cuts inside a patch,
-    // so no zero has to be replaced (nnU-Net's replacement step is a no-op for σ = p/8).
-    let edge = (-8.0f64).exp();
-    let side = (-2.0f64).exp();
-    assert_eq!(gaussian_importance_map([1, 1, 4]), vec![edge as f32, side as f32, 1.0, side as f32]);
-    assert_eq!(gaussian_importance_map([1, 1, 2]), vec![edge as f32, 1.0]);
+    // so only float16 underflow can make a zero.
+    let half = |value: f64| half::f16::from_f64(10.0 * value).to_f32();
+    let edge = half((-8.0f64).exp());
+    let side = half((-2.0f64).exp());
+    assert_eq!(gaussian_importance_map([1, 1, 4]), vec![edge, side, 10.0, side]);
+    assert_eq!(gaussian_importance_map([1, 1, 2]), vec![edge, 10.0]);
     assert!(gaussian_importance_map([5, 7, 9]).iter().all(|value| *value > 0.0));
 }
 
@@ -128,6 +132,40 @@ fn window_reproduces_a_pointwise_model(accelerator: bool) {
     assert_eq!(output.report.tiles, 7 * 3);
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 21);
     assert_eq!(output.report.network_runs, 7 * 4);
+}
+
+#[test]
+fn the_logits_of_a_pointwise_model_are_its_own_output_at_every_voxel() {
+    // The weighted mean of a pointwise model's logits over every tile covering a voxel is the
+    // model's output for that voxel: the normalised input, +x for channel 1 and −x for channel 0.
+    let dims = [7, 5, 23];
+    let voxels: Vec<i16> = (0..dims.iter().product::<usize>()).map(|i| ((i * 7919) % 1500) as i16 - 750).collect();
+    let ct = Volume::new(dims, iris_volume::volume::Affine::identity(), voxels.clone()).unwrap();
+    let settings = WindowSettings {
+        spacing_mm: [1.0, 1.0, 1.0],
+        patch: [6, 8, 4],
+        tile_step: 0.5,
+        mirror_axes: vec![2],
+        batch_size: 2,
+        batch_is_fixed: false,
+        channels: 2,
+        normalization: CtNormalization { clip_low: -1000.0, clip_high: 1000.0, mean: 0.0, std: 100.0 },
+    };
+    let mut engine = PointwiseSign { channels: 2, patch_len: 6 * 8 * 4, accelerator: false };
+    let logits = run_sliding_window_logits(&ct, &settings, &mut engine).unwrap();
+    assert_eq!((logits.channels, logits.grid), (2, [23, 5, 7]));
+    let voxel_count = voxels.len();
+    for (index, hu) in voxels.iter().enumerate() {
+        let expected = f32::from(*hu) / 100.0;
+        let [positive, negative] = [logits.values[voxel_count + index], logits.values[index]];
+        assert!((positive - expected).abs() < 1e-4, "voxel {index}: {positive} for {expected}");
+        assert!((negative + expected).abs() < 1e-4, "voxel {index}: {negative} for {}", -expected);
+    }
+    // The labelling path's argmax is the argmax of these means.
+    let labels = run_sliding_window(&ct, &settings, &mut engine, &|_, _| {}).unwrap().labels;
+    let argmax: Vec<u8> =
+        (0..voxel_count).map(|i| u8::from(logits.values[voxel_count + i] > logits.values[i])).collect();
+    assert_eq!(labels, argmax);
 }
 
 #[test]
