@@ -2,6 +2,7 @@
 //! and on moto, plus the crate graph's invariants. One test binary, grouped by area:
 //!
 //! - `architecture`: what each crate may link (`cargo tree`);
+//! - `models`: TotalSegmentator's weights imported and pushed with `iris model`, run by `iris process`;
 //! - `pipeline`: every stage in one process, geometry, bad inputs, duplicates;
 //! - `websocket`: notifications to real WebSocket clients, event schemas;
 //! - `processes`: `iris` and the service binaries as processes (kills, one per service, inbox);
@@ -12,6 +13,7 @@
 //! Runtime, moto or the service binaries skip too, unless `IRIS_TEST_STRICT=1` (`scripts/test.sh`).
 
 mod architecture;
+mod models;
 mod on_moto;
 mod phi;
 mod pipeline;

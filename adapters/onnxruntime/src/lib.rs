@@ -7,7 +7,6 @@
 //! loaded, the error says why and segment falls back or fails. Sessions are built once per model
 //! checksum and shared between jobs.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -23,13 +22,19 @@ use tracing::{info, warn};
 /// The ONNX Runtime release the project installs (`scripts/onnx-env.sh install`).
 pub const ONNX_RUNTIME_VERSION: &str = "1.31.1";
 
-/// A loaded ONNX Runtime and the sessions made with it, one per model checksum.
+/// A loaded ONNX Runtime and the session of the model it ran last.
+///
+/// Only that one session is kept: a session holds its network's weights and an arena sized to its
+/// largest activations (gigabytes for TotalSegmentator's networks), so keeping every model's would
+/// make a five-model task hold five arenas at once. The next job of the same model reuses it; a
+/// task's models are loaded in turn, each freed before the next is built, so memory follows the
+/// largest model, not the number of models.
 pub struct OnnxRuntime {
     environment: ort::environment::Environment,
     pub library: PathBuf,
     device: DeviceChoice,
     threads: usize,
-    sessions: Mutex<HashMap<String, Arc<Mutex<LoadedSession>>>>,
+    last: Mutex<Option<(String, Arc<Mutex<LoadedSession>>)>>,
 }
 
 /// A session and what it was built for.
@@ -114,19 +119,24 @@ fn load(settings: &SegmentSettings) -> Result<OnnxRuntime, RuntimeError> {
         library,
         device: settings.device,
         threads: settings.onnx_threads,
-        sessions: Mutex::new(HashMap::new()),
+        last: Mutex::new(None),
     })
 }
 
 impl OnnxRuntime {
-    /// The session of the model file `path` whose checksum is `sha256`, built once and shared.
+    /// The session of the model file `path` whose checksum is `sha256`: the kept one when it is
+    /// that model's, else a new one, which replaces it (the old session is released first, so the
+    /// two never hold memory together unless a caller still holds the old one).
     pub fn session(&self, sha256: &str, path: &Path) -> Result<Arc<Mutex<LoadedSession>>, RuntimeError> {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(session) = sessions.get(sha256) {
+        let mut last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((kept, session)) = last.as_ref()
+            && kept == sha256
+        {
             return Ok(Arc::clone(session));
         }
+        *last = None;
         let session = Arc::new(Mutex::new(self.build_session(path)?));
-        sessions.insert(sha256.to_owned(), Arc::clone(&session));
+        *last = Some((sha256.to_owned(), Arc::clone(&session)));
         Ok(session)
     }
 
