@@ -89,6 +89,11 @@ fn notify_and_its_lambda_link_neither_sqlite_nor_the_volume_code() {
 fn each_adapter_family_stands_alone_and_only_the_wiring_crate_knows_both() {
     assert_eq!(offending(&linked("iris-aws"), &["iris-embedded", "rusqlite", "ort"]), Vec::<String>::new());
     assert_eq!(offending(&linked("iris-embedded"), &["iris-aws", "aws-sdk-*", "ort"]), Vec::<String>::new());
+    let nnunet = linked("iris-nnunet");
+    assert_eq!(
+        offending(&nnunet, &["iris-aws", "iris-embedded", "aws-sdk-*", "rusqlite", "ort"]),
+        Vec::<String>::new()
+    );
     let onnx = linked("iris-onnxruntime");
     assert_eq!(offending(&onnx, &["iris-aws", "iris-embedded", "aws-sdk-*", "rusqlite"]), Vec::<String>::new());
     let wiring = linked("iris-backends");
