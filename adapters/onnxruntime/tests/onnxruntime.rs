@@ -223,24 +223,3 @@ fn five_part_merge_remaps_each_parts_ids_in_order() {
     assert!(ids.is_subset(&BTreeSet::from([0, 10, 11, 20, 21, 30, 32, 41, 52])), "{ids:?}");
     assert!(ids.len() >= 6, "most parts show through: {ids:?}");
 }
-
-/// Only the last model's session is kept: the same model is served by the same session, and
-/// loading another releases the first (a five-model task never holds five networks' memory).
-#[test]
-fn the_runtime_keeps_only_the_last_models_session() {
-    const TEST: &str = "the_runtime_keeps_only_the_last_models_session";
-    let Some(runtime) = runtime(TEST) else { return };
-    let loaded = runtime.loaded().unwrap();
-    let model = |name: &str| {
-        let plan = load_local_plan(&models_dir().join(name), &SegmentOptions::default()).unwrap();
-        plan.models[0].0.clone()
-    };
-    let (a, b) = (model("tiny-random-a"), model("tiny-random-b"));
-    let first = loaded.session(&a.card.onnx_sha256, &a.onnx_path).unwrap();
-    let again = loaded.session(&a.card.onnx_sha256, &a.onnx_path).unwrap();
-    assert!(std::sync::Arc::ptr_eq(&first, &again), "the same model reuses its session");
-    let released = std::sync::Arc::downgrade(&first);
-    drop((first, again));
-    let _other = loaded.session(&b.card.onnx_sha256, &b.onnx_path).unwrap();
-    assert!(released.upgrade().is_none(), "loading another model released the first one's session");
-}
