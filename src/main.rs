@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use iris::commands::{self, ProcessOptions};
 use iris_core::config::IrisConfig;
 use iris_core::ids::UserId;
+use iris_segment::sliding_window::Resampling;
 
 #[derive(Debug, Parser)]
 #[command(name = "iris", version, about = "CT scans to labelled segmentations and 3D surface meshes", long_about = None)]
@@ -194,6 +195,10 @@ enum ImportSource {
         /// Tiles per network run.
         #[arg(long, default_value_t = 1)]
         batch_size: usize,
+        /// The resampling around the network: half_pixel (iris's own) or totalsegmentator (the CT
+        /// zoomed in HU as TotalSegmentator's change_spacing does, for models run behind it).
+        #[arg(long, default_value = "half_pixel", value_parser = parse_resampling)]
+        resampling: Resampling,
         /// Also push it into the object store.
         #[arg(long)]
         push: bool,
@@ -311,12 +316,19 @@ async fn dispatch(command: Command, config: IrisConfig) -> anyhow::Result<ExitCo
     }
 }
 
+fn parse_resampling(text: &str) -> Result<Resampling, String> {
+    Resampling::parse(text).ok_or_else(|| {
+        format!("'{text}': {} or {}", Resampling::HalfPixel.as_str(), Resampling::TotalSegmentator.as_str())
+    })
+}
+
 async fn model_command(config: &IrisConfig, command: ModelCommand) -> anyhow::Result<ExitCode> {
     match command {
         ModelCommand::Import {
-            source: ImportSource::Nnunet { folder, out, name, folds, checkpoint, tile_step, batch_size, push },
+            source:
+                ImportSource::Nnunet { folder, out, name, folds, checkpoint, tile_step, batch_size, resampling, push },
         } => {
-            let options = iris_nnunet::ImportOptions { name, folds, checkpoint, tile_step, batch_size };
+            let options = iris_nnunet::ImportOptions { name, folds, checkpoint, tile_step, batch_size, resampling };
             iris::models::import_nnunet(config, &folder, &out, &options, push).await
         }
         ModelCommand::Import { source: ImportSource::Totalsegmentator { weights, out, push } } => {

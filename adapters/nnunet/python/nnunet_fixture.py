@@ -22,6 +22,12 @@ own predictions to compare iris with.
         OUT_PREFIX.logits.f32 (float32, [classes, z, y, x], C order), OUT_PREFIX.labels.u8 (argmax)
         and OUT_PREFIX.json (shapes, the crop's bounding box, timings); with --float32-accumulation
         also OUT_PREFIX.logits32.f32, the same predictor accumulating in float32.
+
+    python nnunet_fixture.py zoom CT.nii.gz OUT_PREFIX --spacing X Y Z
+        TotalSegmentator's resampling around nnU-Net (its change_spacing: scipy.ndimage.zoom) on a
+        canonical CT: OUT_PREFIX.hu.i32 (the CT at the spacing, order 1, truncated to int32),
+        OUT_PREFIX.labels.u8 (a deterministic label volume on that grid) and OUT_PREFIX.back.u8
+        (those labels zoomed back to the CT's shape, order 0); all (z, y, x), x fastest.
 """
 
 import argparse
@@ -279,6 +285,31 @@ def command_predict(args):
         }, out, indent=1)
 
 
+def command_zoom(args):
+    """TotalSegmentator's change_spacing around nnU-Net, on `ct`: its input zoom (scipy, order 1,
+    mode nearest, float64 data truncated to int32) to `spacing` (x y z mm), and its label zoom
+    (order 0) of a deterministic label volume on that grid back to the CT's shape. Arrays are
+    written (z, y, x), x fastest, as iris lays them out."""
+    import nibabel as nib
+    import numpy as np
+    from scipy import ndimage
+
+    image = nib.load(args.ct)
+    if nib.aff2axcodes(image.affine) != ("R", "A", "S"):
+        raise SystemExit(f"{args.ct} is not in canonical RAS orientation")
+    data = image.get_fdata()
+    zoom = np.array(image.header.get_zooms()[:3]) / np.array(args.spacing)
+    zoomed = ndimage.zoom(data, zoom, order=1, mode="nearest").astype(np.int32)
+    np.ascontiguousarray(zoomed.transpose(2, 1, 0)).tofile(args.out_prefix + ".hu.i32")
+    labels = (np.arange(zoomed.size, dtype=np.int64) * 7919 % 251).astype(np.uint8).reshape(zoomed.shape)
+    np.ascontiguousarray(labels.transpose(2, 1, 0)).tofile(args.out_prefix + ".labels.u8")
+    back = ndimage.zoom(labels.astype(np.float64), np.array(data.shape) / np.array(labels.shape), order=0,
+                        mode="nearest").astype(np.uint8)
+    assert back.shape == data.shape, (back.shape, data.shape)
+    np.ascontiguousarray(back.transpose(2, 1, 0)).tofile(args.out_prefix + ".back.u8")
+    print(json.dumps({"zoomed_xyz": list(zoomed.shape)}))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -311,6 +342,11 @@ def main():
     predict.add_argument("--float32-accumulation", action="store_true",
                          help="also write OUT_PREFIX.logits32.f32: the predictor with float32 accumulators")
     predict.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    zoom = commands.add_parser("zoom", help=command_zoom.__doc__)
+    zoom.add_argument("ct")
+    zoom.add_argument("out_prefix")
+    zoom.add_argument("--spacing", type=float, nargs=3, required=True)
+    zoom.set_defaults(run=command_zoom)
     predict.set_defaults(run=command_predict)
     args = parser.parse_args()
     args.run(args)

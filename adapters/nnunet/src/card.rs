@@ -69,6 +69,7 @@ pub fn card_json(
         "patch_size": facts.patch_size_zyx,
         "tile_step": options.tile_step,
         "mirror_axes": facts.mirror_axes_zyx,
+        "resampling": options.resampling.as_str(),
         "batch_size": options.batch_size,
         "normalization": {
             "scheme": "ct",

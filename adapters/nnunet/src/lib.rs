@@ -17,6 +17,7 @@ mod totalsegmentator;
 use std::path::{Path, PathBuf};
 
 use iris_segment::card::{CardError, ModelCard};
+use iris_segment::sliding_window::Resampling;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -37,6 +38,8 @@ pub struct ImportOptions {
     pub tile_step: f64,
     /// Tiles per network run.
     pub batch_size: usize,
+    /// The resampling chain the model expects around it (TotalSegmentator's for its models).
+    pub resampling: Resampling,
 }
 
 impl Default for ImportOptions {
@@ -47,6 +50,7 @@ impl Default for ImportOptions {
             checkpoint: "checkpoint_final.pth".to_owned(),
             tile_step: 0.5,
             batch_size: 1,
+            resampling: Resampling::HalfPixel,
         }
     }
 }

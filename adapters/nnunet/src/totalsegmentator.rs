@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use iris_segment::card::TaskDefinition;
+use iris_segment::sliding_window::Resampling;
 
 use crate::{ImportError, ImportOptions, ImportedModel, NnunetPython, import_nnunet};
 
@@ -77,6 +78,7 @@ pub fn import_totalsegmentator(
             name: Some(name.to_owned()),
             folds: Some(vec!["0".to_owned()]),
             tile_step: TILE_STEP,
+            resampling: Resampling::TotalSegmentator,
             ..ImportOptions::default()
         };
         let model = import_nnunet(&model_folder, out_root, &options, python)?;

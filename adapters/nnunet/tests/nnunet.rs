@@ -17,6 +17,9 @@ use std::process::Command;
 
 use iris_core::testing::{self, Prerequisite};
 use iris_nnunet::{ImportError, ImportOptions, NnunetPython, import_nnunet};
+use iris_segment::sliding_window::{
+    Resampling, zoom_hounsfield_like_totalsegmentator, zoom_labels_like_totalsegmentator, zoomed_length,
+};
 
 fn repo_root() -> PathBuf {
     testing::repository_root(env!("CARGO_MANIFEST_DIR"))
@@ -249,6 +252,8 @@ mod parity {
 }
 
 mod totalsegmentator {
+    use iris_segment::decode_canonical;
+
     use super::*;
 
     /// The weights folder as TotalSegmentator lays it out (old plans format, its trainers, its
@@ -268,6 +273,7 @@ mod totalsegmentator {
         assert_eq!(imported.task.fast_models.len(), 1);
         for model in &imported.models {
             assert_eq!(model.card.window.tile_step, 0.8, "{}", model.card.name);
+            assert_eq!(model.card.window.resampling, Resampling::TotalSegmentator, "{}", model.card.name);
             assert!(
                 model.card.window.mirror_axes.is_empty(),
                 "{}: TotalSegmentator's trainers do not mirror",
@@ -290,6 +296,47 @@ mod totalsegmentator {
                 assert!(reason.contains("milt") && reason.contains("spleen"), "{reason}")
             }
             other => panic!("a renamed class was not refused: {other:?}"),
+        }
+    }
+
+    /// iris's `totalsegmentator` resampling gives the array TotalSegmentator's `change_spacing`
+    /// gives (scipy's zoom, run here), integer for integer, to the models' 1.5 mm and to an
+    /// anisotropic spacing with uneven ratios; and its labels come back to the CT's grid as
+    /// scipy's order-0 zoom brings them.
+    #[test]
+    fn iris_resamples_the_ct_and_labels_as_totalsegmentator_does() {
+        const TEST: &str = "iris_resamples_the_ct_and_labels_as_totalsegmentator_does";
+        let Some(ct_path) = testing::shared_data(TEST, env!("CARGO_MANIFEST_DIR"), "example_ct_sm.nii.gz") else {
+            return;
+        };
+        let Some(python) = python(TEST) else { return };
+        let ct = decode_canonical(&std::fs::read(&ct_path).unwrap(), u64::MAX).unwrap();
+        let work = tempfile::tempdir().unwrap();
+        for (index, spacing_xyz) in [[1.5, 1.5, 1.5], [1.3, 2.2, 0.9]].into_iter().enumerate() {
+            let prefix = work.path().join(format!("zoom{index}"));
+            let arguments = [spacing_xyz[0].to_string(), spacing_xyz[1].to_string(), spacing_xyz[2].to_string()];
+            let mut command = vec!["zoom", ct_path.to_str().unwrap(), prefix.to_str().unwrap(), "--spacing"];
+            command.extend(arguments.iter().map(String::as_str));
+            fixture(&python, &command);
+            let [nx, ny, nz] = ct.dims();
+            let spacing = ct.spacing();
+            let model = [
+                zoomed_length(nz, spacing[2], spacing_xyz[2]),
+                zoomed_length(ny, spacing[1], spacing_xyz[1]),
+                zoomed_length(nx, spacing[0], spacing_xyz[0]),
+            ];
+            let scipy: Vec<i32> = std::fs::read(prefix.with_extension("hu.i32"))
+                .unwrap()
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            assert_eq!(scipy.len(), model.iter().product::<usize>(), "grid {model:?} at {spacing_xyz:?}");
+            let iris = zoom_hounsfield_like_totalsegmentator(&ct, model);
+            let differing = iris.iter().zip(&scipy).filter(|(a, b)| a != b).count();
+            assert_eq!(differing, 0, "{differing} of {} voxels differ from scipy at {spacing_xyz:?}", iris.len());
+            let labels = std::fs::read(prefix.with_extension("labels.u8")).unwrap();
+            let back = std::fs::read(prefix.with_extension("back.u8")).unwrap();
+            assert_eq!(zoom_labels_like_totalsegmentator(&labels, model, [nx, ny, nz]), back, "{spacing_xyz:?}");
         }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use iris_core::labels::{LabelDescription, LabelTable, fallback_label};
 use serde::Deserialize;
 
-use crate::sliding_window::{CtNormalization, WindowSettings};
+use crate::sliding_window::{CtNormalization, Resampling, WindowSettings};
 
 pub const CARD_FORMAT_VERSION: u32 = 1;
 pub const TASK_FORMAT_VERSION: u32 = 1;
@@ -95,6 +95,16 @@ impl ModelCard {
         if !usable {
             return Err(invalid("normalization needs clip_hu [low, high] with low < high and std > 0".to_owned()));
         }
+        let resampling = match raw.resampling.as_deref() {
+            None => Resampling::default(),
+            Some(text) => Resampling::parse(text).ok_or_else(|| {
+                invalid(format!(
+                    "resampling '{text}' is not supported (\"{}\" or \"{}\")",
+                    Resampling::HalfPixel.as_str(),
+                    Resampling::TotalSegmentator.as_str()
+                ))
+            })?,
+        };
         let labels = label_names(&raw.labels).map_err(invalid)?;
         let channels = usize::from(*labels.keys().next_back().unwrap_or(&0)) + 1;
         if channels < 2 {
@@ -118,6 +128,7 @@ impl ModelCard {
                     mean: norm.mean,
                     std: norm.std,
                 },
+                resampling,
             },
             labels,
             ct_only: raw.ct_only,
@@ -244,6 +255,8 @@ struct RawCard {
     tile_step: f64,
     #[serde(default)]
     mirror_axes: Vec<usize>,
+    #[serde(default)]
+    resampling: Option<String>,
     #[serde(default = "one")]
     batch_size: usize,
     normalization: RawNormalization,

@@ -12,6 +12,7 @@ use iris_core::ports::{ObjectMetadata, ObjectStore};
 use iris_core::{ErrorCode, testing};
 use iris_segment::card::{ModelCard, TaskDefinition};
 use iris_segment::model_store::load_local_model;
+use iris_segment::sliding_window::Resampling;
 use iris_segment::{
     LocalModel, ModelStore, ModelStoreError, Network, NetworkRuntime, NoNetworkRuntime, RuntimeError, SegmentError,
     SegmentOptions, Segmenter, TaskPlan, decode_canonical, segment_classical,
@@ -62,6 +63,9 @@ fn committed_cards_parse_into_window_settings() {
     assert_eq!(card.window.mirror_axes, vec![0, 2]);
     assert_eq!(card.window.channels, 3);
     assert_eq!(card.window.batch_size, 2);
+    assert_eq!(card.window.resampling, Resampling::HalfPixel, "a card without `resampling` keeps iris's own");
+    let totalseg = ModelCard::parse("m", &card_json(|c| c["resampling"] = "totalsegmentator".into())).unwrap();
+    assert_eq!(totalseg.window.resampling, Resampling::TotalSegmentator);
     assert_eq!(card.labels.get(&2).map(String::as_str), Some("organ_a2"));
     let task = TaskDefinition::parse("tiny-merge", &std::fs::read(models_dir().join("tiny-merge/task.json")).unwrap())
         .unwrap();
@@ -82,6 +86,7 @@ fn bad_cards_are_refused_with_the_reason() {
         ("mirror", card_json(|c| c["mirror_axes"] = serde_json::json!([0, 0])), "mirror_axes"),
         ("mirror axis", card_json(|c| c["mirror_axes"] = serde_json::json!([3])), "mirror_axes"),
         ("batch", card_json(|c| c["batch_size"] = 0.into()), "batch_size"),
+        ("resampling", card_json(|c| c["resampling"] = "cubic".into()), "resampling 'cubic'"),
         ("scheme", card_json(|c| c["normalization"]["scheme"] = "zscore".into()), "scheme"),
         ("std", card_json(|c| c["normalization"]["std"] = 0.0.into()), "std > 0"),
         ("clip", card_json(|c| c["normalization"]["clip_hu"] = serde_json::json!([100.0, -100.0])), "low < high"),

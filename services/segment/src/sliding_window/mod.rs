@@ -19,6 +19,7 @@ mod logits;
 mod mirroring;
 mod pipelined;
 mod plan;
+mod resampling;
 mod serial;
 
 use std::time::{Duration, Instant};
@@ -27,6 +28,9 @@ use iris_volume::volume::Volume;
 
 pub use logits::{ModelGridLogits, run_sliding_window_logits};
 pub use plan::{gaussian_importance_map, mirror_combinations, resampled_length, tile_grid, tile_starts};
+pub use resampling::{
+    Resampling, zoom_hounsfield_like_totalsegmentator, zoom_labels_like_totalsegmentator, zoomed_length,
+};
 
 use accumulator::{Accumulator, nearest_to_canonical};
 use plan::TilePlan;
@@ -47,6 +51,8 @@ pub struct WindowSettings {
     /// Output channels (local labels 0..channels, 0 = background); at most 256.
     pub channels: usize,
     pub normalization: CtNormalization,
+    /// How the CT reaches the model grid and the labels come back (`resampling` in the card).
+    pub resampling: Resampling,
 }
 
 /// CT normalisation: clip to `[clip_low, clip_high]` HU, then `(x − mean) / std`.
@@ -137,7 +143,10 @@ pub fn run_sliding_window(
         serial::run(&plan, settings, engine, progress)?
     };
     let model_labels = plan.padded.crop(&padded_labels);
-    let labels = nearest_to_canonical(&model_labels, plan.padded.model, ct.dims());
+    let labels = match settings.resampling {
+        Resampling::HalfPixel => nearest_to_canonical(&model_labels, plan.padded.model, ct.dims()),
+        Resampling::TotalSegmentator => zoom_labels_like_totalsegmentator(&model_labels, plan.padded.model, ct.dims()),
+    };
     Ok(WindowOutput {
         labels,
         report: WindowReport {

@@ -6,6 +6,7 @@ use iris_volume::volume::Volume;
 use rayon::prelude::*;
 
 use super::WindowSettings;
+use super::resampling::{Resampling, zoom_hounsfield_like_totalsegmentator, zoomed_length};
 
 /// Everything the strategies share for one model on one volume.
 pub(super) struct TilePlan {
@@ -27,10 +28,21 @@ impl TilePlan {
         let spacing = ct.spacing();
         let input_zyx = [canonical[2], canonical[1], canonical[0]];
         let spacing_zyx = [spacing[2], spacing[1], spacing[0]];
-        let model_grid: [usize; 3] =
-            std::array::from_fn(|a| resampled_length(input_zyx[a], spacing_zyx[a], settings.spacing_mm[a]));
-        let padded = PaddedGrid::new(model_grid, settings.patch);
-        let volume = normalise_resample_and_pad(ct, settings, &padded);
+        let padded;
+        let volume = match settings.resampling {
+            Resampling::HalfPixel => {
+                let model_grid: [usize; 3] =
+                    std::array::from_fn(|a| resampled_length(input_zyx[a], spacing_zyx[a], settings.spacing_mm[a]));
+                padded = PaddedGrid::new(model_grid, settings.patch);
+                normalise_resample_and_pad(ct, settings, &padded)
+            }
+            Resampling::TotalSegmentator => {
+                let model_grid: [usize; 3] =
+                    std::array::from_fn(|a| zoomed_length(input_zyx[a], spacing_zyx[a], settings.spacing_mm[a]));
+                padded = PaddedGrid::new(model_grid, settings.patch);
+                zoom_normalise_and_pad(ct, settings, &padded)
+            }
+        };
         let starts: [Vec<usize>; 3] =
             std::array::from_fn(|a| tile_starts(padded.dims[a], settings.patch[a], settings.tile_step));
         let patch_len: usize = settings.patch.iter().product();
@@ -228,6 +240,30 @@ fn normalise_resample_and_pad(ct: &Volume<i16>, settings: &WindowSettings, padde
             }
         }
     });
+    volume
+}
+
+/// Steps 1–3 as TotalSegmentator and nnU-Net do them: the CT zoomed in Hounsfield units and
+/// truncated to integers (TotalSegmentator's `change_spacing`), then, in float32, clipped, shifted
+/// and scaled (nnU-Net's `CTNormalization`: `np.clip(image, low, high)`, `image -= mean`,
+/// `image /= std`, each operand rounded to float32), placed in the zero-padded model grid.
+fn zoom_normalise_and_pad(ct: &Volume<i16>, settings: &WindowSettings, padded: &PaddedGrid) -> Vec<f32> {
+    let [mz, my, mx] = padded.model;
+    let [_, py, px] = padded.dims;
+    let zoomed = zoom_hounsfield_like_totalsegmentator(ct, padded.model);
+    let norm = settings.normalization;
+    let (low, high, mean, std) = (norm.clip_low as f32, norm.clip_high as f32, norm.mean as f32, norm.std as f32);
+    let mut volume: Vec<f32> = iris_volume::memory::large_zeroed_vec(padded.dims.iter().product());
+    volume.par_chunks_mut(py * px).skip(padded.before[0]).take(mz).zip(zoomed.par_chunks(my * mx)).for_each(
+        |(slice, source)| {
+            for (y, source_row) in source.chunks(mx).enumerate() {
+                let row = &mut slice[(y + padded.before[1]) * px + padded.before[2]..][..mx];
+                for (out, &hu) in row.iter_mut().zip(source_row) {
+                    *out = ((hu as f32).clamp(low, high) - mean) / std;
+                }
+            }
+        },
+    );
     volume
 }
 

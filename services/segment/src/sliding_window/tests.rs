@@ -117,6 +117,7 @@ fn window_reproduces_a_pointwise_model(accelerator: bool) {
         batch_is_fixed: true,
         channels: 2,
         normalization: CtNormalization { clip_low: -1000.0, clip_high: 1000.0, mean: 0.0, std: 100.0 },
+        resampling: Resampling::HalfPixel,
     };
     let mut engine = PointwiseSign { channels: 2, patch_len: 6 * 8 * 4, accelerator };
     let seen = std::sync::atomic::AtomicUsize::new(0);
@@ -150,6 +151,7 @@ fn the_logits_of_a_pointwise_model_are_its_own_output_at_every_voxel() {
         batch_is_fixed: false,
         channels: 2,
         normalization: CtNormalization { clip_low: -1000.0, clip_high: 1000.0, mean: 0.0, std: 100.0 },
+        resampling: Resampling::HalfPixel,
     };
     let mut engine = PointwiseSign { channels: 2, patch_len: 6 * 8 * 4, accelerator: false };
     let logits = run_sliding_window_logits(&ct, &settings, &mut engine).unwrap();
@@ -209,6 +211,7 @@ fn logits_of_the_wrong_size_stop_the_window_on_every_path() {
             batch_is_fixed: false,
             channels: 2,
             normalization: CtNormalization { clip_low: -1.0, clip_high: 1.0, mean: 0.0, std: 1.0 },
+            resampling: Resampling::HalfPixel,
         };
         let error = run_sliding_window(&ct, &settings, &mut Short { accelerator }, &|_, _| {}).unwrap_err();
         // x: 8 in patches of 4 step 2 → 3 tiles, run 2 and 1: the first batch fails.
@@ -235,6 +238,7 @@ fn an_engine_failure_stops_the_window_with_its_error() {
         batch_is_fixed: false,
         channels: 2,
         normalization: CtNormalization { clip_low: -1.0, clip_high: 1.0, mean: 0.0, std: 1.0 },
+        resampling: Resampling::HalfPixel,
     };
     let error = run_sliding_window(&ct, &settings, &mut Failing, &|_, _| {}).unwrap_err();
     assert_eq!(error, InferenceError::Runtime("boom".to_owned()));
