@@ -11,8 +11,8 @@
 //! each batch's logits read where the runtime wrote them; or [`pipelined`] when the network runs on
 //! an accelerator, with cutting, inference and accumulation on three threads joined by bounded
 //! channels. Both accumulate into an [`Accumulator`] that spans only the tile rows still open along
-//! Z, which bounds memory by the patch depth rather than the scan's length. Steps 8–9 (crop, nearest
-//! back to the canonical grid) follow.
+//! Z and only the model grid's voxels (not the padding up to the patch), which bounds memory by the
+//! patch depth rather than the scan's length. Step 9 (back to the canonical grid) follows.
 
 mod accumulator;
 mod logits;
@@ -137,12 +137,11 @@ pub fn run_sliding_window(
     let started = Instant::now();
     let plan = TilePlan::new(ct, settings);
     let preprocess = started.elapsed();
-    let (padded_labels, timings) = if engine.runs_on_accelerator() {
+    let (model_labels, timings) = if engine.runs_on_accelerator() {
         pipelined::run(&plan, settings, engine, progress)?
     } else {
         serial::run(&plan, settings, engine, progress)?
     };
-    let model_labels = plan.padded.crop(&padded_labels);
     let labels = match settings.resampling {
         Resampling::HalfPixel => nearest_to_canonical(&model_labels, plan.padded.model, ct.dims()),
         Resampling::TotalSegmentator => zoom_labels_like_totalsegmentator(&model_labels, plan.padded.model, ct.dims()),

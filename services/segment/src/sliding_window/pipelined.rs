@@ -13,7 +13,7 @@ use super::{Accumulator, InferenceEngine, InferenceError, RunTimings, WindowSett
 /// A batch's tile starts and their network input, or their logits.
 type Batch = (Vec<[usize; 3]>, Vec<f32>);
 
-/// Runs every tile of `plan`; the padded model grid's labels and what it cost.
+/// Runs every tile of `plan`; the model grid's labels and what it cost.
 pub(super) fn run(
     plan: &TilePlan,
     settings: &WindowSettings,
@@ -36,7 +36,7 @@ pub(super) fn run(
         // Used prediction buffers go back to the inference thread, so each is allocated once.
         let (recycle_sender, recycle_receiver) = sync_channel::<Vec<f32>>(4);
         let accumulator = scope.spawn(move || {
-            let mut accumulator = Accumulator::new(settings.channels, plan.padded.dims, settings.patch);
+            let mut accumulator = Accumulator::new(settings.channels, &plan.padded, settings.patch);
             let mut done = 0;
             for (batch, prediction) in prediction_receiver {
                 for (index, start) in batch.iter().enumerate() {

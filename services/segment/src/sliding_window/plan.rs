@@ -151,7 +151,7 @@ pub fn tile_grid(starts: &[Vec<usize>; 3]) -> Vec<[usize; 3]> {
 pub(super) struct PaddedGrid {
     pub(super) model: [usize; 3],
     pub(super) dims: [usize; 3],
-    before: [usize; 3],
+    pub(super) before: [usize; 3],
 }
 
 impl PaddedGrid {

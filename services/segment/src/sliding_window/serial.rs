@@ -8,14 +8,14 @@ use super::mirroring::{MirrorScratch, predict_with_mirroring};
 use super::plan::TilePlan;
 use super::{Accumulator, InferenceEngine, InferenceError, RunTimings, WindowSettings};
 
-/// Runs every tile of `plan`; the padded model grid's labels and what it cost.
+/// Runs every tile of `plan`; the model grid's labels and what it cost.
 pub(super) fn run(
     plan: &TilePlan,
     settings: &WindowSettings,
     engine: &mut dyn InferenceEngine,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<(Vec<u8>, RunTimings), InferenceError> {
-    let mut accumulator = Accumulator::new(settings.channels, plan.padded.dims, settings.patch);
+    let mut accumulator = Accumulator::new(settings.channels, &plan.padded, settings.patch);
     let (mut scratch, mut done, mut timings) = (MirrorScratch::default(), 0, RunTimings::default());
     let per_tile = plan.logits_per_tile;
     for batch in plan.batches() {

@@ -243,3 +243,81 @@ fn an_engine_failure_stops_the_window_with_its_error() {
     let error = run_sliding_window(&ct, &settings, &mut Failing, &|_, _| {}).unwrap_err();
     assert_eq!(error, InferenceError::Runtime("boom".to_owned()));
 }
+
+/// A three-class model whose logits depend on where a voxel sits in its tile, so overlapping
+/// tiles disagree and the Gaussian-weighted sums decide: any slip in the accumulator's
+/// bookkeeping (its window, the cut padding) changes labels.
+struct TilePositionDependent {
+    patch: [usize; 3],
+    accelerator: bool,
+}
+
+impl InferenceEngine for TilePositionDependent {
+    fn infer(&mut self, input: &[f32], tiles: usize, consume: LogitsConsumer<'_>) -> Result<(), InferenceError> {
+        let patch_len: usize = self.patch.iter().product();
+        assert_eq!(input.len(), tiles * patch_len);
+        let mut out = Vec::with_capacity(tiles * 3 * patch_len);
+        for tile in input.chunks_exact(patch_len) {
+            for channel in 0..3 {
+                out.extend(tile.iter().enumerate().map(|(index, value)| {
+                    let (z, y, x) = (
+                        index / (self.patch[1] * self.patch[2]),
+                        index / self.patch[2] % self.patch[1],
+                        index % self.patch[2],
+                    );
+                    (value * (channel as f32 - 1.0) + ((z * 3 + y * 5 + x * 7 + channel * 11) % 13) as f32 * 0.37).sin()
+                }));
+            }
+        }
+        consume(&out)
+    }
+
+    fn runs_on_accelerator(&self) -> bool {
+        self.accelerator
+    }
+}
+
+#[test]
+fn a_grid_thinner_than_the_patch_is_summed_without_its_padding() {
+    // Model grid (z, y, x) = (3, 5, 9) under patch (6, 8, 4): z and y are padded, x is tiled.
+    // The labels (accumulated over the model grid only) equal the argmax of the logits path's
+    // means (accumulated over the whole padded grid, then cropped), on both strategies.
+    let dims = [9, 5, 3];
+    let voxels: Vec<i16> = (0..dims.iter().product::<usize>()).map(|i| ((i * 7919) % 1500) as i16 - 750).collect();
+    let ct = Volume::new(dims, iris_volume::volume::Affine::identity(), voxels).unwrap();
+    let settings = WindowSettings {
+        spacing_mm: [1.0, 1.0, 1.0],
+        patch: [6, 8, 4],
+        tile_step: 0.5,
+        mirror_axes: vec![],
+        batch_size: 2,
+        batch_is_fixed: false,
+        channels: 3,
+        normalization: CtNormalization { clip_low: -1000.0, clip_high: 1000.0, mean: 0.0, std: 100.0 },
+        resampling: Resampling::HalfPixel,
+    };
+    let logits = run_sliding_window_logits(
+        &ct,
+        &settings,
+        &mut TilePositionDependent { patch: settings.patch, accelerator: false },
+    )
+    .unwrap();
+    assert_eq!(logits.grid, [3, 5, 9]);
+    let count = logits.values.len() / 3;
+    let argmax: Vec<u8> = (0..count)
+        .map(|v| {
+            (0..3).fold(
+                0,
+                |best, c| if logits.values[c * count + v] > logits.values[best * count + v] { c } else { best },
+            ) as u8
+        })
+        .collect();
+    let classes: std::collections::BTreeSet<u8> = argmax.iter().copied().collect();
+    assert_eq!(classes.len(), 3, "every class wins somewhere: the check is not trivial");
+    for accelerator in [false, true] {
+        let mut engine = TilePositionDependent { patch: settings.patch, accelerator };
+        let output = run_sliding_window(&ct, &settings, &mut engine, &|_, _| {}).unwrap();
+        assert_eq!(output.report.tiles, 4, "x: 9 in patches of 4, step 2: ceil(5 / 2) + 1 starts");
+        assert_eq!(output.labels, argmax, "accelerator {accelerator}");
+    }
+}
