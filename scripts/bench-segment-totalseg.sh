@@ -15,7 +15,9 @@
 #      `iris segment` on the same CT already at 1.5 mm (resampled once by TotalSegmentator's own
 #      code): the network sees equal input on both sides, so their labels are compared.
 #   3. the 3 mm fast model: `TotalSegmentator --fast` against `iris segment --fast`.
-# Wall time and peak resident memory of each process tree (sampled every 50 ms, workers included).
+# Wall time and peak memory of each process tree (workers included, sampled every 100 ms): the
+# summed proportional set size (shared pages split among the processes sharing them), and the
+# largest single process's resident set (what GNU time reports).
 # Prints a Markdown section and records it in BENCHMARKS.md between <!-- segment-totalseg:start -->
 # and <!-- segment-totalseg:end -->. About 40 minutes on 2 cores.
 #
@@ -25,7 +27,9 @@
 #   BENCH_RECORD    file to record into (default BENCHMARKS.md; "-" records nowhere)
 #   BENCH_CACHE     where the weights, imported models and CTs are kept (default ~/.cache/iris-bench)
 #   BENCH_SIZE    full (default: TotalSegmentator's networks) or small (a quick check of the script)
-#   BENCH_SKIP      space-separated runs to skip: ts iris predictor iris15 fast
+#   BENCH_SKIP      space-separated runs to skip: ts iris predictor iris15 fast (their results
+#                   already in BENCH_WORK are reported)
+#   BENCH_WORK      where the runs' outputs and figures are kept (default: a new folder in /tmp)
 set -euo pipefail
 # shellcheck source=env.sh source-path=SCRIPTDIR disable=SC1091
 source "$(dirname "$0")/env.sh"
@@ -77,8 +81,10 @@ TASK="$MODELS/total/task.json"
 [[ -s "$CT" ]] || "$PY" "$HELPER" make-ct "$SHARED_CT" "$CT" >&2
 [[ -s "$CT15" ]] || "$PY" "$HELPER" resample "$CT" "$CT15" >&2
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/bench-totalseg.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
+# Results stay in BENCH_WORK (default: a fresh folder), so runs can be redone one at a time.
+WORK="${BENCH_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/bench-totalseg.XXXXXX")}"
+mkdir -p "$WORK"
+say "results in $WORK"
 # TotalSegmentator offline: weights from the folder above, no usage statistics sent.
 mkdir -p "$WORK/totalseg-home"
 echo '{"totalseg_id": "iris-bench", "send_usage_stats": false, "prediction_counter": 0}' >"$WORK/totalseg-home/config.json"
@@ -124,6 +130,8 @@ def agree(name):
     return json.loads(open(f"{work}/{name}.json").read())
 def cell(r, key, fmt):
     return fmt.format(r[key]) if r else "not run"
+def memory(r):
+    return f"{r['peak_mib']:.0f} MiB ({r['largest_process_mib']:.0f})" if r else "not run"
 def ratio(a, b, key):
     return f"{a[key] / b[key]:.2f}×" if a and b else "–"
 ts, iris, pred, iris15, ts_fast, iris_fast = map(run, ["ts", "iris", "predictor", "iris15", "ts_fast", "iris_fast"])
@@ -144,7 +152,9 @@ lines = [
     f"(five 1.5 mm parts, 3 mm fast model) with random weights in its own folder layout "
     f"(`scripts/make-totalsegmentator-weights.sh OUT full`), imported by `iris model import totalsegmentator`. "
     f"Input: `example_ct_sm.nii.gz` upsampled to {'×'.join(map(str, shape))} ({zooms} mm). "
-    f"Peak memory: resident set of the whole process tree, sampled every 50 ms.",
+    f"Peak memory: the whole process tree's summed proportional set size (PSS: pages shared between "
+    f"forked workers counted once), sampled every 100 ms; in brackets the largest single process's "
+    f"peak resident set, what GNU time reports.",
     "",
     "| run | peer | peer wall | iris wall | peer / iris | peer peak | iris peak | iris / peer memory |",
     "|---|---|--:|--:|--:|--:|--:|--:|",
@@ -152,7 +162,7 @@ lines = [
 for title, peer_name, peer, ours in rows:
     lines.append(
         f"| {title} | {peer_name} | {cell(peer, 'wall_s', '{:.1f} s')} | {cell(ours, 'wall_s', '{:.1f} s')} | "
-        f"{ratio(peer, ours, 'wall_s')} | {cell(peer, 'peak_mib', '{:.0f} MiB')} | {cell(ours, 'peak_mib', '{:.0f} MiB')} | "
+        f"{ratio(peer, ours, 'wall_s')} | {memory(peer)} | {memory(ours)} | "
         f"{ratio(ours, peer, 'peak_mib')} |")
 def agreement(a):
     return f"{a['equal_percent']:.3f} % of {a['voxels']} voxels" if a else "not compared"

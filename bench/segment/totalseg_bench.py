@@ -11,8 +11,10 @@ own predictor, as whole processes, on the same weights and input. Runs in nnU-Ne
                                       mirroring, everything on the device), the parts merged into the
                                       117 classes with TotalSegmentator's own class maps
     compare A B                       the share of voxels whose labels are equal (same grid required)
-    measure OUT_JSON -- CMD...        run CMD, sampling the resident memory of its whole process tree
-                                      (workers included) every 50 ms: wall seconds and peak MiB
+    measure OUT_JSON -- CMD...        run CMD, sampling the memory of its whole process tree (workers
+                                      included) every 100 ms: wall seconds, peak of the tree's summed
+                                      proportional set size (MiB), and the largest single process's
+                                      peak resident set (MiB)
 """
 
 import argparse
@@ -131,42 +133,49 @@ def command_compare(args):
                       "classes_a": int(len(np.unique(la))), "classes_b": int(len(np.unique(lb)))}))
 
 
-def tree_rss_kib(root):
-    """Resident KiB of `root` and all its descendants, from /proc."""
+def tree_memory_kib(root):
+    """Memory of `root` and all its descendants, from /proc: (the sum of their proportional set
+    sizes, the largest single resident set). PSS shares each page among the processes mapping it,
+    so forked workers are not counted twice; the largest RSS is what GNU time reports."""
     children = {}
-    rss = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            ppid = int(fields[1])
-            with open(f"/proc/{entry}/statm") as statm:
-                pages = int(statm.read().split()[1])
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(entry))
-        rss[int(entry)] = pages * os.sysconf("SC_PAGE_SIZE") // 1024
-    total, stack = 0, [root]
+    pss, largest, stack = 0, 0, [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
         stack.extend(children.get(pid, []))
-    return total
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as rollup:
+                for line in rollup:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+                    elif line.startswith("Rss:"):
+                        largest = max(largest, int(line.split()[1]))
+        except OSError:
+            continue
+    return pss, largest
 
 
 def command_measure(args):
     command = args.command[1:] if args.command and args.command[0] == "--" else args.command
     started = time.perf_counter()
     process = subprocess.Popen(command)
-    peak = 0
+    peak_pss, peak_rss = 0, 0
     while process.poll() is None:
-        peak = max(peak, tree_rss_kib(process.pid))
-        time.sleep(0.05)
+        pss, rss = tree_memory_kib(process.pid)
+        peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
+        time.sleep(0.1)
     wall = time.perf_counter() - started
     with open(args.out_json, "w") as out:
-        json.dump({"wall_s": wall, "peak_mib": peak / 1024, "exit_code": process.returncode}, out)
+        json.dump({"wall_s": wall, "peak_mib": peak_pss / 1024, "largest_process_mib": peak_rss / 1024,
+                   "exit_code": process.returncode}, out)
     if process.returncode != 0:
         raise SystemExit(f"{command[0]} exited with {process.returncode}")
 
