@@ -9,7 +9,8 @@ own predictor, as whole processes, on the same weights and input. Runs in nnU-Ne
                                       TotalSegmentator's five 1.5 mm parts through nnUNetPredictor in one
                                       process, set up as TotalSegmentator sets it up (tile step 0.8, no
                                       mirroring, everything on the device), the parts merged into the
-                                      117 classes with TotalSegmentator's own class maps
+                                      117 classes with TotalSegmentator's own class maps;
+                                      --float32-accumulation: its two float16 sums made float32
     compare A B                       the share of voxels whose labels are equal (same grid required)
     measure OUT_JSON -- CMD...        run CMD, sampling the memory of its whole process tree (workers
                                       included) every 100 ms: wall seconds, peak of the tree's summed
@@ -106,7 +107,19 @@ def command_predict(args):
                                     verbose=False, verbose_preprocessing=False, allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(model_folder(args.weights, dataset_id), use_folds=("0",),
                                                        checkpoint_name="checkpoint_final.pth")
-        seg = predictor.predict_single_npy_array(data, {"spacing": spacing_zyx}, None, None, False)
+        if args.float32_accumulation:
+            # nnU-Net's two accumulators (weighted logits, weights) in float32 instead of float16:
+            # `_internal_predict_sliding_window_return_logits` allocates them as `torch.half`,
+            # swapped for the call; everything else is nnU-Net's code. It separates nnU-Net's
+            # algorithm from the rounding of its half-precision sums.
+            half = torch.half
+            try:
+                torch.half = torch.float32
+                seg = predictor.predict_single_npy_array(data, {"spacing": spacing_zyx}, None, None, False)
+            finally:
+                torch.half = half
+        else:
+            seg = predictor.predict_single_npy_array(data, {"spacing": spacing_zyx}, None, None, False)
         del predictor
         part_map = class_map_5_parts[part]
         lut = np.zeros(max(part_map) + 1, dtype=np.uint8)
@@ -194,6 +207,7 @@ def main():
     predict.add_argument("ct")
     predict.add_argument("out")
     predict.add_argument("--threads", type=int, required=True)
+    predict.add_argument("--float32-accumulation", action="store_true")
     compare = commands.add_parser("compare")
     compare.add_argument("a")
     compare.add_argument("b")
