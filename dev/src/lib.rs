@@ -5,6 +5,7 @@
 //! this ships in a production binary.
 
 pub mod bench;
+pub mod classical_eval;
 pub mod reliability;
 
 use std::path::Path;
@@ -61,4 +62,38 @@ pub async fn run_suite(
         eprintln!("problem: {problem}");
     }
     Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `iris-dev eval classical`: each CT against its reference, printed as a Markdown table and
+/// recorded in `record`'s `classical-dice` section.
+pub fn evaluate_classical(
+    cts: &[std::path::PathBuf],
+    references: &[std::path::PathBuf],
+    labels: &Path,
+    record: Option<&Path>,
+) -> anyhow::Result<()> {
+    if cts.len() != references.len() {
+        anyhow::bail!("{} CTs but {} references: give each --ct its --reference", cts.len(), references.len());
+    }
+    let names = classical_eval::read_class_names(labels)?;
+    let mut evaluations = Vec::new();
+    for (ct_path, reference_path) in cts.iter().zip(references) {
+        let case = ct_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let ct = classical_eval::read_ct(ct_path)?;
+        let reference = classical_eval::read_ct(reference_path)?;
+        evaluations.push(classical_eval::evaluate(&case, &ct, &reference, &names)?);
+    }
+    let markdown = classical_eval::to_markdown(&evaluations);
+    println!("{markdown}");
+    if let Some(path) = record {
+        let command: Vec<String> = std::env::args().collect();
+        let body = format!(
+            "{markdown}\nMeasured {} by `{}`.\n",
+            iris_core::time::Timestamp::now().to_rfc3339(),
+            command.join(" ")
+        );
+        bench::replace_section(path, "classical-dice", &body)?;
+        println!("recorded in {}", path.display());
+    }
+    Ok(())
 }

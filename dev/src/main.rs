@@ -25,6 +25,11 @@ enum Command {
         #[command(subcommand)]
         benchmark: Benchmark,
     },
+    /// Accuracy evaluations: print figures and optionally record them in BENCHMARKS.md.
+    Eval {
+        #[command(subcommand)]
+        evaluation: Evaluation,
+    },
     /// Reliability suites (RELIABILITY.md): the services under SIGKILLs, duplicate delivery, bad
     /// input and load, on a private deployment; exit 1 if any promise broke.
     Reliability {
@@ -78,6 +83,26 @@ enum ReliabilitySuite {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum Evaluation {
+    /// The classical model against TotalSegmentator's label maps: lungs and bone Dice per CT.
+    Classical {
+        /// A CT: NIfTI, a DICOM file or zip, or a directory of one DICOM series. Repeat for
+        /// several cases, each followed by its --reference.
+        #[arg(long, required = true)]
+        ct: Vec<PathBuf>,
+        /// TotalSegmentator's label map of the CT before it (same grid).
+        #[arg(long, required = true)]
+        reference: Vec<PathBuf>,
+        /// TotalSegmentator's class table (`total_labels.json`).
+        #[arg(long)]
+        labels: PathBuf,
+        /// Write the table into this Markdown file's classical-dice section.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum SuiteTarget {
     Embedded,
@@ -123,6 +148,10 @@ async fn dispatch(command: Command, config: IrisConfig) -> anyhow::Result<ExitCo
         }
         Command::Bench { benchmark: Benchmark::NotifyLatency { jobs, record } } => {
             bench::notify_latency(&config, jobs, record.as_deref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval { evaluation: Evaluation::Classical { ct, reference, labels, record } } => {
+            iris_dev::evaluate_classical(&ct, &reference, &labels, record.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Reliability { suite, on, moto_url, record } => {
