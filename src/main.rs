@@ -139,7 +139,7 @@ enum TokenCommand {
     Issue {
         #[arg(long)]
         user: String,
-        /// Lifetime in hours.
+        /// Lifetime in hours (at most 24: longer tokens are refused when issued and when presented).
         #[arg(long, default_value_t = 12)]
         ttl_hours: u64,
     },

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure, Select};
 use iris_core::ids::{JobId, UserId};
 use iris_core::job::{JobRecord, JobStatus, Transition};
 use iris_core::ports::{Connection, ConnectionStore, JobStore, PortError, Subscription, TransitionOutcome};
@@ -215,8 +215,11 @@ impl DynamoConnectionStore {
     }
 }
 
+/// Sort keys of subscriptions start with this (the connection's own item does not).
+const SUBSCRIPTION_PREFIX: &str = "job#";
+
 fn subscription_key(job_id: &JobId) -> String {
-    format!("job#{job_id}")
+    format!("{SUBSCRIPTION_PREFIX}{job_id}")
 }
 
 #[async_trait]
@@ -313,6 +316,31 @@ impl ConnectionStore for DynamoConnectionStore {
             .await
             .map_err(|e| port_error(BACKEND, e))?;
         Ok(())
+    }
+
+    async fn subscription_count(&self, connection_id: &str) -> Result<usize, PortError> {
+        let mut count = 0usize;
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("connectionId = :c AND begins_with(#item, :p)")
+                .expression_attribute_names("#item", "item")
+                .expression_attribute_values(":c", s(connection_id))
+                .expression_attribute_values(":p", s(SUBSCRIPTION_PREFIX))
+                .select(Select::Count)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| port_error(BACKEND, e))?;
+            count += page.count() as usize;
+            match page.last_evaluated_key() {
+                Some(key) => start = Some(key.clone()),
+                None => return Ok(count),
+            }
+        }
     }
 
     async fn subscribers(&self, job_id: &JobId) -> Result<Vec<Subscription>, PortError> {

@@ -106,6 +106,19 @@ impl ConnectionStore for SqliteConnectionStore {
             .await
     }
 
+    async fn subscription_count(&self, connection_id: &str) -> Result<usize, PortError> {
+        let id = connection_id.to_owned();
+        self.database
+            .run(move |db| {
+                db.query_row("SELECT COUNT(*) FROM subscriptions WHERE connection_id = ?1", params![id], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .map(|count| count as usize)
+                .map_err(sqlite_error)
+            })
+            .await
+    }
+
     async fn subscribers(&self, job_id: &JobId) -> Result<Vec<Subscription>, PortError> {
         let job = job_id.clone();
         let rows: Vec<(String, String, u8)> = self

@@ -110,7 +110,17 @@ pub fn bad_inputs() -> Vec<Study> {
     add("nan-spacing.nii", edited(&good_nii, |h| put_pixdim_and_clear_sform(h, 1, f32::NAN)), ErrorCode::NotAVolume);
     add("zero-spacing.nii", edited(&good_nii, |h| put_pixdim_and_clear_sform(h, 2, 0.0)), ErrorCode::NotAVolume);
     add("complex-datatype.nii", edited(&good_nii, |h| put_datatype(h, 32, 64)), ErrorCode::UnsupportedFormat);
-    add("vox-offset-past-end.nii", edited(&good_nii, |h| put_f32(h, 108, 1.0e9)), ErrorCode::CorruptFile);
+    add(
+        "vox-offset-past-end.nii",
+        edited(&good_nii, |h| put_f32(h, 108, 352.0 + 1024.0 * 1024.0)),
+        ErrorCode::CorruptFile,
+    );
+    // A 64 GiB offset (issue #24: gigabytes of gzip padding before the voxels) fails from the header.
+    add(
+        "vox-offset-64-gib.nii.gz",
+        gzip(&edited(&good_nii, |h| put_f32(h, 108, 68_719_476_736.0))),
+        ErrorCode::TooLarge,
+    );
     let mut bomb = good_nii[..352].to_vec();
     bomb.resize(352 + (64 << 20), 0);
     add("gzip-bomb.nii.gz", gzip(&bomb), ErrorCode::TooLarge);

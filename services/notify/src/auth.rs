@@ -25,6 +25,11 @@ pub const TOKEN_ISSUER: &str = "iris";
 pub const TOKEN_AUDIENCE: &str = "iris-websocket";
 /// Default lifetime of a token (`iris token issue --ttl-hours`).
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// The longest lifetime (`exp − iat`) a token may have: longer ones are refused when issued and
+/// when presented, so a leaked token is useful for a day at most.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Clock skew tolerated between the signer and the verifier (seconds), for `exp`, `nbf` and `iat`.
+const CLOCK_LEEWAY_SECONDS: i64 = 30;
 /// File in the data directory holding the signing key (PKCS#8, owner-only permissions).
 pub const SIGNING_KEY_FILE: &str = "token-signing-key.pk8";
 
@@ -37,6 +42,10 @@ pub enum AuthError {
     MissingToken,
     #[error("token refused: {0}")]
     InvalidToken(String),
+    #[error("token refused: it is valid for {lifetime_seconds} s, more than the {limit_seconds} s allowed")]
+    LifetimeTooLong { lifetime_seconds: i64, limit_seconds: u64 },
+    #[error("token refused: it was issued in the future (iat {iat}, now {now})")]
+    IssuedInTheFuture { iat: i64, now: i64 },
     #[error("the token's subject is not a valid user id: {0}")]
     InvalidSubject(String),
     #[error("invalid public key (expected the base64url of 32 bytes, as `iris token public-key` prints): {0}")]
@@ -52,6 +61,9 @@ pub struct TokenClaims {
     pub iss: String,
     pub aud: String,
     pub iat: i64,
+    /// Not valid before (seconds since the epoch); checked when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     pub exp: i64,
 }
 
@@ -82,16 +94,28 @@ impl TokenVerifier {
         URL_SAFE_NO_PAD.encode(self.public_key)
     }
 
-    /// The user a valid token names: signature, issuer, audience and expiry checked.
+    /// The user a valid token names: signature, issuer, audience, expiry and not-before checked,
+    /// issued no later than now, and valid for at most [`MAX_TOKEN_LIFETIME`].
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[TOKEN_ISSUER]);
         validation.set_audience(&[TOKEN_AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
-        validation.leeway = 30;
+        validation.validate_nbf = true;
+        validation.leeway = CLOCK_LEEWAY_SECONDS as u64;
         let data = jsonwebtoken::decode::<TokenClaims>(token.trim(), &self.key, &validation)
             .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
-        UserId::parse(&data.claims.sub).map_err(|e| AuthError::InvalidSubject(e.to_string()))
+        let claims = data.claims;
+        let now = Timestamp::now().epoch_seconds();
+        if claims.iat > now + CLOCK_LEEWAY_SECONDS {
+            return Err(AuthError::IssuedInTheFuture { iat: claims.iat, now });
+        }
+        // `iat` is not in the future, so `exp − iat` bounds how long the token can still be used.
+        let lifetime_seconds = claims.exp.saturating_sub(claims.iat);
+        if lifetime_seconds > MAX_TOKEN_LIFETIME.as_secs() as i64 {
+            return Err(AuthError::LifetimeTooLong { lifetime_seconds, limit_seconds: MAX_TOKEN_LIFETIME.as_secs() });
+        }
+        UserId::parse(&claims.sub).map_err(|e| AuthError::InvalidSubject(e.to_string()))
     }
 }
 
@@ -155,17 +179,29 @@ impl TokenSigner {
         TokenVerifier { key: DecodingKey::from_ed_der(&self.public_key), public_key: self.public_key }
     }
 
-    /// A token naming `user`, valid for `lifetime` from `now`.
+    /// A token naming `user`, valid for `lifetime` from `now` (not before `now`); a lifetime over
+    /// [`MAX_TOKEN_LIFETIME`] is refused.
     pub fn issue(&self, user: &UserId, lifetime: Duration, now: Timestamp) -> Result<String, AuthError> {
-        let iat = now.epoch_seconds();
+        if lifetime > MAX_TOKEN_LIFETIME {
+            return Err(AuthError::LifetimeTooLong {
+                lifetime_seconds: i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX),
+                limit_seconds: MAX_TOKEN_LIFETIME.as_secs(),
+            });
+        }
         let claims = TokenClaims {
             sub: user.as_str().to_owned(),
             iss: TOKEN_ISSUER.to_owned(),
             aud: TOKEN_AUDIENCE.to_owned(),
-            iat,
-            exp: iat + i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX / 2),
+            iat: now.epoch_seconds(),
+            nbf: Some(now.epoch_seconds()),
+            exp: now.epoch_seconds() + lifetime.as_secs() as i64,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.key)
+        self.sign(&claims)
+    }
+
+    /// Signs any claims as they are (tests build hostile tokens with it).
+    pub fn sign(&self, claims: &TokenClaims) -> Result<String, AuthError> {
+        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), claims, &self.key)
             .map_err(|e| AuthError::InvalidToken(format!("signing failed: {e}")))
     }
 }
@@ -214,6 +250,40 @@ mod tests {
         for bad_key in ["", "abc", &URL_SAFE_NO_PAD.encode([0u8; 31])] {
             assert!(TokenVerifier::from_public_key(bad_key).is_err(), "{bad_key:?}");
         }
+    }
+
+    /// Issue #24: a token valid for longer than a day (one expiring in 2200 was accepted before),
+    /// one not yet valid, and one issued in the future are refused; the signer refuses to issue
+    /// one over the cap.
+    #[test]
+    fn lifetime_not_before_and_issue_time_are_enforced() {
+        let signer = TokenSigner::generate().unwrap();
+        let verifier = signer.verifier();
+        let now = Timestamp::now().epoch_seconds();
+        let claims = |iat: i64, nbf: Option<i64>, exp: i64| TokenClaims {
+            sub: "alice".into(),
+            iss: TOKEN_ISSUER.into(),
+            aud: TOKEN_AUDIENCE.into(),
+            iat,
+            nbf,
+            exp,
+        };
+        let year_2200 = 7_258_118_400;
+        let refused = verifier.verify(&signer.sign(&claims(now, None, year_2200)).unwrap()).unwrap_err();
+        assert!(matches!(refused, AuthError::LifetimeTooLong { .. }), "{refused}");
+        let day = MAX_TOKEN_LIFETIME.as_secs() as i64;
+        assert!(verifier.verify(&signer.sign(&claims(now, None, now + day)).unwrap()).is_ok(), "exactly a day");
+        let over = verifier.verify(&signer.sign(&claims(now - 10, None, now + day)).unwrap()).unwrap_err();
+        assert!(matches!(over, AuthError::LifetimeTooLong { .. }), "{over}");
+        let not_yet = verifier.verify(&signer.sign(&claims(now, Some(now + 3600), now + 7200)).unwrap()).unwrap_err();
+        assert!(matches!(not_yet, AuthError::InvalidToken(ref m) if m.contains("ImmatureSignature")), "{not_yet}");
+        let future = verifier.verify(&signer.sign(&claims(now + 3600, None, now + 7200)).unwrap()).unwrap_err();
+        assert!(matches!(future, AuthError::IssuedInTheFuture { .. }), "{future}");
+        let alice = UserId::parse("alice").unwrap();
+        let too_long = signer.issue(&alice, MAX_TOKEN_LIFETIME + Duration::from_secs(1), Timestamp::now());
+        assert!(matches!(too_long, Err(AuthError::LifetimeTooLong { .. })));
+        let issued = signer.issue(&alice, MAX_TOKEN_LIFETIME, Timestamp::now()).unwrap();
+        assert_eq!(verifier.verify(&issued).unwrap(), alice);
     }
 
     #[test]

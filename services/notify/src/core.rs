@@ -27,6 +27,10 @@ pub struct NotifyCore {
 /// How many of a user's jobs `list` returns.
 pub const LIST_LIMIT: usize = 50;
 
+/// Jobs one connection may follow at once; a subscribe past it is refused with
+/// `too_many_subscriptions` (two subscribes racing on one connection may pass it by one).
+pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 100;
+
 /// Posts of one event that are in flight at once (fan-out to many subscribers).
 pub const FAN_OUT_CONCURRENCY: usize = 32;
 
@@ -161,6 +165,22 @@ impl NotifyCore {
                     && job.user_id != connection.user_id
                 {
                     return Ok(vec![ServerMessage::error("forbidden", "you may subscribe only to your own jobs")]);
+                }
+                if self.connections.subscription_count(&connection.connection_id).await?
+                    >= MAX_SUBSCRIPTIONS_PER_CONNECTION
+                    && !self
+                        .connections
+                        .subscribers(&job_id)
+                        .await?
+                        .iter()
+                        .any(|s| s.connection_id == connection.connection_id)
+                {
+                    return Ok(vec![ServerMessage::error(
+                        "too_many_subscriptions",
+                        format!(
+                            "a connection may follow at most {MAX_SUBSCRIPTIONS_PER_CONNECTION} jobs at once; unsubscribe from one first"
+                        ),
+                    )]);
                 }
                 self.connections.subscribe(&connection.connection_id, &job_id).await?;
                 let reply = ServerMessage::Subscribed { job_id: job_id.clone() };

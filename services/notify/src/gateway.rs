@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -22,6 +23,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -29,32 +32,62 @@ use crate::auth::{TokenVerifier, token_from_request};
 use crate::core::NotifyCore;
 use crate::protocol::{ServerMessage, parse_client_message};
 
+/// Frames waiting to be written to one connection. A client that reads slower than its jobs'
+/// states arrive fills it; it is then disconnected ([`SLOW_CONSUMER_CLOSE_CODE`]) rather than
+/// buffered without end. Its subscriptions go with it; on reconnecting and subscribing again it
+/// gets each job's current state.
+pub const SEND_QUEUE_FRAMES: usize = 256;
+/// WebSocket close code for a client disconnected for not reading (1008, policy violation).
+pub const SLOW_CONSUMER_CLOSE_CODE: u16 = 1008;
+
+/// One open connection's outgoing frames, and whether it overflowed.
+struct Outgoing {
+    sender: mpsc::Sender<String>,
+    overflowed: Arc<AtomicBool>,
+}
+
 /// Open connections of this process: connection id → outgoing frames.
 #[derive(Default)]
 pub struct LocalGateway {
-    senders: Mutex<HashMap<String, mpsc::UnboundedSender<String>>>,
+    senders: Mutex<HashMap<String, Outgoing>>,
 }
 
 #[async_trait]
 impl ConnectionGateway for LocalGateway {
     async fn post_to_connection(&self, connection_id: &str, payload: &str) -> Result<(), PortError> {
-        let senders = self.senders.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        match senders.get(connection_id) {
-            Some(sender) if sender.send(payload.to_owned()).is_ok() => Ok(()),
-            _ => Err(PortError::Gone(connection_id.to_owned())),
+        let mut senders = self.senders.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(outgoing) = senders.get(connection_id) else { return Err(PortError::Gone(connection_id.to_owned())) };
+        match outgoing.sender.try_send(payload.to_owned()) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Dropping the sender ends the connection's queue: it writes what is queued, then
+                // closes with SLOW_CONSUMER_CLOSE_CODE.
+                outgoing.overflowed.store(true, Ordering::SeqCst);
+                senders.remove(connection_id);
+                warn!(connection_id, frames = SEND_QUEUE_FRAMES, "slow consumer: send queue full, disconnecting");
+                Err(PortError::Gone(connection_id.to_owned()))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(PortError::Gone(connection_id.to_owned())),
         }
     }
 }
 
 impl LocalGateway {
-    fn register(&self, connection_id: &str) -> mpsc::UnboundedReceiver<String> {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        self.senders.lock().unwrap_or_else(|p| p.into_inner()).insert(connection_id.to_owned(), sender);
-        receiver
+    fn register(&self, connection_id: &str) -> (mpsc::Receiver<String>, Arc<AtomicBool>) {
+        let (sender, receiver) = mpsc::channel(SEND_QUEUE_FRAMES);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        let outgoing = Outgoing { sender, overflowed: Arc::clone(&overflowed) };
+        self.senders.lock().unwrap_or_else(|p| p.into_inner()).insert(connection_id.to_owned(), outgoing);
+        (receiver, overflowed)
     }
 
     fn unregister(&self, connection_id: &str) {
         self.senders.lock().unwrap_or_else(|p| p.into_inner()).remove(connection_id);
+    }
+
+    /// The ids of the open connections (tests).
+    pub fn connection_ids(&self) -> Vec<String> {
+        self.senders.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
 
     pub fn open_connections(&self) -> usize {
@@ -133,7 +166,7 @@ async fn handle_connection(
         warn!(%error, "could not record connection");
         return;
     }
-    let mut outgoing = gateway.register(&connection.connection_id);
+    let (mut outgoing, overflowed) = gateway.register(&connection.connection_id);
     let (mut sink, mut source) = socket.split();
     info!(connection_id = %connection.connection_id, user_id = %connection.user_id, "connected");
     loop {
@@ -144,7 +177,16 @@ async fn handle_connection(
             }
             frame = outgoing.recv() => match frame {
                 Some(text) => if sink.send(Message::text(text)).await.is_err() { break },
-                None => break,
+                None => {
+                    if overflowed.load(Ordering::SeqCst) {
+                        let close = CloseFrame {
+                            code: CloseCode::from(SLOW_CONSUMER_CLOSE_CODE),
+                            reason: "slow consumer: send queue full".into(),
+                        };
+                        let _ = sink.send(Message::Close(Some(close))).await;
+                    }
+                    break;
+                }
             },
             incoming = source.next() => match incoming {
                 Some(Ok(Message::Text(text))) => {

@@ -247,6 +247,13 @@ pub async fn connection_store_contract(store: &dyn ConnectionStore) {
     store.subscribe("conn-unknown", &job_id).await.expect("subscribe of an unknown connection is ignored");
     let subscribers = store.subscribers(&job_id).await.expect("subscribers");
     assert_eq!(subscribers.len(), 2);
+    let other_job = JobId::derive("b", "uploads/alice/y", "e");
+    store.subscribe("conn-a", &other_job).await.expect("subscribe");
+    assert_eq!(store.subscription_count("conn-a").await.expect("count"), 2, "conn-a follows two jobs");
+    assert_eq!(store.subscription_count("conn-b").await.expect("count"), 1);
+    assert_eq!(store.subscription_count("conn-unknown").await.expect("count"), 0);
+    store.unsubscribe("conn-a", &other_job).await.expect("unsubscribe");
+    assert_eq!(store.subscription_count("conn-a").await.expect("count"), 1);
     assert_eq!(subscribers[0].user_id.as_str(), "alice");
     assert_eq!(subscribers[0].delivered_rank, 0);
 

@@ -140,6 +140,8 @@ pub trait ConnectionStore: Send + Sync {
     async fn subscribe(&self, connection_id: &str, job_id: &JobId) -> Result<(), PortError>;
     async fn unsubscribe(&self, connection_id: &str, job_id: &JobId) -> Result<(), PortError>;
     async fn subscribers(&self, job_id: &JobId) -> Result<Vec<Subscription>, PortError>;
+    /// How many jobs the connection is subscribed to (0 for an unknown connection).
+    async fn subscription_count(&self, connection_id: &str) -> Result<usize, PortError>;
     /// Records that the status of `rank` is being sent on this subscription. True only if it is
     /// newer than anything sent before, so each subscriber sees states in order, each once.
     async fn advance_delivery(&self, connection_id: &str, job_id: &JobId, rank: u8) -> Result<bool, PortError>;

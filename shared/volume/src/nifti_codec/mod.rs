@@ -89,6 +89,10 @@ pub enum NiftiDecodeError {
         "the compressed file holds more than {limit_mib} MiB beyond the voxel data its header describes (a gzip bomb?)"
     )]
     TrailingData { limit_mib: u64 },
+    #[error(
+        "the header puts the voxel data at byte {offset}, more than {limit_mib} MiB of extensions after the header"
+    )]
+    ExtensionsTooLarge { offset: u64, limit_mib: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +108,9 @@ impl NiftiDecodeError {
             NiftiDecodeError::NotNifti(_) | NiftiDecodeError::UnsupportedDataType(_) => ErrorCode::UnsupportedFormat,
             NiftiDecodeError::Corrupt(_) => ErrorCode::CorruptFile,
             NiftiDecodeError::NotAVolume(_) | NiftiDecodeError::BadGeometry(_) => ErrorCode::NotAVolume,
-            NiftiDecodeError::TooLarge { .. } | NiftiDecodeError::TrailingData { .. } => ErrorCode::TooLarge,
+            NiftiDecodeError::TooLarge { .. }
+            | NiftiDecodeError::TrailingData { .. }
+            | NiftiDecodeError::ExtensionsTooLarge { .. } => ErrorCode::TooLarge,
         }
     }
 }

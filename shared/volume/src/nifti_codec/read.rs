@@ -24,6 +24,12 @@ fn source_reader(bytes: &[u8]) -> Box<dyn Read + Send + '_> {
 /// Decompressed bytes a `.nii.gz` may hold past its voxel data (extensions some writers append).
 pub(super) const MAX_TRAILING_BYTES: u64 = 16 << 20;
 
+/// Bytes of header extensions (or padding) a file may declare before its voxel data: the header's
+/// `vox_offset` may lie at most this far past the header. Real extensions (DICOM headers, AFNI or
+/// CIFTI XML, JSON sidecars) are kilobytes to a few megabytes; a larger offset would make the
+/// decoder inflate gigabytes of padding before it could find the file bad.
+pub(super) const MAX_EXTENSION_BYTES: u64 = 16 << 20;
+
 /// Reads a gzip stream from the end of the voxel data to its end, so every member's CRC-32 and
 /// length are checked (a damaged file must not pass as a CT with wrong values), refusing one that
 /// goes on for more than [`MAX_TRAILING_BYTES`] (a small header on a huge stream of zeros).
@@ -238,14 +244,19 @@ fn read_object(
 /// Returns it with the dimensions and the offset of the voxel data.
 fn read_header(bytes: &[u8], limits: &DecodeLimits) -> Result<(NiftiHeader, [usize; 3], u64), NiftiDecodeError> {
     let header_bytes = read_header_bytes(bytes, NIFTI2_HEADER_SIZE)?;
-    let (header, data_offset) = if nifti2::is_nifti2(&header_bytes) {
-        nifti2::header(&header_bytes)?
+    let (header, data_offset, header_size) = if nifti2::is_nifti2(&header_bytes) {
+        let (header, offset) = nifti2::header(&header_bytes)?;
+        (header, offset, NIFTI2_HEADER_SIZE as u64)
     } else {
         let header =
             NiftiHeader::from_reader(&header_bytes[..]).map_err(|e| NiftiDecodeError::NotNifti(e.to_string()))?;
         let offset = header.vox_offset.max(352.0) as u64;
-        (header, offset)
+        (header, offset, 352)
     };
+    // Checked before anything past the header is read or inflated.
+    if data_offset - header_size.min(data_offset) > MAX_EXTENSION_BYTES {
+        return Err(NiftiDecodeError::ExtensionsTooLarge { offset: data_offset, limit_mib: MAX_EXTENSION_BYTES >> 20 });
+    }
     let dims = check_dimensions(&header, limits)?;
     check_pixdim(&header)?;
     let (affine, _) = header_affine(&header)?;

@@ -4,7 +4,7 @@ use std::io::Read;
 
 use iris_core::ErrorCode;
 
-use super::read::{GZIP_MAGIC, MAX_TRAILING_BYTES, inflate_single_member};
+use super::read::{GZIP_MAGIC, MAX_EXTENSION_BYTES, MAX_TRAILING_BYTES, inflate_single_member};
 use super::*;
 
 #[test]
@@ -271,4 +271,39 @@ fn refuses_bad_input_with_codes() {
     let flat = Volume::new([4, 3, 1], *volume.affine(), vec![0i16; 12]).unwrap();
     let flat_bytes = encode_nifti_gz(&flat, &NiftiGeometry::from_affine(flat.dims(), flat.affine())).unwrap();
     assert_eq!(decode_nifti(&flat_bytes, &limits).unwrap_err().code(), ErrorCode::NotAVolume);
+}
+
+/// Issue #24: a header whose `vox_offset` puts gigabytes of padding before the voxels is refused
+/// from the header alone, before one byte past it is inflated: a 64 GiB offset in a file of a few
+/// hundred bytes fails as `too_large` at once, NIfTI-1 and NIfTI-2 alike. An offset just inside the
+/// limit is read (and then fails for the missing data, as `corrupt_file`).
+#[test]
+fn a_voxel_offset_past_the_extension_limit_is_refused_before_reading() {
+    let limits = DecodeLimits { max_voxels: 1000 };
+    let volume = lps_volume();
+    let bytes = encode_nifti_gz(&volume, &NiftiGeometry::from_affine(volume.dims(), volume.affine())).unwrap();
+    let mut raw = Vec::new();
+    flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_end(&mut raw).unwrap();
+    let with_offset = |offset: f32| {
+        let mut edited = raw.clone();
+        edited[108..112].copy_from_slice(&offset.to_le_bytes());
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut encoder, &edited).unwrap();
+        encoder.finish().unwrap()
+    };
+    let started = std::time::Instant::now();
+    let error = decode_nifti_hounsfield(&with_offset(64.0 * 1024.0 * 1024.0 * 1024.0), &limits).unwrap_err();
+    assert!(matches!(error, NiftiDecodeError::ExtensionsTooLarge { .. }), "{error}");
+    assert_eq!(error.code(), ErrorCode::TooLarge);
+    assert!(error.to_string().contains("68719476736"), "{error}");
+    // Not a timing assertion: a 64 GiB inflate would take minutes, this is printed for the record.
+    println!("64 GiB vox_offset refused after {:?}", started.elapsed());
+    let inside = (352 + MAX_EXTENSION_BYTES) as f32;
+    let error = decode_nifti_hounsfield(&with_offset(inside), &limits).unwrap_err();
+    assert_eq!(error.code(), ErrorCode::CorruptFile, "{error}");
+    // NIfTI-2: the offset is an int64 at byte 168.
+    let mut nifti2 = include_bytes!("../../tests/fixtures/nifti2_las_4x3x2.nii").to_vec();
+    nifti2[168..176].copy_from_slice(&(64i64 << 30).to_le_bytes());
+    let error = decode_nifti(&nifti2, &limits).unwrap_err();
+    assert!(matches!(error, NiftiDecodeError::ExtensionsTooLarge { .. }), "{error}");
 }
