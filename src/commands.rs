@@ -71,7 +71,7 @@ async fn process_bytes(
     let pipeline = start_pipeline(&backends, config, listener)?;
     let started = Instant::now();
     let submission = submit_bytes(backends.objects.as_ref(), &options.user, name, body, &options.metadata).await?;
-    eprintln!("submitted {} as job {}", submission.key, submission.job_id);
+    eprintln!("submitted as job {}", submission.job_id);
     let mut shown = 0;
     let waited = wait_for_job(&backends, &submission.job_id, options.timeout, |job| {
         // Every job passes every status in order, so statuses passed between two polls are shown too.
@@ -175,7 +175,7 @@ pub async fn submit(
     let backends = open_backends(config).await?;
     let submission = submit_file(backends.objects.as_ref(), user, file, metadata).await?;
     println!("{}", submission.job_id);
-    eprintln!("submitted {} as job {}", submission.key, submission.job_id);
+    eprintln!("submitted as job {}", submission.job_id);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -40,12 +40,12 @@ pub async fn watch_inbox(objects: Arc<dyn ObjectStore>, inbox: PathBuf, user: Us
                 Ok(submission) => {
                     let target = unique_target(&submitted, &path);
                     if let Err(error) = tokio::fs::rename(&path, &target).await {
-                        warn!(%error, file = %path.display(), "submitted but could not move out of the inbox");
+                        warn!(%error, job_id = %submission.job_id, "submitted but could not move out of the inbox");
                     }
                     seen.remove(&path);
-                    info!(job_id = %submission.job_id, key = %submission.key, "inbox file submitted");
+                    info!(job_id = %submission.job_id, "inbox file submitted");
                 }
-                Err(error) => warn!(%error, file = %path.display(), "inbox file not submitted; will retry"),
+                Err(error) => warn!(%error, "an inbox file was not submitted; will retry"),
             }
         }
     }

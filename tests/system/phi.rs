@@ -74,3 +74,80 @@ fn walk(directory: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+/// Parts of a hostile upload name: a patient's name, a record number, a date of birth.
+const HOSTILE: [&str; 3] = ["DOE^JOHN", "MRN123456", "1970-01-01"];
+
+fn hostile_parts_in(text: &str) -> Vec<&'static str> {
+    HOSTILE.iter().copied().filter(|part| text.contains(part)).collect()
+}
+
+/// Issue #24: uploads named after the patient (`DOE^JOHN_MRN123456_1970-01-01…`), and a zip whose
+/// entries are named so, fail with their codes, and the name is in no error message, event, log
+/// line at debug level or dead-letter reason. The one place it still is: the job record's
+/// `sourceKey` (the upload's own key; replacing it with a salted digest is issue #24's open part),
+/// so the test removes exactly that field and checks everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_file_names_reach_no_error_message_event_log_or_dead_letter_reason() {
+    let directory = tempfile::tempdir().unwrap();
+    let name = "DOE^JOHN_MRN123456_1970-01-01";
+    let entry = format!("{name}/IM0001.dcm");
+    let zip = iris_ingest::synthetic_dicom::zip_series(&[], &[(entry.as_str(), b"not a DICOM file".to_vec())]).unwrap();
+    let cases: [(String, Vec<u8>, ErrorCode); 3] = [
+        (format!("{name}.txt"), b"a report, not an image".to_vec(), ErrorCode::UnsupportedFormat),
+        (format!("{name}.nii.gz"), vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3], ErrorCode::CorruptFile),
+        (format!("{name}.zip"), zip, ErrorCode::NoDicomImages),
+    ];
+    for (file_name, body, code) in cases {
+        let upload = directory.path().join(&file_name);
+        std::fs::write(&upload, body).unwrap();
+        let data = directory.path().join(format!("data-{code}"));
+        let output = Command::new(iris_binary())
+            .args(["process", upload.to_str().unwrap(), "--json"])
+            .env("IRIS_DATA_DIR", &data)
+            .env("RUST_LOG", "debug")
+            .output()
+            .expect("run iris process");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(stderr.contains("job failed"), "{file_name}: the logs were captured\n{stderr}");
+        let mut record: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        assert_eq!(record["status"], "FAILED", "{file_name}: {record}");
+        assert_eq!(record["error"]["code"], code.as_str(), "{file_name}: {record}");
+        assert!(!hostile_parts_in(record["sourceKey"].as_str().unwrap()).is_empty(), "the upload's key is the name");
+        record.as_object_mut().unwrap().remove("sourceKey");
+        assert_eq!(hostile_parts_in(&record.to_string()), Vec::<&str>::new(), "{file_name}: in the record: {record}");
+        assert_eq!(hostile_parts_in(&stderr), Vec::<&str>::new(), "{file_name}: in the logs:\n{stderr}");
+        let job_id = JobId::parse(record["jobId"].as_str().unwrap()).unwrap();
+        let backends = EmbeddedBackends::open(&config_for(&data, &[])).unwrap();
+        let events = backends.events.published(&job_id).await.unwrap();
+        assert!(events.len() >= 2, "RECEIVED and FAILED were published");
+        for event in &events {
+            assert_eq!(hostile_parts_in(&event.body), Vec::<&str>::new(), "{file_name}: in an event: {}", event.body);
+        }
+    }
+    // A key whose user segment is the patient's name: the message is dead-lettered, and the
+    // reason says why without repeating the key.
+    let data = directory.path().join("data-reject");
+    let config = config_for(&data, &[]);
+    let backends = EmbeddedBackends::open(&config).unwrap().ports();
+    let handler = iris_ingest::IngestHandler::from_config(&backends, &config);
+    let key = format!("uploads/{}/{name}.nii.gz", name.replace('^', "%5E"));
+    let body = serde_json::json!({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
+        "eventTime": "2026-12-03T00:00:00.000Z",
+        "s3": {"bucket": {"name": "iris"}, "object": {"key": key, "size": 10, "eTag": "e"}}
+    }]});
+    let message = iris_core::ports::ReceivedMessage {
+        message_id: "m".into(),
+        body: body.to_string(),
+        receipt: iris_core::ports::ReceiptHandle("r".into()),
+        receive_count: 1,
+    };
+    match iris_core::runtime::MessageHandler::process_one(&handler, &message).await {
+        iris_core::runtime::Outcome::Reject { reason } => {
+            assert_eq!(hostile_parts_in(&reason), Vec::<&str>::new(), "in the dead-letter reason: {reason}")
+        }
+        other => panic!("expected the message to be rejected, got {other:?}"),
+    }
+}

@@ -196,9 +196,10 @@ pub fn ingest_upload(bytes: Vec<u8>, file_name: &str, limits: &IngestLimits) -> 
             (source, series.volume, series.clipped)
         }
         None => {
-            return Err(IngestError::UnsupportedFormat(format!(
-                "{file_name:?} is neither NIfTI (.nii, .nii.gz) nor DICOM (.dcm, or a .zip of a series)"
-            )));
+            // The name is not repeated: an upload's file name may name the patient.
+            return Err(IngestError::UnsupportedFormat(
+                "the upload's name ends in neither .nii or .nii.gz (NIfTI) nor .dcm or .zip (DICOM)".into(),
+            ));
         }
     };
     drop(bytes);

@@ -49,7 +49,7 @@ impl IngestHandler {
     #[instrument(skip_all, fields(job_id))]
     async fn ingest_object(&self, object: &CreatedObject, receive_count: u32) -> Outcome {
         let Some(job_id) = job_id_of(object) else {
-            return Outcome::Skipped { reason: format!("{} is not under uploads/", object.key) };
+            return Outcome::Skipped { reason: "the object is not under uploads/".into() };
         };
         Span::current().record("job_id", job_id.as_str());
         let user_id = match object.key.upload_user() {

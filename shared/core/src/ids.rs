@@ -24,7 +24,7 @@ pub struct UserId(String);
 pub struct InvalidJobId(pub String);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("user id {0:?} is not allowed (1-128 characters of letters, digits, '.', '_', '-', '@')")]
+#[error("the user id is not allowed (1-128 characters of letters, digits, '.', '_', '-', '@')")]
 pub struct InvalidUserId(pub String);
 
 impl JobId {

@@ -14,13 +14,16 @@ use crate::ids::{InvalidUserId, JobId, UserId};
 #[serde(try_from = "String", into = "String")]
 pub struct ObjectKey(String);
 
+/// Why a key was refused. The messages never repeat the key: an upload's key is its file name,
+/// which may name the patient, and these messages reach logs and dead-letter reasons (the key is
+/// kept in the variant for the caller that needs it).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
-    #[error("object key {key:?} is not allowed: {reason}")]
+    #[error("the object key is not allowed: {reason}")]
     InvalidKey { key: String, reason: &'static str },
     #[error("{0}")]
     InvalidUser(#[from] InvalidUserId),
-    #[error("key {0:?} is not an upload (expected uploads/<user>/<file name>)")]
+    #[error("the key is not an upload (expected uploads/<user>/<file name>)")]
     NotAnUpload(String),
 }
 

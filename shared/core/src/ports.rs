@@ -185,6 +185,18 @@ impl PortError {
         matches!(self, PortError::Unavailable { .. })
     }
 
+    /// What failed, without the adapter's message (which may hold a key or a path): for job
+    /// records, events and logs.
+    pub fn summary(&self) -> String {
+        match self {
+            PortError::NotFound(_) => "the object does not exist".into(),
+            PortError::Gone(_) => "the connection is gone".into(),
+            PortError::StaleReceipt => self.to_string(),
+            PortError::Invalid { backend, .. } => format!("invalid request to {backend}"),
+            PortError::Unavailable { backend, .. } => format!("{backend} unavailable"),
+        }
+    }
+
     pub fn unavailable(backend: &'static str, error: impl std::fmt::Display) -> PortError {
         PortError::Unavailable { backend, message: error.to_string() }
     }

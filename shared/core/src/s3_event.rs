@@ -75,7 +75,8 @@ pub struct S3Object {
 const KEY_ENCODE_SET: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'/');
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("object key in notification is not valid percent-encoded UTF-8: {0:?}")]
+/// The message does not repeat the key (an upload's key may name the patient).
+#[error("the object key in the notification is not valid percent-encoded UTF-8")]
 pub struct KeyDecodeError(pub String);
 
 impl S3Object {

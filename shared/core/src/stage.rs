@@ -138,18 +138,21 @@ pub async fn finish_stage(
 /// The outcome for a port error: retry what may pass, fail the job for the rest.
 pub fn outcome_of_port_error(error: &PortError, job_id: &JobId, stage: Stage, what: &str) -> Outcome {
     match error {
-        PortError::NotFound(key) => Outcome::Fail {
+        // Messages name the step and the backend, never the key or a path: an upload's key is its
+        // file name, which may name the patient, and these messages reach the job record, events,
+        // logs and dead-letter reasons.
+        PortError::NotFound(_) => Outcome::Fail {
             job_id: job_id.clone(),
             stage: Some(stage),
             code: ErrorCode::MissingInput,
-            message: format!("{what}: the object {key} does not exist"),
+            message: format!("{what}: the object does not exist"),
         },
-        error if error.is_retryable() => Outcome::Retry { reason: format!("{what}: {error}") },
+        error if error.is_retryable() => Outcome::Retry { reason: format!("{what}: {}", error.summary()) },
         error => Outcome::Fail {
             job_id: job_id.clone(),
             stage: Some(stage),
             code: ErrorCode::StorageError,
-            message: format!("{what}: {error}"),
+            message: format!("{what}: {}", error.summary()),
         },
     }
 }
