@@ -4,7 +4,6 @@ import { Annotations, Aws, CfnOutput, Duration, IgnoreMode, RemovalPolicy, Stack
 import * as apigwv2 from 'aws-cdk-lib/aws-apigatewayv2';
 import { WebSocketLambdaAuthorizer } from 'aws-cdk-lib/aws-apigatewayv2-authorizers';
 import { WebSocketLambdaIntegration } from 'aws-cdk-lib/aws-apigatewayv2-integrations';
-import * as autoscaling from 'aws-cdk-lib/aws-autoscaling';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
 import * as cloudwatchActions from 'aws-cdk-lib/aws-cloudwatch-actions';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
@@ -12,18 +11,22 @@ import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as ecrAssets from 'aws-cdk-lib/aws-ecr-assets';
 import * as ecs from 'aws-cdk-lib/aws-ecs';
 import * as events from 'aws-cdk-lib/aws-events';
-import * as eventTargets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
-import * as logs from 'aws-cdk-lib/aws-logs';
 import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { Construct } from 'constructs';
+import { AuditLogging } from './audit';
 import { BacklogScaling } from './backlog-scaling';
 import { PipelineContract, QUEUE_ROLES, QueueContract, QueueRole, TableContract, queueOf, queuePrefix } from './contract';
 import { dockerIgnorePatterns } from './docker-context';
-import { PLACEHOLDER_LAMBDA_DIR, REPO_ROOT, SEGMENT_GPU_DOCKERFILE, SERVICE_DOCKERFILE } from './paths';
+import { PipelineKeys, QueueRuleTarget, TopicRuleTarget } from './encryption';
+import { ISOLATED_SUBNETS, PipelineNetwork } from './network';
+import { PLACEHOLDER_LAMBDA_DIR, REPO_ROOT, SERVICE_DOCKERFILE } from './paths';
+import { addSegmentService, GPU_INSTANCES_MAX } from './segment-service';
+
+export { GPU_INSTANCE_TYPES, SEGMENT_CAPACITY_WEIGHTS } from './segment-service';
 
 export type CpuArchitectureName = 'x86_64' | 'arm64';
 
@@ -68,9 +71,6 @@ const FARGATE_SIZE: Record<'ingest' | 'mesh' | 'notify', { cpu: number; memoryLi
   notify: { cpu: 256, memoryLimitMiB: 512 },
 };
 
-/** Segment tasks at most: one per GPU instance. */
-const GPU_INSTANCES_MAX = 2;
-
 interface WorkerScaling {
   readonly maxTasks: number;
   /** A task's start-up time: how long a scale-out waits before adding more. */
@@ -92,25 +92,18 @@ const SCALING: Record<QueueRole, WorkerScaling> = {
 /** Minutes a queue must stay empty (nothing visible or in flight) before its service scales to zero. */
 const IDLE_MINUTES_BEFORE_SCALE_IN = 5;
 
-/**
- * GPU instance types of the segment service, in on-demand priority order (cheapest first). Both
- * have one NVIDIA GPU (T4 / A10G), 4 vCPUs and 16 GiB of memory.
- */
-export const GPU_INSTANCE_TYPES = ['g4dn.xlarge', 'g5.xlarge'] as const;
-// The segment container fits one 16 GiB GPU instance with room for the ECS agent and the OS.
-const SEGMENT_CONTAINER = { cpu: 3072, memoryReservationMiB: 12288, memoryLimitMiB: 14336 };
-/**
- * ECS has no automatic spot → on-demand fallback. The segment service spreads its tasks over a spot
- * and an on-demand capacity provider by weight, so when spot GPUs are short the tasks placed on
- * on-demand keep the queue draining (the scale-out policy adds tasks while messages wait).
- */
-export const SEGMENT_CAPACITY_WEIGHTS = { spot: 3, onDemand: 1 };
-
 /** The bucket prefixes the stages read and write (shared/core/src/keys.rs, artifacts.rs). */
 const UPLOADS = 'uploads/';
 const JOBS = 'jobs/';
 const MODELS = 'models/';
 const JOB_OUTPUTS_EXPIRE_AFTER = Duration.days(90); // as the job records' expiresAt (job.rs)
+/**
+ * Uploads (the original scans) are read once, by ingest; kept longer than the queues keep a message
+ * (14 days), so an ingest message still waiting or dead-lettered finds its upload.
+ */
+const UPLOADS_EXPIRE_AFTER = Duration.days(30);
+/** Overwritten and deleted objects stay recoverable this long (the bucket is versioned), then go. */
+const NONCURRENT_VERSIONS_EXPIRE_AFTER = Duration.days(30);
 const WEBSOCKET_STAGE = 'live';
 const WEBSOCKET_ROUTES = ['subscribe', 'unsubscribe', 'list'] as const;
 /** Where the $connect authorizer finds the client's token: `wss://…/live?token=<JWT>`. */
@@ -178,6 +171,9 @@ export class IrisStack extends Stack {
   readonly jobsTable: dynamodb.Table;
   readonly connectionsTable: dynamodb.Table;
   readonly services: Record<QueueRole, ecs.BaseService>;
+  readonly keys: PipelineKeys;
+  readonly network: PipelineNetwork;
+  readonly audit: AuditLogging;
 
   constructor(scope: Construct, id: string, props: IrisStackProps) {
     super(scope, id, props);
@@ -186,6 +182,10 @@ export class IrisStack extends Stack {
     const repoRoot = props.repoRoot ?? REPO_ROOT;
     const fargateArchitecture = props.fargateArchitecture ?? 'x86_64';
     const prefix = queuePrefix(contract.queues);
+    const trailName = `${prefix}data-events`;
+    // ---- Customer-managed keys: data (bucket, tables), messaging (queues, topic), logs (encryption.ts).
+    const keys = new PipelineKeys(this, 'Keys', { aliasPrefix: prefix, trailName });
+    this.keys = keys;
 
     // ---- Queues: one per stage, each with its dead-letter queue, settings from the contract.
     const queues = {} as Record<QueueRole, sqs.Queue>;
@@ -195,7 +195,8 @@ export class IrisStack extends Stack {
       const deadLetterQueue = new sqs.Queue(this, `${pascal(q.role)}DeadLetterQueue`, {
         queueName: q.deadLetterQueue,
         retentionPeriod: Duration.seconds(q.retentionSeconds),
-        encryption: sqs.QueueEncryption.SQS_MANAGED,
+        encryption: sqs.QueueEncryption.KMS,
+        encryptionMasterKey: keys.messaging,
         enforceSSL: true,
       });
       const queue = new sqs.Queue(this, `${pascal(q.role)}Queue`, {
@@ -204,8 +205,10 @@ export class IrisStack extends Stack {
         // the containers get from this same value.
         visibilityTimeout: Duration.seconds(q.visibilityTimeoutSeconds),
         retentionPeriod: Duration.seconds(q.retentionSeconds),
-        // SSE-SQS rather than a KMS key: S3 and EventBridge can send to it without key grants.
-        encryption: sqs.QueueEncryption.SQS_MANAGED,
+        // S3 and EventBridge send to it under the key's policy (PipelineKeys), the workers under
+        // their grants (grantWorkerAccess).
+        encryption: sqs.QueueEncryption.KMS,
+        encryptionMasterKey: keys.messaging,
         enforceSSL: true,
         deadLetterQueue: { queue: deadLetterQueue, maxReceiveCount: q.maxReceiveCount },
       });
@@ -216,22 +219,31 @@ export class IrisStack extends Stack {
     this.queues = queues;
     this.deadLetterQueues = deadLetterQueues;
 
-    // ---- Data bucket.
+    // ---- Data bucket: SSE-KMS with the data key (a bucket key keeps KMS calls, and their cost, to
+    // about one per object writer and reader every few minutes), versioned.
     this.bucket = new s3.Bucket(this, 'DataBucket', {
       bucketName,
-      encryption: s3.BucketEncryption.S3_MANAGED,
+      encryption: s3.BucketEncryption.KMS,
+      encryptionKey: keys.data,
+      bucketKeyEnabled: true,
+      versioned: true,
       blockPublicAccess: s3.BlockPublicAccess.BLOCK_ALL,
       objectOwnership: s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
       enforceSSL: true,
       minimumTLSVersion: 1.2,
       lifecycleRules: [
+        { id: 'expire-uploads', prefix: UPLOADS, expiration: UPLOADS_EXPIRE_AFTER },
         { id: 'expire-job-outputs', prefix: JOBS, expiration: JOB_OUTPUTS_EXPIRE_AFTER },
+        // An expiry or a delete leaves a noncurrent version (and a delete marker): both go too.
+        { id: 'expire-noncurrent-versions', noncurrentVersionExpiration: NONCURRENT_VERSIONS_EXPIRE_AFTER, expiredObjectDeleteMarker: true },
         // The S3 adapter uploads large outputs in parts; a crashed upload leaves parts behind.
         { id: 'abort-incomplete-multipart-uploads', abortIncompleteMultipartUploadAfter: Duration.days(7) },
       ],
       removalPolicy: RemovalPolicy.RETAIN,
     });
     this.addBucketNotifications(contract, bucketName, queuesByName);
+    // ---- Its server access logs and a CloudTrail trail of its object-level events (audit.ts).
+    this.audit = new AuditLogging(this, 'Audit', { keys, dataBucket: this.bucket, trailName });
 
     // ---- Tables, keys and indexes from the contract.
     this.jobsTable = this.table('JobsTable', contract.jobsTable, { pointInTimeRecovery: true });
@@ -251,7 +263,7 @@ export class IrisStack extends Stack {
         eventPattern: eventPattern(rule.eventPattern),
         // Events EventBridge cannot deliver (after its own 24 h of retries) go to the same
         // dead-letter queue as the target's failed messages, whose alarm then fires.
-        targets: [new eventTargets.SqsQueue(target, { deadLetterQueue: deadLetterQueues[role] })],
+        targets: [new QueueRuleTarget(target, deadLetterQueues[role])],
       });
     }
     const archive = new events.Archive(this, 'EventArchive', {
@@ -263,7 +275,17 @@ export class IrisStack extends Stack {
     });
 
     // ---- Alerts: dead letters, stuck queues, failed jobs.
-    const alerts = new sns.Topic(this, 'AlertsTopic', { topicName: `${prefix}alerts`, enforceSSL: true });
+    const alerts = new sns.Topic(this, 'AlertsTopic', { topicName: `${prefix}alerts`, enforceSSL: true, masterKey: keys.messaging });
+    // The topic's own policy replaces SNS's default one, which is what lets alarms of the account publish.
+    alerts.addToResourcePolicy(
+      new iam.PolicyStatement({
+        sid: 'CloudWatchAlarms',
+        principals: [new iam.ServicePrincipal('cloudwatch.amazonaws.com')],
+        actions: ['sns:Publish'],
+        resources: [alerts.topicArn],
+        conditions: { ArnLike: { 'aws:SourceArn': `arn:${Aws.PARTITION}:cloudwatch:${Aws.REGION}:${Aws.ACCOUNT_ID}:alarm:*` } },
+      }),
+    );
     this.addAlarms(contract, alerts);
     if (!contract.eventBus.detailTypes.includes('JobFailed')) {
       throw new Error('the contract has no JobFailed detail type, which the job-failure alert matches');
@@ -273,26 +295,17 @@ export class IrisStack extends Stack {
       ruleName: `${contract.eventBus.name}-job-failed`,
       description: 'One alert per failed job; AWS/Events MatchedEvents of this rule counts them',
       eventPattern: { source: [contract.eventBus.source], detailType: ['JobFailed'] },
-      targets: [new eventTargets.SnsTopic(alerts)],
+      targets: [new TopicRuleTarget(alerts)],
     });
 
-    // ---- Network: public subnets with no inbound rules, no NAT gateway (a fixed cost a
-    // scale-to-zero pipeline should not carry); S3 and DynamoDB traffic through gateway endpoints.
-    const vpc = new ec2.Vpc(this, 'Vpc', {
-      maxAzs: 2,
-      natGateways: 0,
-      subnetConfiguration: [{ name: 'public', subnetType: ec2.SubnetType.PUBLIC, cidrMask: 20 }],
-      gatewayEndpoints: {
-        S3: { service: ec2.GatewayVpcEndpointAwsService.S3 },
-        DynamoDB: { service: ec2.GatewayVpcEndpointAwsService.DYNAMODB },
-      },
-    });
-    const workerSecurityGroup = new ec2.SecurityGroup(this, 'WorkerSecurityGroup', {
-      vpc,
-      description: 'IRIS queue workers: outbound only (no worker listens on the network)',
-      allowAllOutbound: true,
-    });
-    const cluster = new ecs.Cluster(this, 'Cluster', { vpc });
+    // ---- Network: workers in isolated subnets, AWS APIs through VPC endpoints, no NAT (network.ts).
+    const network = new PipelineNetwork(this, 'Network', { keys });
+    this.network = network;
+    const workerSecurityGroup = network.isolatedSecurityGroup(
+      'WorkerSecurityGroup',
+      'IRIS Fargate workers: no inbound; HTTPS to the VPC endpoints, S3 and DynamoDB only',
+    );
+    const cluster = new ecs.Cluster(this, 'Cluster', { vpc: network.vpc });
 
     // ---- WebSocket API and its notify-routes Lambda.
     const { api, stage, notifyRoutes } = this.addWebSocketApi(props, contract, prefix, bucketName);
@@ -333,12 +346,7 @@ export class IrisStack extends Stack {
         ignoreMode: IgnoreMode.DOCKER,
         exclude: dockerIgnorePatterns(dockerfile, repoRoot),
       });
-    const logGroup = (role: QueueRole) =>
-      new logs.LogGroup(this, `${pascal(role)}Logs`, {
-        logGroupName: `/ecs/${queueOf(contract, role).name}`,
-        retention: logs.RetentionDays.ONE_MONTH,
-        removalPolicy: RemovalPolicy.DESTROY,
-      });
+    const logGroup = (role: QueueRole) => keys.logGroup(this, `${pascal(role)}Logs`, `/ecs/${queueOf(contract, role).name}`);
 
     const services = {} as Record<QueueRole, ecs.BaseService>;
     const taskRoles = {} as Record<QueueRole, iam.IRole>;
@@ -371,9 +379,11 @@ export class IrisStack extends Stack {
         taskDefinition,
         // No desiredCount: CloudFormation then creates the service with one task (scaled to zero
         // once the queue has been idle) and never resets the scaled count on later deployments.
-        assignPublicIp: true,
-        vpcSubnets: { subnetType: ec2.SubnetType.PUBLIC },
-        securityGroups: [workerSecurityGroup],
+        // Isolated and without a public address, except notify: the WebSocket Management API it
+        // posts to is reachable from the internet only (PipelineNetwork.notifySecurityGroup).
+        ...(role === 'notify'
+          ? { assignPublicIp: true, vpcSubnets: { subnetType: ec2.SubnetType.PUBLIC }, securityGroups: [network.notifySecurityGroup] }
+          : { assignPublicIp: false, vpcSubnets: ISOLATED_SUBNETS, securityGroups: [workerSecurityGroup] }),
         minHealthyPercent: 0,
         maxHealthyPercent: 200,
         circuitBreaker: { rollback: true },
@@ -382,7 +392,15 @@ export class IrisStack extends Stack {
       taskRoles[role] = taskDefinition.taskRole;
     }
 
-    const segment = this.addSegmentService(vpc, cluster, environment(queueOf(contract, 'segment')), healthCheck, image, logGroup('segment'));
+    // The segment service and its GPU capacity (segment-service.ts).
+    const segment = addSegmentService(this, {
+      network,
+      cluster,
+      environment: environment(queueOf(contract, 'segment')),
+      healthCheck,
+      image,
+      logGroup: logGroup('segment'),
+    });
     services.segment = segment.service;
     taskRoles.segment = segment.taskRole;
     this.services = services;
@@ -422,6 +440,9 @@ export class IrisStack extends Stack {
     output('WebSocketApiId', api.apiId, 'WebSocket API id');
     output('NotifyRoutesFunctionName', notifyRoutes.functionName, 'Lambda behind the WebSocket routes');
     output('ClusterName', cluster.clusterName, 'ECS cluster of the queue workers');
+    output('DataKeyArn', keys.data.keyArn, 'KMS key of the bucket and tables: uploaders and readers need kms:GenerateDataKey / kms:Decrypt on it');
+    output('AccessLogBucketName', this.audit.accessLogBucket.bucketName, 'S3 server access logs of the data bucket (data-bucket/)');
+    output('TrailBucketName', this.audit.trailBucket.bucketName, 'CloudTrail data events of the data bucket');
     for (const role of QUEUE_ROLES) {
       output(`${pascal(role)}ServiceName`, services[role].serviceName, `ECS service of the ${role} worker`);
     }
@@ -480,6 +501,8 @@ export class IrisStack extends Stack {
       billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
       timeToLiveAttribute: spec.timeToLiveAttribute,
       pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: options.pointInTimeRecovery },
+      encryption: dynamodb.TableEncryption.CUSTOMER_MANAGED,
+      encryptionKey: this.keys.data,
       removalPolicy: RemovalPolicy.RETAIN,
     });
     for (const index of spec.indexes) {
@@ -563,10 +586,7 @@ export class IrisStack extends Stack {
         // Unset when not given: the Lambda then refuses every connection.
         ...(tokenPublicKey === undefined ? {} : { IRIS_TOKEN_PUBLIC_KEY: tokenPublicKey }),
       },
-      logGroup: new logs.LogGroup(this, 'NotifyRoutesLogs', {
-        retention: logs.RetentionDays.ONE_MONTH,
-        removalPolicy: RemovalPolicy.DESTROY,
-      }),
+      logGroup: this.keys.logGroup(this, 'NotifyRoutesLogs'),
     });
     const integration = new WebSocketLambdaIntegration('NotifyRoutes', notifyRoutes);
     // API Gateway answers 401 itself, without invoking the authorizer, when the token is missing.
@@ -592,6 +612,7 @@ export class IrisStack extends Stack {
     notifyRoutes.addEnvironment('IRIS_WS_CALLBACK_URL', this.webSocketCallbackUrl(api));
     stage.grantManagementApiAccess(notifyRoutes);
     this.connectionsStatements(contract).forEach((s) => notifyRoutes.addToRolePolicy(s));
+    this.keys.grantData(notifyRoutes, ['dynamodb']);
     return { api, stage, notifyRoutes };
   }
 
@@ -604,117 +625,6 @@ export class IrisStack extends Stack {
   private webSocketCallbackUrl(api: apigwv2.IWebSocketApi): string {
     const stack = Stack.of(this);
     return `https://${api.apiId}.execute-api.${stack.region}.${stack.urlSuffix}/${WEBSOCKET_STAGE}`;
-  }
-
-  private addSegmentService(
-    vpc: ec2.IVpc,
-    cluster: ecs.Cluster,
-    environment: Record<string, string>,
-    healthCheck: ecs.HealthCheck,
-    image: (dockerfile: string, platform: ecrAssets.Platform, buildArgs: Record<string, string>) => ecs.ContainerImage,
-    logGroup: logs.ILogGroup,
-  ): { service: ecs.BaseService; taskRole: iam.IRole } {
-    const securityGroup = new ec2.SecurityGroup(this, 'GpuInstanceSecurityGroup', {
-      vpc,
-      description: 'IRIS GPU container instances: outbound only',
-      allowAllOutbound: true,
-    });
-    const instanceRole = new iam.Role(this, 'GpuInstanceRole', { assumedBy: new iam.ServicePrincipal('ec2.amazonaws.com') });
-    // One launch template per group: ECS adds the cluster's name to each one's user data, and the
-    // spot group's instances also drain their tasks when EC2 announces a spot interruption.
-    const launchTemplate = (id: string, options: { spot: boolean }) => {
-      const userData = ec2.UserData.forLinux();
-      if (options.spot) userData.addCommands('echo ECS_ENABLE_SPOT_INSTANCE_DRAINING=true >> /etc/ecs/ecs.config');
-      return new ec2.LaunchTemplate(this, id, {
-        // The ECS-optimized GPU AMI, resolved from its public SSM parameter when CloudFormation
-        // deploys (a template parameter, not a synth-time lookup).
-        machineImage: ecs.EcsOptimizedImage.amazonLinux2023(ecs.AmiHardwareType.GPU),
-        userData,
-        role: instanceRole,
-        securityGroup,
-        associatePublicIpAddress: true,
-        requireImdsv2: true,
-        // One hop: containers (bridge network, one hop further) cannot reach the instance's
-        // metadata and its role; they use their task role through the ECS agent.
-        httpPutResponseHopLimit: 1,
-        blockDevices: [
-          {
-            // The CUDA image is several GB; the AMI's default root volume is 30 GB.
-            deviceName: '/dev/xvda',
-            volume: ec2.BlockDeviceVolume.ebs(100, { volumeType: ec2.EbsDeviceVolumeType.GP3, encrypted: true }),
-          },
-        ],
-      });
-    };
-    const group = (id: string, options: { spot: boolean }, distribution: autoscaling.InstancesDistribution) =>
-      new autoscaling.AutoScalingGroup(this, id, {
-        vpc,
-        vpcSubnets: { subnetType: ec2.SubnetType.PUBLIC },
-        minCapacity: 0,
-        maxCapacity: GPU_INSTANCES_MAX,
-        mixedInstancesPolicy: {
-          launchTemplate: launchTemplate(`${id}LaunchTemplate`, options),
-          launchTemplateOverrides: GPU_INSTANCE_TYPES.map((t) => ({ instanceType: new ec2.InstanceType(t) })),
-          instancesDistribution: distribution,
-        },
-      });
-    const spotGroup = group('GpuSpotGroup', { spot: true }, {
-      onDemandBaseCapacity: 0,
-      onDemandPercentageAboveBaseCapacity: 0,
-      spotAllocationStrategy: autoscaling.SpotAllocationStrategy.PRICE_CAPACITY_OPTIMIZED,
-    });
-    const onDemandGroup = group('GpuOnDemandGroup', { spot: false }, {
-      onDemandBaseCapacity: 0,
-      onDemandPercentageAboveBaseCapacity: 100,
-      onDemandAllocationStrategy: autoscaling.OnDemandAllocationStrategy.PRIORITIZED,
-    });
-    // ECS managed scaling starts instances for pending tasks and, with managed termination
-    // protection, only ever stops instances that run none.
-    const spotProvider = new ecs.AsgCapacityProvider(this, 'GpuSpotCapacityProvider', { autoScalingGroup: spotGroup });
-    const onDemandProvider = new ecs.AsgCapacityProvider(this, 'GpuOnDemandCapacityProvider', {
-      autoScalingGroup: onDemandGroup,
-    });
-    cluster.addAsgCapacityProvider(spotProvider);
-    cluster.addAsgCapacityProvider(onDemandProvider);
-    // The ECS agent marks its instance DRAINING itself on a spot interruption notice (the
-    // statements CDK adds for joining the cluster do not cover that call).
-    instanceRole.addToPrincipalPolicy(
-      new iam.PolicyStatement({
-        sid: 'SpotInstanceDraining',
-        actions: ['ecs:UpdateContainerInstancesState'],
-        resources: ['*'],
-        conditions: { ArnEquals: { 'ecs:cluster': cluster.clusterArn } },
-      }),
-    );
-
-    // Bridge networking: the task uses the instance's public address (awsvpc tasks on EC2 get
-    // no public IP, and there is no NAT gateway).
-    const taskDefinition = new ecs.Ec2TaskDefinition(this, 'SegmentTaskDefinition', { networkMode: ecs.NetworkMode.BRIDGE });
-    taskDefinition.addContainer('worker', {
-      image: image(SEGMENT_GPU_DOCKERFILE, ecrAssets.Platform.LINUX_AMD64, {}),
-      gpuCount: 1,
-      ...SEGMENT_CONTAINER,
-      environment,
-      logging: ecs.LogDrivers.awsLogs({ streamPrefix: 'segment', logGroup }),
-      healthCheck,
-      stopTimeout: Duration.seconds(120),
-    });
-    const service = new ecs.Ec2Service(this, 'SegmentService', {
-      cluster,
-      taskDefinition,
-      capacityProviderStrategies: [
-        { capacityProvider: spotProvider.capacityProviderName, weight: SEGMENT_CAPACITY_WEIGHTS.spot },
-        { capacityProvider: onDemandProvider.capacityProviderName, weight: SEGMENT_CAPACITY_WEIGHTS.onDemand },
-      ],
-      // A deployment stops the old task before starting the new one: no second GPU instance.
-      minHealthyPercent: 0,
-      maxHealthyPercent: 100,
-      circuitBreaker: { rollback: true },
-    });
-    // The capacity providers must be associated with the cluster before a service may name them;
-    // a dependency on the cluster construct covers its ClusterCapacityProviderAssociations child.
-    service.node.addDependency(cluster);
-    return { service, taskRole: taskDefinition.taskRole };
   }
 
   /** Connection-table and job-table access of the WebSocket side (the notify consumer and the Lambda). */
@@ -786,5 +696,13 @@ export class IrisStack extends Stack {
       add(role, [new iam.PolicyStatement({ sid: 'PublishEvents', actions: ['events:PutEvents'], resources: [bus.eventBusArn] })]);
     }
     add('notify', this.connectionsStatements(contract));
+
+    // The keys behind all of it, each only through the service that stores the data (kms:ViaService):
+    // every worker receives from its queue and sends to its dead-letter queue; the stages read and
+    // write objects and job records; notify reads and writes records only.
+    for (const role of QUEUE_ROLES) {
+      this.keys.grantMessaging(taskRoles[role]);
+      this.keys.grantData(taskRoles[role], role === 'notify' ? ['dynamodb'] : ['s3', 'dynamodb']);
+    }
   }
 }

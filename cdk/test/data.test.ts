@@ -25,7 +25,9 @@ const isTlsOnlyDeny = (s: Json) =>
 describe('resources', () => {
   test('counts', () => {
     const expected: Record<string, number> = {
-      'AWS::S3::Bucket': 1,
+      'AWS::S3::Bucket': 3, // data, access logs, CloudTrail log files
+      'AWS::KMS::Key': 3, // data, messaging, logs
+      'AWS::CloudTrail::Trail': 1,
       'AWS::SQS::Queue': 2 * contract.queues.length,
       'AWS::DynamoDB::Table': 2,
       'AWS::Events::EventBus': 1,
@@ -50,17 +52,19 @@ describe('resources', () => {
 });
 
 describe('data bucket', () => {
-  const [[bucketId, bucket]] = resourcesOfType(json, 'AWS::S3::Bucket');
+  // The one with notifications (the others are audit buckets: security.test.ts).
+  const [[bucketId, bucket]] = resourcesOfType(json, 'AWS::S3::Bucket').filter(([, b]) => b.Properties.NotificationConfiguration);
   const props = bucket.Properties;
 
   test('takes its name from the contract', () => {
     assert.equal(props.BucketName, contract.bucket.name);
   });
 
-  test('is encrypted and blocks every kind of public access', () => {
-    assert.deepStrictEqual(props.BucketEncryption.ServerSideEncryptionConfiguration, [
-      { ServerSideEncryptionByDefault: { SSEAlgorithm: 'AES256' } },
-    ]);
+  test('is encrypted (SSE-KMS, customer-managed key, bucket key) and blocks every kind of public access', () => {
+    const [rule] = props.BucketEncryption.ServerSideEncryptionConfiguration;
+    assert.equal(rule.ServerSideEncryptionByDefault.SSEAlgorithm, 'aws:kms');
+    assert.equal(resource(json, referencedId(rule.ServerSideEncryptionByDefault.KMSMasterKeyID)).Type, 'AWS::KMS::Key');
+    assert.equal(rule.BucketKeyEnabled, true);
     assert.deepStrictEqual(props.PublicAccessBlockConfiguration, {
       BlockPublicAcls: true,
       BlockPublicPolicy: true,
@@ -70,8 +74,7 @@ describe('data bucket', () => {
   });
 
   test('its policy denies every request without TLS, and TLS older than 1.2', () => {
-    const [[, policy]] = resourcesOfType(json, 'AWS::S3::BucketPolicy');
-    assert.equal(referencedId(policy.Properties.Bucket), bucketId);
+    const [[, policy]] = resourcesOfType(json, 'AWS::S3::BucketPolicy').filter(([, p]) => referencedId(p.Properties.Bucket) === bucketId);
     const statements: Json[] = policy.Properties.PolicyDocument.Statement;
     const tlsOnly = statements.find(isTlsOnlyDeny);
     assert.ok(tlsOnly, 'no TLS-only deny statement');
@@ -84,13 +87,18 @@ describe('data bucket', () => {
     );
   });
 
-  test('expires job outputs under jobs/ after 90 days, and nothing else', () => {
+  test('expires uploads after 30 days and job outputs under jobs/ after 90 days, and nothing else', () => {
     const rules: Json[] = props.LifecycleConfiguration.Rules;
     const expiring = rules.filter((r) => r.ExpirationInDays !== undefined);
     assert.deepStrictEqual(
       expiring.map((r) => [r.Prefix, r.ExpirationInDays, r.Status]),
-      [['jobs/', 90, 'Enabled']],
+      [
+        ['uploads/', 30, 'Enabled'],
+        ['jobs/', 90, 'Enabled'],
+      ],
     );
+    // Uploads outlive the longest a message can wait for ingest (queue retention).
+    assert.ok(30 * 24 * 3600 > Math.max(...contract.queues.map((q) => q.retentionSeconds)));
   });
 
   test('notifies the queues with exactly the contract\'s prefix/suffix filters', () => {
@@ -151,7 +159,8 @@ describe('queues', () => {
       assert.equal(q.retentionSeconds, FOURTEEN_DAYS);
       assert.equal(deadLetter.properties.RedrivePolicy, undefined, 'a dead-letter queue has no redrive of its own');
       for (const { id, properties } of [queue, deadLetter]) {
-        assert.equal(properties.SqsManagedSseEnabled, true, `${properties.QueueName} is encrypted`);
+        // Encrypted with the customer-managed messaging key (security.test.ts checks which one).
+        assert.equal(resource(json, referencedId(properties.KmsMasterKeyId)).Type, 'AWS::KMS::Key', `${properties.QueueName} is encrypted`);
         assert.ok(queuePolicyStatements(id).some(isTlsOnlyDeny), `${properties.QueueName} denies requests without TLS`);
       }
     });

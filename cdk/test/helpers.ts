@@ -120,6 +120,8 @@ export function resolve(json: Json, value: Json): string {
           return arn('events', `rule/${p.Name ?? id}`);
         case 'AWS::ECS::Cluster':
           return arn('ecs', `cluster/${id}`);
+        case 'AWS::KMS::Key':
+          return arn('kms', `key/${id}`);
         default:
           return `arn:unresolved:${id}`;
       }

@@ -47,7 +47,8 @@ describe('services', () => {
       const service = resource(json, services[role].serviceId).Properties;
       assert.equal(service.LaunchType, 'FARGATE');
       const network = service.NetworkConfiguration.AwsvpcConfiguration;
-      assert.equal(network.AssignPublicIp, 'ENABLED');
+      // Only notify has a public address: the WebSocket Management API is public only (network.test.ts).
+      assert.equal(network.AssignPublicIp, role === 'notify' ? 'ENABLED' : 'DISABLED');
       for (const group of network.SecurityGroups) {
         const sg = resource(json, referencedId(group)).Properties;
         assert.equal(sg.SecurityGroupIngress, undefined, 'no inbound rule');
@@ -616,6 +617,9 @@ describe('outputs and context', () => {
       'WebSocketApiId',
       'NotifyRoutesFunctionName',
       'ClusterName',
+      'DataKeyArn',
+      'AccessLogBucketName',
+      'TrailBucketName',
       ...QUEUE_ROLES.flatMap((r) => {
         const p = r.charAt(0).toUpperCase() + r.slice(1);
         return [`${p}QueueUrl`, `${p}DeadLetterQueueUrl`, `${p}ServiceName`];
