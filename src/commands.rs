@@ -110,8 +110,15 @@ fn report(job: &JobRecord, outputs: Option<(&Path, Vec<String>)>, json: bool) ->
     }
     println!("job {}  {}", job.job_id, job.status);
     println!("  user      {}", job.user_id);
-    println!("  source    {}", job.source_key);
     println!("  created   {}", job.created_at);
+    if job.run > 1 {
+        println!("  run       {} (the upload was made again after the job failed)", job.run);
+        for past in &job.previous_runs {
+            let error =
+                past.error.as_ref().map_or_else(|| "unknown".to_owned(), |e| format!("{}: {}", e.code, e.message));
+            println!("    run {} failed at {}: {error}", past.run, past.failed_at);
+        }
+    }
     let durations = job.stage_durations_ms();
     for stage in Stage::ALL {
         if let Some(record) = job.stages.get(&stage) {
@@ -197,7 +204,7 @@ pub async fn status(config: &IrisConfig, job: Option<&str>, user: &UserId, json:
                 println!("no jobs for user {user}");
             } else {
                 for job in jobs {
-                    println!("{}  {:<10}  {}  {}", job.job_id, job.status.as_str(), job.created_at, job.source_key);
+                    println!("{}  {:<10}  {}  run {}", job.job_id, job.status.as_str(), job.created_at, job.run);
                 }
             }
             Ok(ExitCode::SUCCESS)

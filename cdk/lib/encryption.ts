@@ -42,8 +42,9 @@ function viaService(service: string): string {
 /**
  * Three customer-managed keys, each rotated yearly by KMS and retained when the stack is deleted
  * (what they encrypt is retained too, and would be unreadable without them):
- *  - `data`: scans, volumes, labels, meshes (the data bucket, SSE-KMS with a bucket key) and the job
- *    and connection records (both tables);
+ *  - `data`: scans, volumes, labels, meshes (the data bucket, SSE-KMS with a bucket key), the job
+ *    and connection records (both tables), and the salt of the upload-key digests in the job
+ *    records (a Secrets Manager secret, read by ECS for the ingest task only);
  *  - `messaging`: every SQS queue and dead-letter queue, and the alerts topic;
  *  - `logs`: every CloudWatch log group, and the CloudTrail log files.
  * One key per class rather than per resource: the classes have different readers (people who may
@@ -68,7 +69,7 @@ export class PipelineKeys extends Construct {
         enableKeyRotation: true,
         removalPolicy: RemovalPolicy.RETAIN,
       });
-    this.data = key('DataKey', 'data', 'IRIS data at rest: the data bucket (uploads, job outputs, models) and the job and connection tables');
+    this.data = key('DataKey', 'data', 'IRIS data at rest: the data bucket (uploads, job outputs, models), the job and connection tables, and the record salt secret');
     this.messaging = key('MessagingKey', 'messaging', 'IRIS messages at rest: every SQS queue and dead-letter queue, and the alerts topic');
     this.logs = key('LogsKey', 'logs', 'IRIS logs at rest: the CloudWatch log groups and the CloudTrail log files');
 
@@ -156,6 +157,23 @@ export class PipelineKeys extends Construct {
         actions: DATA_KEY_ACTIONS,
         resources: [this.data.keyArn],
         conditions: { StringEquals: { 'kms:ViaService': services.map(viaService) } },
+      }),
+    );
+  }
+
+  /**
+   * Lets `grantee` read secrets encrypted with the data key: kms:Decrypt, through Secrets Manager
+   * only (GetSecretValue decrypts with the caller's permissions). For the ECS execution role that
+   * fetches the record salt at ingest task start; as an identity-policy statement, like the other
+   * grants, so the key policy names no role.
+   */
+  grantSecretsRead(grantee: iam.IGrantable): void {
+    grantee.grantPrincipal.addToPrincipalPolicy(
+      new iam.PolicyStatement({
+        sid: 'DataKeyThroughSecretsManager',
+        actions: ['kms:Decrypt'],
+        resources: [this.data.keyArn],
+        conditions: { StringEquals: { 'kms:ViaService': viaService('secretsmanager') } },
       }),
     );
   }

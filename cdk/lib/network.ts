@@ -10,8 +10,10 @@ import { PipelineKeys } from './encryption';
 /**
  * Interface endpoints (PrivateLink, private DNS on) of what runs in the isolated subnets calls at
  * run time. The Rust services call S3, DynamoDB (gateway endpoints, below), SQS and EventBridge, and
- * nothing else of AWS (credentials come from the ECS agent, not STS; no secrets are read); the
- * notify service also calls the WebSocket Management API, which has no endpoint (see `notify`).
+ * nothing else of AWS (credentials come from the ECS agent, not STS; they read no secret
+ * themselves); the notify service also calls the WebSocket Management API, which has no endpoint
+ * (see `notify`). ECS reads the ingest task's one secret (IRIS_RECORD_SALT) from Secrets Manager
+ * before the container starts, through the task's network interface, hence that endpoint.
  */
 export const INTERFACE_ENDPOINTS: Record<string, { service: ec2.InterfaceVpcEndpointAwsService; usedBy: string }> = {
   Sqs: { service: ec2.InterfaceVpcEndpointAwsService.SQS, usedBy: 'every worker: its queue and dead-letter queue' },
@@ -22,6 +24,7 @@ export const INTERFACE_ENDPOINTS: Record<string, { service: ec2.InterfaceVpcEndp
   Ecs: { service: ec2.InterfaceVpcEndpointAwsService.ECS, usedBy: 'the ECS agent of the GPU instances' },
   EcsAgent: { service: ec2.InterfaceVpcEndpointAwsService.ECS_AGENT, usedBy: 'the ECS agent of the GPU instances' },
   EcsTelemetry: { service: ec2.InterfaceVpcEndpointAwsService.ECS_TELEMETRY, usedBy: 'the ECS agent of the GPU instances' },
+  SecretsManager: { service: ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER, usedBy: 'ECS at ingest task start: IRIS_RECORD_SALT (the execution role)' },
 };
 
 /** The gateway endpoints (free; routes in every route table) and the prefix lists of their services. */

@@ -27,6 +27,7 @@ describe('resources', () => {
     const expected: Record<string, number> = {
       'AWS::S3::Bucket': 3, // data, access logs, CloudTrail log files
       'AWS::KMS::Key': 3, // data, messaging, logs
+      'AWS::SecretsManager::Secret': 1, // the record salt
       'AWS::CloudTrail::Trail': 1,
       'AWS::SQS::Queue': 2 * contract.queues.length,
       'AWS::DynamoDB::Table': 2,

@@ -95,6 +95,9 @@ export function resolve(json: Json, value: Json): string {
         return value.Ref;
       case 'AWS::ApiGatewayV2::Api':
         return `api-${value.Ref}`;
+      case 'AWS::SecretsManager::Secret':
+        // Secrets Manager appends six random characters to the name.
+        return `arn:aws:secretsmanager:${REGION}:${ACCOUNT}:secret:${r.Properties.Name ?? value.Ref}-AbCdEf`;
       default:
         return `ref-${value.Ref}`;
     }
@@ -192,8 +195,12 @@ export interface ServiceInfo {
   readonly serviceId: string;
   readonly taskDefinitionId: string;
   readonly taskRoleId: string;
+  /** The role ECS itself uses for the task: image pulls, the log driver, the task's secrets. */
+  readonly executionRoleId: string;
   readonly container: Json;
   readonly environment: Record<string, Json>;
+  /** The container's ECS secrets: variable name → ValueFrom (a secret reference). */
+  readonly secrets: Record<string, Json>;
 }
 
 /** The ECS services keyed by the stage they run (the awslogs stream prefix of their container). */
@@ -207,12 +214,15 @@ export function servicesByRole(json: Json): Record<string, ServiceInfo> {
     const container = containers[0];
     const role = container.LogConfiguration.Options['awslogs-stream-prefix'];
     const environment = Object.fromEntries((container.Environment as Json[]).map((e) => [e.Name, e.Value]));
+    const secrets = Object.fromEntries(((container.Secrets ?? []) as Json[]).map((e) => [e.Name, e.ValueFrom]));
     result[role] = {
       serviceId,
       taskDefinitionId,
       taskRoleId: referencedId(taskDefinition.Properties.TaskRoleArn),
+      executionRoleId: referencedId(taskDefinition.Properties.ExecutionRoleArn),
       container,
       environment,
+      secrets,
     };
   }
   return result;

@@ -101,16 +101,34 @@ describe('VPC endpoints', () => {
     for (const [id, e] of gateways) assert.deepStrictEqual(e.Properties.RouteTableIds.map(referencedId).sort(), allTables, id);
   });
 
-  test('interface endpoints for SQS, EventBridge, ECR (api, dkr), CloudWatch Logs and the ECS agent: isolated subnets, private DNS', () => {
+  test('interface endpoints for SQS, EventBridge, ECR (api, dkr), CloudWatch Logs, the ECS agent and Secrets Manager: isolated subnets, private DNS', () => {
     const interfaces = endpoints.filter(([, e]) => e.Properties.VpcEndpointType === 'Interface');
     const names = interfaces.map(([, e]) => endpointService(e).replace(`com.amazonaws.${REGION}.`, '')).sort();
-    assert.deepStrictEqual(names, ['ecr.api', 'ecr.dkr', 'ecs', 'ecs-agent', 'ecs-telemetry', 'events', 'logs', 'sqs']);
+    assert.deepStrictEqual(names, ['ecr.api', 'ecr.dkr', 'ecs', 'ecs-agent', 'ecs-telemetry', 'events', 'logs', 'secretsmanager', 'sqs']);
     assert.equal(interfaces.length, Object.keys(INTERFACE_ENDPOINTS).length);
     for (const [id, e] of interfaces) {
       assert.equal(e.Properties.PrivateDnsEnabled, true, id);
       for (const subnet of e.Properties.SubnetIds) assert.equal(subnetType(subnet), 'Isolated', id);
       assert.deepStrictEqual(e.Properties.SecurityGroupIds.map(referencedId), [endpointGroup()], id);
     }
+  });
+
+  test("a Secrets Manager interface endpoint in the VPC: ECS fetches ingest's IRIS_RECORD_SALT through it, from the isolated subnets", () => {
+    const found = endpoints.filter(([, e]) => endpointService(e) === `com.amazonaws.${REGION}.secretsmanager`);
+    assert.equal(found.length, 1);
+    const [id, e] = found[0];
+    assert.equal(e.Properties.VpcEndpointType, 'Interface', id);
+    assert.equal(referencedId(e.Properties.VpcId), resourcesOfType(json, 'AWS::EC2::VPC')[0][0]);
+    assert.equal(e.Properties.PrivateDnsEnabled, true, id);
+    assert.deepStrictEqual(e.Properties.SubnetIds.map(referencedId).sort(), subnetsOfType('Isolated').sort());
+    assert.deepStrictEqual(e.Properties.SecurityGroupIds.map(referencedId), [endpointGroup()]);
+    // Fargate fetches task secrets through the task's own network interface: ingest's group reaches the endpoint group.
+    assert.ok(Object.keys(services.ingest.secrets).length > 0, 'ingest has a secret to fetch');
+    const ingestGroup = referencedId(resource(json, services.ingest.serviceId).Properties.NetworkConfiguration.AwsvpcConfiguration.SecurityGroups[0]);
+    assert.ok(
+      ingressOf(endpointGroup()).some((r) => referencedId(r.SourceSecurityGroupId) === ingestGroup && r.FromPort === 443),
+      'the endpoint group admits HTTPS from ingest',
+    );
   });
 
   test('no execute-api endpoint: with private DNS it would take over the public WebSocket API name notify posts to', () => {

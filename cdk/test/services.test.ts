@@ -618,6 +618,7 @@ describe('outputs and context', () => {
       'NotifyRoutesFunctionName',
       'ClusterName',
       'DataKeyArn',
+      'RecordSaltSecretArn',
       'AccessLogBucketName',
       'TrailBucketName',
       ...QUEUE_ROLES.flatMap((r) => {

@@ -7,6 +7,7 @@
 //! - `websocket`: notifications to real WebSocket clients, event schemas;
 //! - `processes`: `iris` and the service binaries as processes (kills, one per service, inbox);
 //! - `on_moto`: the AWS backends against moto server;
+//! - `retry`: a failed job re-opened by a new upload of the same file;
 //! - `phi`: no patient identifier past ingest.
 //!
 //! Tests that read `../shared/data` skip with a message when it is absent; those that need ONNX
@@ -18,5 +19,6 @@ mod on_moto;
 mod phi;
 mod pipeline;
 mod processes;
+mod retry;
 mod support;
 mod websocket;

@@ -181,7 +181,7 @@ async fn job_completed_goes_through_eventbridge_and_sqs_and_is_posted_through_th
     assert!(matches!(outcome, iris_core::runtime::Outcome::Done), "{outcome:?}");
     notify_queue.ack(&message.receipt).await.unwrap();
     let subscription = backends.connections.subscribers(&job.job_id).await.unwrap().pop().expect("subscribed");
-    assert_eq!(subscription.delivered_rank, JobStatus::Completed.rank(), "the post went through");
+    assert_eq!(subscription.delivered_position, u32::from(JobStatus::Completed.rank()), "the post went through");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,4 +235,111 @@ async fn a_message_that_keeps_crashing_its_worker_lands_in_the_dead_letter_queue
     assert_eq!(error.code, ErrorCode::RetriesExhausted);
     assert_eq!(error.stage, Some(Stage::Segment));
     assert_eq!(segment.depth().await.unwrap().dead_lettered, 1, "the message is in the dead-letter queue");
+}
+
+/// Records what is posted to each connection, then posts it through the real gateway (moto's API
+/// Gateway Management API): the recording is how the test sees what a subscriber received, which
+/// moto does not keep.
+struct RecordingGateway {
+    inner: iris_aws::ApiGatewayConnectionGateway,
+    posts: std::sync::Mutex<Vec<(String, serde_json::Value)>>,
+}
+
+#[async_trait::async_trait]
+impl iris_core::ports::ConnectionGateway for RecordingGateway {
+    async fn post_to_connection(&self, connection_id: &str, payload: &str) -> Result<(), iris_core::ports::PortError> {
+        self.inner.post_to_connection(connection_id, payload).await?;
+        let value = serde_json::from_str(payload).expect("JSON payload");
+        self.posts.lock().unwrap().push((connection_id.to_owned(), value));
+        Ok(())
+    }
+}
+
+/// SQS standard queues reorder and can lose a message to its dead-letter queue: the job's state
+/// events reach notify shuffled, one repeated, and the final one never. Every subscriber still
+/// gets every state of the job once, in order, ending with COMPLETED: notify reads the job record
+/// with each event and sends what the subscriber has not had (`NotifyCore::deliver`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reordered_and_lost_state_events_still_give_every_subscriber_every_state_in_order_and_the_final_one() {
+    const TEST: &str =
+        "reordered_and_lost_state_events_still_give_every_subscriber_every_state_in_order_and_the_final_one";
+    use iris_core::events::JobEventDetail;
+    use iris_core::job::{JobRecord, Transition, UploadSource};
+    use iris_core::ports::{Connection, TransitionOutcome};
+    use rand::seq::SliceRandom;
+    let Some(Deployment { config, clients, moto_url, .. }) = setup(TEST, false).await else { return };
+    let backends = iris_aws::open_backends(&config, &clients).await.unwrap();
+    let user = UserId::parse("alice").unwrap();
+    let upload = UploadSource {
+        bucket: config.bucket.clone(),
+        key: "uploads/alice/reordered.nii.gz".into(),
+        etag: "e".into(),
+        version_id: None,
+    };
+    let job = JobRecord::received(&upload, user.clone(), BTreeMap::new(), Timestamp::now());
+    assert!(backends.jobs.create_if_absent(&job).await.unwrap());
+    let connections = ["moto-first=", "moto-second="];
+    for connection_id in connections {
+        let connection =
+            Connection { connection_id: connection_id.into(), user_id: user.clone(), connected_at: Timestamp::now() };
+        backends.connections.add_connection(&connection).await.unwrap();
+        backends.connections.subscribe(connection_id, &job.job_id).await.unwrap();
+    }
+    // The stages' transitions, each with the event it publishes.
+    let mut events = vec![JobEventDetail::from_job(&job)];
+    for status in &JobStatus::ALL[1..7] {
+        let transition = Transition::to(*status, Timestamp::now(), 1);
+        let TransitionOutcome::Applied(next) = backends.jobs.transition(&job.job_id, &transition).await.unwrap() else {
+            panic!("{status} applies");
+        };
+        events.push(JobEventDetail::from_job(&next));
+    }
+    assert_eq!(events.last().unwrap().status, JobStatus::Completed);
+    // Delivery as SQS may do it: shuffled, one repeated, the final state lost.
+    let mut delivered: Vec<JobEventDetail> = events[..events.len() - 1].to_vec();
+    let mut random = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(24);
+    delivered.shuffle(&mut random);
+    delivered.push(delivered[0].clone());
+    for event in &delivered {
+        backends.events.publish(&[EventEnvelope::new(event.clone())]).await.unwrap();
+    }
+    let gateway = std::sync::Arc::new(RecordingGateway {
+        inner: iris_aws::ApiGatewayConnectionGateway::new(&clients.sdk_config, &moto_url),
+        posts: std::sync::Mutex::new(Vec::new()),
+    });
+    let core = std::sync::Arc::new(iris_notify::NotifyCore::new(
+        backends.jobs.clone(),
+        backends.connections.clone(),
+        gateway.clone(),
+    ));
+    let handler = iris_notify::NotifyHandler::new(core);
+    let notify_queue = backends.queue(QueueRole::Notify);
+    let started = Instant::now();
+    let mut handled = 0;
+    while handled < delivered.len() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the rule delivered {handled} of {}", delivered.len());
+        for message in notify_queue.receive(10, Duration::from_secs(30), Duration::from_secs(2)).await.unwrap() {
+            let outcome = iris_core::runtime::MessageHandler::process_one(&handler, &message).await;
+            assert!(matches!(outcome, iris_core::runtime::Outcome::Done), "{outcome:?}");
+            notify_queue.ack(&message.receipt).await.unwrap();
+            handled += 1;
+        }
+    }
+    let posts = gateway.posts.lock().unwrap().clone();
+    for connection_id in connections {
+        let received: Vec<(u32, String)> = posts
+            .iter()
+            .filter(|(to, _)| to == connection_id)
+            .map(|(_, payload)| {
+                assert_eq!(payload["type"], "jobState", "{payload}");
+                let event: JobEventDetail = serde_json::from_value(payload["event"].clone()).expect("event");
+                (event.delivery_position(), event.event_id)
+            })
+            .collect();
+        let expected: Vec<(u32, String)> = events.iter().map(|e| (e.delivery_position(), e.event_id.clone())).collect();
+        assert_eq!(received, expected, "{connection_id}: every state once, in order, the final one included");
+    }
+    for subscription in backends.connections.subscribers(&job.job_id).await.unwrap() {
+        assert_eq!(subscription.delivered_position, u32::from(JobStatus::Completed.rank()));
+    }
 }

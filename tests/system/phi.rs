@@ -82,22 +82,33 @@ fn hostile_parts_in(text: &str) -> Vec<&'static str> {
     HOSTILE.iter().copied().filter(|part| text.contains(part)).collect()
 }
 
-/// Issue #24: uploads named after the patient (`DOE^JOHN_MRN123456_1970-01-01…`), and a zip whose
-/// entries are named so, fail with their codes, and the name is in no error message, event, log
-/// line at debug level or dead-letter reason. The one place it still is: the job record's
-/// `sourceKey` (the upload's own key; replacing it with a salted digest is issue #24's open part),
-/// so the test removes exactly that field and checks everything else.
+/// Issue #24: uploads named after the patient (`DOE^JOHN_MRN123456_1970-01-01…`), a zip whose
+/// entries are named so, and a series whose images carry burned-in annotations (and the patient
+/// in their attributes, private tags included) fail with their codes, and neither the name nor a
+/// DICOM identifier is in the job record (which keeps a salted digest of the key, not the key),
+/// an error message, an event, a log line at debug level or a dead-letter reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_file_names_reach_no_error_message_event_log_or_dead_letter_reason() {
     let directory = tempfile::tempdir().unwrap();
     let name = "DOE^JOHN_MRN123456_1970-01-01";
     let entry = format!("{name}/IM0001.dcm");
     let zip = iris_ingest::synthetic_dicom::zip_series(&[], &[(entry.as_str(), b"not a DICOM file".to_vec())]).unwrap();
-    let cases: [(String, Vec<u8>, ErrorCode); 3] = [
+    let mut burned_in = iris_ingest::synthetic_dicom::small_axial_series(|_, _| {});
+    burned_in.iter_mut().for_each(|slice| slice.burned_in_annotation = true);
+    let burned_in = iris_ingest::synthetic_dicom::zip_series(&burned_in, &[]).unwrap();
+    let cases: [(String, Vec<u8>, ErrorCode); 4] = [
         (format!("{name}.txt"), b"a report, not an image".to_vec(), ErrorCode::UnsupportedFormat),
         (format!("{name}.nii.gz"), vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3], ErrorCode::CorruptFile),
         (format!("{name}.zip"), zip, ErrorCode::NoDicomImages),
+        (format!("{name}-annotated.zip"), burned_in, ErrorCode::BurnedInAnnotation),
     ];
+    let identifiers = |text: &str| {
+        let mut found = hostile_parts_in(text);
+        if text.contains(iris_ingest::synthetic_dicom::PHI_CANARY) {
+            found.push(iris_ingest::synthetic_dicom::PHI_CANARY);
+        }
+        found
+    };
     for (file_name, body, code) in cases {
         let upload = directory.path().join(&file_name);
         std::fs::write(&upload, body).unwrap();
@@ -111,19 +122,19 @@ async fn hostile_file_names_reach_no_error_message_event_log_or_dead_letter_reas
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         assert!(stderr.contains("job failed"), "{file_name}: the logs were captured\n{stderr}");
-        let mut record: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+        let record: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
         assert_eq!(record["status"], "FAILED", "{file_name}: {record}");
         assert_eq!(record["error"]["code"], code.as_str(), "{file_name}: {record}");
-        assert!(!hostile_parts_in(record["sourceKey"].as_str().unwrap()).is_empty(), "the upload's key is the name");
-        record.as_object_mut().unwrap().remove("sourceKey");
-        assert_eq!(hostile_parts_in(&record.to_string()), Vec::<&str>::new(), "{file_name}: in the record: {record}");
-        assert_eq!(hostile_parts_in(&stderr), Vec::<&str>::new(), "{file_name}: in the logs:\n{stderr}");
+        assert!(record.get("sourceKey").is_none(), "{file_name}: the record keeps no key: {record}");
+        assert_eq!(record["sourceKeyDigest"].as_str().map(str::len), Some(64), "{file_name}: a digest instead");
+        assert_eq!(identifiers(&record.to_string()), Vec::<&str>::new(), "{file_name}: in the record: {record}");
+        assert_eq!(identifiers(&stderr), Vec::<&str>::new(), "{file_name}: in the logs:\n{stderr}");
         let job_id = JobId::parse(record["jobId"].as_str().unwrap()).unwrap();
         let backends = EmbeddedBackends::open(&config_for(&data, &[])).unwrap();
         let events = backends.events.published(&job_id).await.unwrap();
         assert!(events.len() >= 2, "RECEIVED and FAILED were published");
         for event in &events {
-            assert_eq!(hostile_parts_in(&event.body), Vec::<&str>::new(), "{file_name}: in an event: {}", event.body);
+            assert_eq!(identifiers(&event.body), Vec::<&str>::new(), "{file_name}: in an event: {}", event.body);
         }
     }
     // A key whose user segment is the patient's name: the message is dead-lettered, and the

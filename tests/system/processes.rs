@@ -236,5 +236,5 @@ async fn a_file_dropped_in_the_inbox_is_processed_and_watch_prints_its_states() 
     assert_eq!(status.status.code(), Some(0));
     let record: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(record["status"], "COMPLETED");
-    assert_eq!(record["sourceKey"], "uploads/local/dropped scan.nii.gz");
+    assert_eq!(record["sourceKeyDigest"], iris_core::job::source_key_digest("", "uploads/local/dropped scan.nii.gz"));
 }

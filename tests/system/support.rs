@@ -51,6 +51,7 @@ pub fn config_for(directory: &Path, extra: &[(&str, &str)]) -> IrisConfig {
     }
     variables.entry("IRIS_VISIBILITY_TIMEOUT_SECS".into()).or_insert_with(|| "5".into());
     variables.entry("IRIS_RETRY_BACKOFF_MS".into()).or_insert_with(|| "100".into());
+    variables.entry("IRIS_MAX_ATTEMPTS".into()).or_insert_with(|| "4".into());
     IrisConfig::from_lookup(|name| variables.get(name).cloned()).expect("test configuration")
 }
 

@@ -71,6 +71,7 @@ fn job_item(job: &JobRecord) -> Result<Item, PortError> {
         ("rank".to_owned(), n(job.status.rank())),
         ("status".to_owned(), s(job.status.as_str())),
         ("expiresAt".to_owned(), n(job.expires_at)),
+        ("run".to_owned(), n(job.run)),
         ("record".to_owned(), s(serde_json::to_string(job).map_err(|e| invalid(e.to_string()))?)),
     ]))
 }
@@ -162,6 +163,49 @@ impl JobStore for DynamoJobStore {
             }
         }
         Err(PortError::unavailable(BACKEND, "job item kept changing under a transition"))
+    }
+
+    async fn reopen(&self, next: &JobRecord) -> Result<TransitionOutcome, PortError> {
+        // Still FAILED and still in the run before `next` (items written before runs existed
+        // have no `run` attribute: they are run 1).
+        let condition = if next.run == 2 {
+            "#rank = :failed AND (attribute_not_exists(#run) OR #run = :previous)"
+        } else {
+            "#rank = :failed AND #run = :previous"
+        };
+        let updated = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(job_item(next)?))
+            .condition_expression(condition)
+            .expression_attribute_names("#rank", "rank")
+            .expression_attribute_names("#run", "run")
+            .expression_attribute_values(":failed", n(JobStatus::Failed.rank()))
+            .expression_attribute_values(":previous", n(next.run.saturating_sub(1)))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match updated {
+            Ok(_) => Ok(TransitionOutcome::Applied(next.clone())),
+            Err(error) if error_code(&error) == Some(CONDITIONAL_FAILED) => {
+                let returned = error.as_service_error().and_then(|e| match e {
+                    aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c) => {
+                        c.item().cloned()
+                    }
+                    _ => None,
+                });
+                match returned {
+                    Some(current) => Ok(TransitionOutcome::Ignored(record_of(&current)?)),
+                    // No item came back: the put's condition failed on a missing item.
+                    None => match self.read(&next.job_id).await? {
+                        Some(current) => Ok(TransitionOutcome::Ignored(record_of(&current)?)),
+                        None => Ok(TransitionOutcome::NotFound),
+                    },
+                }
+            }
+            Err(error) => Err(port_error(BACKEND, error)),
+        }
     }
 
     async fn get(&self, job_id: &JobId) -> Result<Option<JobRecord>, PortError> {
@@ -362,7 +406,7 @@ impl ConnectionStore for DynamoConnectionStore {
                 connection_id,
                 user_id: UserId::parse(&user).map_err(|e| invalid(e.to_string()))?,
                 job_id: job_id.clone(),
-                delivered_rank: item
+                delivered_position: item
                     .get("deliveredRank")
                     .and_then(|v| v.as_n().ok())
                     .and_then(|v| v.parse().ok())
@@ -373,7 +417,8 @@ impl ConnectionStore for DynamoConnectionStore {
         Ok(subscriptions)
     }
 
-    async fn advance_delivery(&self, connection_id: &str, job_id: &JobId, rank: u8) -> Result<bool, PortError> {
+    // The attribute keeps its first name, `deliveredRank`: it holds the delivery position.
+    async fn advance_delivery(&self, connection_id: &str, job_id: &JobId, position: u32) -> Result<bool, PortError> {
         let updated = self
             .client
             .update_item()
@@ -382,7 +427,7 @@ impl ConnectionStore for DynamoConnectionStore {
             .key("item", s(subscription_key(job_id)))
             .update_expression("SET deliveredRank = :rank")
             .condition_expression("attribute_exists(connectionId) AND deliveredRank < :rank")
-            .expression_attribute_values(":rank", n(rank))
+            .expression_attribute_values(":rank", n(position))
             .send()
             .await;
         match updated {
@@ -396,8 +441,8 @@ impl ConnectionStore for DynamoConnectionStore {
         &self,
         connection_id: &str,
         job_id: &JobId,
-        rank: u8,
-        previous_rank: u8,
+        position: u32,
+        previous_position: u32,
     ) -> Result<(), PortError> {
         let updated = self
             .client
@@ -407,8 +452,8 @@ impl ConnectionStore for DynamoConnectionStore {
             .key("item", s(subscription_key(job_id)))
             .update_expression("SET deliveredRank = :previous")
             .condition_expression("attribute_exists(connectionId) AND deliveredRank = :rank")
-            .expression_attribute_values(":rank", n(rank))
-            .expression_attribute_values(":previous", n(previous_rank))
+            .expression_attribute_values(":rank", n(position))
+            .expression_attribute_values(":previous", n(previous_position))
             .send()
             .await;
         match updated {

@@ -139,6 +139,32 @@ impl ObjectStore for S3ObjectStore {
         Ok(bytes.into_bytes().to_vec())
     }
 
+    async fn get_matching(&self, key: &ObjectKey, etag: &str, max_bytes: u64) -> Result<Vec<u8>, PortError> {
+        let request = self.client.get_object().bucket(&self.bucket).key(key.as_str()).if_match(format!("\"{etag}\""));
+        let mut object = match request.send().await {
+            Ok(object) => object,
+            Err(error) if error.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+                return Err(PortError::NotFound(key.to_string()));
+            }
+            Err(error) if crate::error::error_code(&error) == Some("PreconditionFailed") => {
+                return Err(PortError::PreconditionFailed(key.to_string()));
+            }
+            Err(error) => return Err(port_error(BACKEND, error)),
+        };
+        if object.content_length().is_some_and(|length| length.max(0) as u64 > max_bytes) {
+            return Err(PortError::TooLarge { limit: max_bytes });
+        }
+        // Streamed, so a body longer than it said stops at the limit too.
+        let mut bytes = Vec::with_capacity(object.content_length().unwrap_or(0).clamp(0, 1 << 30) as usize);
+        while let Some(chunk) = object.body.try_next().await.map_err(|e| PortError::unavailable(BACKEND, e))? {
+            if (bytes.len() + chunk.len()) as u64 > max_bytes {
+                return Err(PortError::TooLarge { limit: max_bytes });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
+
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectInfo>, PortError> {
         match self.client.head_object().bucket(&self.bucket).key(key.as_str()).send().await {
             Ok(head) => Ok(Some(ObjectInfo {

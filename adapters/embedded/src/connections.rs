@@ -121,7 +121,7 @@ impl ConnectionStore for SqliteConnectionStore {
 
     async fn subscribers(&self, job_id: &JobId) -> Result<Vec<Subscription>, PortError> {
         let job = job_id.clone();
-        let rows: Vec<(String, String, u8)> = self
+        let rows: Vec<(String, String, u32)> = self
             .database
             .run({
                 let job = job.as_str().to_owned();
@@ -138,25 +138,26 @@ impl ConnectionStore for SqliteConnectionStore {
             })
             .await?;
         rows.into_iter()
-            .map(|(connection_id, user, delivered_rank)| {
+            .map(|(connection_id, user, delivered_position)| {
                 Ok(Subscription {
                     connection_id,
                     user_id: UserId::parse(&user)
                         .map_err(|e| PortError::Invalid { backend: BACKEND, message: e.to_string() })?,
                     job_id: job.clone(),
-                    delivered_rank,
+                    delivered_position,
                 })
             })
             .collect()
     }
 
-    async fn advance_delivery(&self, connection_id: &str, job_id: &JobId, rank: u8) -> Result<bool, PortError> {
+    // The column keeps its first name: it now holds the delivery position (run, then rank).
+    async fn advance_delivery(&self, connection_id: &str, job_id: &JobId, position: u32) -> Result<bool, PortError> {
         let (id, job) = (connection_id.to_owned(), job_id.as_str().to_owned());
         self.database
             .run(move |db| {
                 db.execute(
                     "UPDATE subscriptions SET delivered_rank = ?3 WHERE connection_id = ?1 AND job_id = ?2 AND delivered_rank < ?3",
-                    params![id, job, rank],
+                    params![id, job, position],
                 )
                 .map(|n| n == 1)
                 .map_err(sqlite_error)
@@ -168,15 +169,15 @@ impl ConnectionStore for SqliteConnectionStore {
         &self,
         connection_id: &str,
         job_id: &JobId,
-        rank: u8,
-        previous_rank: u8,
+        position: u32,
+        previous_position: u32,
     ) -> Result<(), PortError> {
         let (id, job) = (connection_id.to_owned(), job_id.as_str().to_owned());
         self.database
             .run(move |db| {
                 db.execute(
                     "UPDATE subscriptions SET delivered_rank = ?4 WHERE connection_id = ?1 AND job_id = ?2 AND delivered_rank = ?3",
-                    params![id, job, rank, previous_rank],
+                    params![id, job, position, previous_position],
                 )
                 .map(|_| ())
                 .map_err(sqlite_error)

@@ -129,6 +129,42 @@ impl JobStore for SqliteJobStore {
             .await
     }
 
+    async fn reopen(&self, next: &JobRecord) -> Result<TransitionOutcome, PortError> {
+        let next = next.clone();
+        self.database
+            .run(move |connection| {
+                let transaction =
+                    connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sqlite_error)?;
+                let Some(current) = read_job(&transaction, next.job_id.as_str())? else {
+                    return Ok(TransitionOutcome::NotFound);
+                };
+                // The same condition as DynamoDB's: still FAILED, still in the run before `next`.
+                if current.status != JobStatus::Failed || current.run + 1 != next.run {
+                    return Ok(TransitionOutcome::Ignored(current));
+                }
+                transaction
+                    .execute(
+                        "UPDATE jobs SET rank = ?2, record = ?3 WHERE job_id = ?1 AND rank = ?4",
+                        params![
+                            next.job_id.as_str(),
+                            next.status.rank(),
+                            serde_json::to_string(&next).map_err(json_error)?,
+                            JobStatus::Failed.rank()
+                        ],
+                    )
+                    .map_err(sqlite_error)?;
+                transaction
+                    .execute(
+                        "INSERT INTO job_history (job_id, status, at) VALUES (?1, ?2, ?3)",
+                        params![next.job_id.as_str(), next.status.as_str(), next.updated_at.epoch_millis()],
+                    )
+                    .map_err(sqlite_error)?;
+                transaction.commit().map_err(sqlite_error)?;
+                Ok(TransitionOutcome::Applied(next))
+            })
+            .await
+    }
+
     async fn get(&self, job_id: &JobId) -> Result<Option<JobRecord>, PortError> {
         let job_id = job_id.as_str().to_owned();
         self.database.run(move |connection| read_job(connection, &job_id)).await

@@ -133,6 +133,36 @@ impl ObjectStore for DirectoryObjectStore {
         }
     }
 
+    async fn get_matching(&self, key: &ObjectKey, etag: &str, max_bytes: u64) -> Result<Vec<u8>, PortError> {
+        let path = self.path_of(key);
+        let (key_text, expected) = (key.to_string(), etag.to_owned());
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory) => {
+                    return Err(PortError::NotFound(key_text));
+                }
+                Err(e) => return Err(PortError::unavailable(OBJECTS_BACKEND, e)),
+            };
+            // A put replaces the file atomically (rename), so this open file is one version's
+            // bytes; their ETag says which.
+            let mut bytes = Vec::new();
+            file.take(max_bytes.saturating_add(1))
+                .read_to_end(&mut bytes)
+                .map_err(|e| PortError::unavailable(OBJECTS_BACKEND, e))?;
+            if bytes.len() as u64 > max_bytes {
+                return Err(PortError::TooLarge { limit: max_bytes });
+            }
+            if etag_of(&bytes) != expected {
+                return Err(PortError::PreconditionFailed(key_text));
+            }
+            Ok(bytes)
+        })
+        .await
+        .map_err(|e| PortError::unavailable(OBJECTS_BACKEND, e))?
+    }
+
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectInfo>, PortError> {
         let key_text = key.as_str().to_owned();
         let row: Option<(String, i64, String, String, i64)> = self

@@ -135,6 +135,8 @@ impl Deployment {
         variables.insert("IRIS_WS_BIND".into(), "127.0.0.1:0".into());
         variables.insert("IRIS_VISIBILITY_TIMEOUT_SECS".into(), "2".into());
         variables.insert("IRIS_RETRY_BACKOFF_MS".into(), "100".into());
+        variables.insert("IRIS_RETRY_BACKOFF_MAX_SECS".into(), "2".into());
+        variables.entry("IRIS_MAX_ATTEMPTS".into()).or_insert_with(|| "4".into());
         // The suites exercise the pipeline, not a model: the built-in classical model, always.
         variables.insert("IRIS_SEGMENT_MODEL".into(), "classical".into());
         variables.insert("RUST_LOG".into(), std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));

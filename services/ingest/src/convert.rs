@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use iris_core::ErrorCode;
+use iris_core::cancel::CancellableRead;
 use iris_volume::ingest_report::{CanonicalGrid, INGEST_REPORT_VERSION, IngestReport, IntensitySummary, OriginalGrid};
 use iris_volume::nifti_codec::{
     AffineSource, DecodeLimits, NiftiDecodeError, NiftiEncodeError, NiftiGeometry, decode_nifti_hounsfield,
@@ -237,12 +238,16 @@ pub fn ingest_upload_to(
         let streamed = match &upload {
             Upload::Bytes(bytes) => {
                 check_upload_size(bytes.len() as u64, limits)?;
-                ingest_dicom_zip_by_plane(std::io::Cursor::new(bytes.as_slice()), limits, volume_sink)?
+                ingest_dicom_zip_by_plane(
+                    CancellableRead::new(std::io::Cursor::new(bytes.as_slice())),
+                    limits,
+                    volume_sink,
+                )?
             }
             Upload::File(path) => {
                 let file = PositionedFile::open(path).map_err(read_error)?;
                 check_upload_size(file.len(), limits)?;
-                ingest_dicom_zip_by_plane(file, limits, volume_sink)?
+                ingest_dicom_zip_by_plane(CancellableRead::new(file), limits, volume_sink)?
             }
         };
         if let Some(report) = streamed {

@@ -14,7 +14,7 @@ use iris_core::ids::JobId;
 use iris_core::job::{JobRecord, JobStatus, Stage, StatsSummary, UploadSource};
 use iris_core::keys::{QueueRole, UPLOADS_PREFIX};
 use iris_core::notification::{CreatedObject, Notification, parse_notification};
-use iris_core::ports::ReceivedMessage;
+use iris_core::ports::{PortError, ReceivedMessage, TransitionOutcome};
 use iris_core::runtime::{MessageHandler, Outcome, run_worker};
 use iris_core::stage::{
     StageContext, StageStart, begin_stage, failure, outcome_of_port_error, outcome_of_task_panic,
@@ -32,11 +32,19 @@ pub use convert::{
 pub struct IngestHandler {
     context: StageContext,
     limits: IngestLimits,
+    /// Salt of the key digest job records keep (`IRIS_RECORD_SALT`).
+    record_salt: String,
 }
 
 impl IngestHandler {
     pub fn new(context: StageContext, limits: IngestLimits) -> IngestHandler {
-        IngestHandler { context, limits }
+        IngestHandler { context, limits, record_salt: String::new() }
+    }
+
+    /// The handler with the deployment's salt for the key digests in job records.
+    pub fn with_record_salt(mut self, salt: &str) -> IngestHandler {
+        self.record_salt = salt.to_owned();
+        self
     }
 
     pub fn from_config(backends: &Backends, config: &IrisConfig) -> IngestHandler {
@@ -44,6 +52,7 @@ impl IngestHandler {
             StageContext::from_config(backends, config),
             IngestLimits { max_upload_bytes: config.max_upload_bytes, max_voxels: config.max_voxels },
         )
+        .with_record_salt(&config.record_salt)
     }
 
     #[instrument(skip_all, fields(job_id))]
@@ -62,7 +71,13 @@ impl IngestHandler {
             Err(error) => return Outcome::Retry { reason: format!("reading the upload's metadata: {error}") },
         };
         let options = head.as_ref().map(|h| h.metadata.clone()).unwrap_or_default();
-        let record = JobRecord::received(&upload_of(object), user_id, options, Timestamp::now());
+        let record = JobRecord::received_with_salt(
+            &upload_of(object),
+            user_id,
+            options.clone(),
+            Timestamp::now(),
+            &self.record_salt,
+        );
         match ledger.jobs.create_if_absent(&record).await {
             Ok(true) => {
                 info!(status = %JobStatus::Received, "job received");
@@ -70,7 +85,11 @@ impl IngestHandler {
                     return Outcome::Retry { reason: format!("publishing RECEIVED: {error}") };
                 }
             }
-            Ok(false) => {}
+            Ok(false) => {
+                if let Err(outcome) = self.reopen_if_uploaded_again(&job_id, object.event_time, &options).await {
+                    return outcome;
+                }
+            }
             Err(error) => return Outcome::Retry { reason: format!("creating the job: {error}") },
         }
         match begin_stage(ledger, &job_id, Stage::Ingest, receive_count, object.event_time).await {
@@ -82,26 +101,27 @@ impl IngestHandler {
             Err(error) => return outcome_of_port_error(&error, &job_id, Stage::Ingest, "starting ingest"),
         }
         let Some(head) = head.filter(|h| object.etag.is_empty() || h.etag == object.etag) else {
-            return Outcome::Fail {
-                job_id,
-                stage: Some(Stage::Ingest),
-                code: ErrorCode::UploadReplaced,
-                message:
-                    "the uploaded file was deleted or replaced before it could be read; the newer upload is its own job"
-                        .into(),
-            };
+            return upload_replaced(job_id);
         };
-        if head.size > self.limits.max_upload_bytes {
-            let error = IngestError::UploadTooLarge { size: head.size, limit: self.limits.max_upload_bytes };
-            return fail(&job_id, &error);
+        let limit = self.limits.max_upload_bytes;
+        if head.size > limit {
+            return fail(&job_id, &IngestError::UploadTooLarge { size: head.size, limit });
         }
-        let bytes = match self.context.objects.get(&object.key).await {
+        // Read only the bytes that were checked (If-Match on the ETag), and no more than the cap,
+        // whatever the object says about itself.
+        let bytes = match self.context.objects.get_matching(&object.key, &head.etag, limit).await {
             Ok(bytes) => bytes,
+            Err(PortError::PreconditionFailed(_) | PortError::NotFound(_)) => return upload_replaced(job_id),
+            Err(PortError::TooLarge { .. }) => {
+                return fail(&job_id, &IngestError::UploadTooLarge { size: head.size.max(limit + 1), limit });
+            }
             Err(error) => return outcome_of_port_error(&error, &job_id, Stage::Ingest, "reading the upload"),
         };
         let file_name = object.key.file_name().to_owned();
         let limits = self.limits;
+        let cancellation = iris_core::cancel::current();
         let converted = tokio::task::spawn_blocking(move || {
+            let _cancellable = iris_core::cancel::ThreadToken::install(cancellation);
             // An axial series is written plane by plane: only the upload and the compressed
             // volume are ever in memory, never the volume itself.
             let mut volume_nii_gz = Vec::new();
@@ -127,6 +147,56 @@ impl IngestHandler {
         let outputs =
             vec![(Artifact::IngestReport.key(&job_id), report_json), (Artifact::Volume.key(&job_id), volume_nii_gz)];
         write_outputs_and_finish(&self.context, &job_id, Stage::Ingest, receive_count, outputs, summary).await
+    }
+}
+
+impl IngestHandler {
+    /// A FAILED job whose upload was written again after the failure (same bytes, so the same job
+    /// id) starts its next run, with the new upload's options; the failed run stays in the
+    /// record's history. A COMPLETED job, or a repeated delivery of the event that started the
+    /// failed run, is left as it is (`Ok`: the caller goes on and finds the stage settled).
+    async fn reopen_if_uploaded_again(
+        &self,
+        job_id: &JobId,
+        uploaded_at: Option<Timestamp>,
+        options: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), Outcome> {
+        let ledger = &self.context.ledger;
+        let job = match ledger.jobs.get(job_id).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return Ok(()),
+            Err(error) => return Err(Outcome::Retry { reason: format!("reading the job: {}", error.summary()) }),
+        };
+        if !job.is_reopened_by(uploaded_at) {
+            return Ok(());
+        }
+        let Some(mut next) = job.reopened(Timestamp::now()) else { return Ok(()) };
+        next.options = options.clone();
+        match ledger.jobs.reopen(&next).await {
+            Ok(TransitionOutcome::Applied(next)) => {
+                let previous = job.error.as_ref().map_or("unknown", |e| e.code.as_str());
+                info!(run = next.run, previous_error = previous, "failed job re-opened by a new upload");
+                ledger
+                    .publish(&next)
+                    .await
+                    .map_err(|error| Outcome::Retry { reason: format!("publishing RECEIVED: {}", error.summary()) })
+            }
+            // Another delivery re-opened it first, or it vanished: go on as for any repeat.
+            Ok(_) => Ok(()),
+            Err(error) => Err(Outcome::Retry { reason: format!("re-opening the job: {}", error.summary()) }),
+        }
+    }
+}
+
+/// The upload changed between its event and the read: this job fails, the newer upload's own
+/// event makes its own job.
+fn upload_replaced(job_id: JobId) -> Outcome {
+    Outcome::Fail {
+        job_id,
+        stage: Some(Stage::Ingest),
+        code: ErrorCode::UploadReplaced,
+        message: "the uploaded file was deleted or replaced before it could be read; the newer upload is its own job"
+            .into(),
     }
 }
 

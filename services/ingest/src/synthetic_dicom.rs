@@ -31,6 +31,8 @@ pub struct SyntheticSlice {
     pub hounsfield: Vec<i16>,
     /// False writes the file without PixelData.
     pub with_pixels: bool,
+    /// BurnedInAnnotation YES (the pixels may show identifying text); NO otherwise.
+    pub burned_in_annotation: bool,
 }
 
 /// Axial slices (ImageOrientationPatient 1\0\0\0\1\0) of `hounsfield(column, row, slice)`, `spacing`
@@ -58,6 +60,7 @@ pub fn axial_series(
                 .map(|(i, j)| hounsfield(i, j, k))
                 .collect(),
             with_pixels: true,
+            burned_in_annotation: false,
         })
         .collect()
 }
@@ -204,6 +207,14 @@ pub fn write_slice(slice: &SyntheticSlice, instance: u32) -> Result<Vec<u8>, Str
     put(tags::REFERRING_PHYSICIAN_NAME, VR::PN, format!("{PHI_CANARY}^DR").into());
     put(tags::STUDY_DESCRIPTION, VR::LO, format!("{PHI_CANARY} CHEST").into());
     put(tags::SERIES_DESCRIPTION, VR::LO, format!("{PHI_CANARY} AXIAL").into());
+    // OtherPatientIDs (retired, still written by many scanners).
+    put(dicom_core::Tag(0x0010, 0x1000), VR::LO, format!("{PHI_CANARY}MRN123456").into());
+    put(tags::PATIENT_ADDRESS, VR::LO, format!("1 {PHI_CANARY} STREET").into());
+    put(tags::IMAGE_COMMENTS, VR::LT, format!("{PHI_CANARY} scanned after the fall").into());
+    // A vendor's private block (creator, then its element), as scanners write them.
+    put(dicom_core::Tag(0x0009, 0x0010), VR::LO, "ACME MEDICAL".into());
+    put(dicom_core::Tag(0x0009, 0x1001), VR::LO, format!("{PHI_CANARY} PRIVATE").into());
+    put(tags::BURNED_IN_ANNOTATION, VR::CS, if slice.burned_in_annotation { "YES" } else { "NO" }.into());
     put(tags::MODALITY, VR::CS, slice.modality.into());
     put(tags::SERIES_NUMBER, VR::IS, slice.series_number.to_string().as_str().into());
     put(tags::INSTANCE_NUMBER, VR::IS, instance.to_string().as_str().into());

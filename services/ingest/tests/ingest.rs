@@ -503,3 +503,29 @@ fn nifti_in_any_orientation_is_written_in_file_order_or_whole_with_the_same_byte
     wrong_crc[crc_at] ^= 0xff;
     assert_eq!(written_as_decoded(&wrong_crc, "ct.nii.gz"), Err(ErrorCode::CorruptFile), "wrong CRC");
 }
+
+/// Work past the processing limit stops: once the message's token is cancelled, ingest's readers
+/// of the upload (the NIfTI inflater, the zip archive) fail at their next read, so a decode on a
+/// blocking thread does not run on after its job failed `timed_out` (iris_core::cancel).
+#[test]
+fn a_cancelled_ingest_stops_at_its_next_read_of_the_upload() {
+    use iris_core::cancel::{CancellationToken, run_cancellable};
+    use iris_volume::nifti_codec::{NiftiGeometry, encode_nifti_gz};
+    use iris_volume::volume::{Affine, Volume};
+    let dims = [32, 32, 24];
+    let ras = Affine([[0.8, 0.0, 0.0, 0.0], [0.0, 0.8, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 1.0]]);
+    let values: Vec<i16> = (0..dims.iter().product::<usize>()).map(|n| (n % 2000) as i16 - 1000).collect();
+    let nifti = encode_nifti_gz(&Volume::new(dims, ras, values).unwrap(), &NiftiGeometry::from_affine(dims, &ras))
+        .expect("encode");
+    let zip = zip_series(&small_axial_series(|_, _| {}), &[]).expect("zip");
+    for (bytes, name) in [(nifti, "ct.nii.gz"), (zip, "series.zip")] {
+        let token = CancellationToken::new();
+        let ingest = |token: CancellationToken| {
+            run_cancellable(token, || ingest_upload_to(Upload::Bytes(bytes.clone()), name, &LIMITS, &mut Vec::new()))
+        };
+        assert!(ingest(token.clone()).is_ok(), "{name}: not cancelled, it ingests");
+        token.cancel();
+        let error = ingest(token).expect_err("cancelled, it stops");
+        assert!(error.to_string().contains("cancelled"), "{name}: {error}");
+    }
+}

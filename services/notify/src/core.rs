@@ -45,8 +45,16 @@ impl NotifyCore {
 
     /// Sends a job's new state to every subscriber of the job who belongs to the job's user, up to
     /// [`FAN_OUT_CONCURRENCY`] connections at once. Returns how many connections it was sent to.
+    ///
+    /// Queues do not promise order (SQS standard queues reorder, and a message can be lost to a
+    /// dead-letter queue), so the job record, read with each state event, fills in what the
+    /// subscriber has not had: every state of the job's current run between the subscriber's last
+    /// one and the newest of the event and the record ([`JobEventDetail::states_of_run`]), in
+    /// order, each once. A state older than the subscriber's is dropped; the final state reaches
+    /// every subscriber with the first event handled after it was recorded, whichever that is.
+    ///
     /// When a post fails with a retryable error, every other subscriber is still served and the
-    /// error is returned, so the event is redelivered: subscribers that already have the state do
+    /// error is returned, so the event is redelivered: subscribers that already have a state do
     /// not get it again (`advance_delivery`), the failed one does.
     pub async fn deliver(&self, event: &JobEventDetail) -> Result<usize, PortError> {
         let subscribers = self.connections.subscribers(&event.job_id).await?;
@@ -60,13 +68,25 @@ impl NotifyCore {
                 own
             })
             .collect();
+        if own.is_empty() {
+            return Ok(0);
+        }
+        let states = if event.progress.is_some() { Vec::new() } else { self.states_to_send(event).await? };
+        let states = &states;
         let results: Vec<Result<bool, PortError>> = futures_util::stream::iter(own)
             .map(|subscription| async move {
                 if event.progress.is_some() {
-                    self.send_progress(&subscription.connection_id, event).await
-                } else {
-                    self.send_state(&subscription.connection_id, subscription.delivered_rank, event).await
+                    return self.send_progress(&subscription.connection_id, event).await;
                 }
+                let mut sent = false;
+                let mut previous = subscription.delivered_position;
+                for state in states.iter().filter(|state| state.delivery_position() > subscription.delivered_position) {
+                    if self.send_state(&subscription.connection_id, previous, state).await? {
+                        sent = true;
+                        previous = state.delivery_position();
+                    }
+                }
+                Ok(sent)
             })
             .buffer_unordered(FAN_OUT_CONCURRENCY)
             .collect()
@@ -88,6 +108,21 @@ impl NotifyCore {
         }
     }
 
+    /// The event's state and the job record's states that follow it or fill a gap before it, in
+    /// delivery order, one per position (the event's own where the record has the same).
+    async fn states_to_send(&self, event: &JobEventDetail) -> Result<Vec<JobEventDetail>, PortError> {
+        let mut states = vec![event.clone()];
+        if let Some(job) = self.jobs.get(&event.job_id).await? {
+            states.extend(
+                JobEventDetail::states_of_run(&job)
+                    .into_iter()
+                    .filter(|state| state.delivery_position() != event.delivery_position()),
+            );
+        }
+        states.sort_by_key(JobEventDetail::delivery_position);
+        Ok(states)
+    }
+
     fn connection_lock(&self, connection_id: &str) -> Arc<Mutex<()>> {
         let mut locks = self.connection_locks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         // Forget the locks nobody holds, so the map does not grow with every connection ever seen.
@@ -97,26 +132,26 @@ impl NotifyCore {
         Arc::clone(locks.entry(connection_id.to_owned()).or_default())
     }
 
-    /// Sends `event` to one connection unless it already got this status or a later one.
-    /// `previous_rank` is what the subscription had been sent before; a post that fails with a
+    /// Sends `event` to one connection unless it already got this state or a later one.
+    /// `previous_position` is what the subscription had been sent before; a post that fails with a
     /// retryable error puts it back, so the retry sends the state again.
     async fn send_state(
         &self,
         connection_id: &str,
-        previous_rank: u8,
+        previous_position: u32,
         event: &JobEventDetail,
     ) -> Result<bool, PortError> {
         let lock = self.connection_lock(connection_id);
         let _guard = lock.lock().await;
-        let rank = event.status.rank();
-        if !self.connections.advance_delivery(connection_id, &event.job_id, rank).await? {
+        let position = event.delivery_position();
+        if !self.connections.advance_delivery(connection_id, &event.job_id, position).await? {
             debug!(connection_id, status = %event.status, "already delivered");
             return Ok(false);
         }
         let payload = ServerMessage::job_state(event.clone()).to_json();
         match self.post(connection_id, &payload).await {
             Err(error) if error.is_retryable() => {
-                self.connections.release_delivery(connection_id, &event.job_id, rank, previous_rank).await?;
+                self.connections.release_delivery(connection_id, &event.job_id, position, previous_position).await?;
                 Err(error)
             }
             other => other,
@@ -160,8 +195,8 @@ impl NotifyCore {
                 let Ok(job_id) = JobId::parse(&job_id) else {
                     return Ok(vec![ServerMessage::error("bad_request", "jobId must be 32 lowercase hex characters")]);
                 };
-                let job = self.jobs.get(&job_id).await?;
-                if let Some(job) = &job
+                let owner = self.jobs.get(&job_id).await?;
+                if let Some(job) = &owner
                     && job.user_id != connection.user_id
                 {
                     return Ok(vec![ServerMessage::error("forbidden", "you may subscribe only to your own jobs")]);
@@ -184,17 +219,21 @@ impl NotifyCore {
                 }
                 self.connections.subscribe(&connection.connection_id, &job_id).await?;
                 let reply = ServerMessage::Subscribed { job_id: job_id.clone() };
-                if let Some(job) = job {
+                // The current state is read after the subscription is written: a state recorded
+                // before this read is sent here, one recorded after it finds the subscription.
+                let current = if owner.is_some() { self.jobs.get(&job_id).await? } else { None };
+                if let Some(job) = current {
                     // Acknowledge first, then the current state through the ordered delivery path.
                     self.gateway.post_to_connection(&connection.connection_id, &reply.to_json()).await?;
-                    let previous_rank = self
+                    let previous_position = self
                         .connections
                         .subscribers(&job_id)
                         .await?
                         .into_iter()
                         .find(|s| s.connection_id == connection.connection_id)
-                        .map_or(0, |s| s.delivered_rank);
-                    self.send_state(&connection.connection_id, previous_rank, &JobEventDetail::from_job(&job)).await?;
+                        .map_or(0, |s| s.delivered_position);
+                    self.send_state(&connection.connection_id, previous_position, &JobEventDetail::from_job(&job))
+                        .await?;
                     return Ok(Vec::new());
                 }
                 Ok(vec![reply])

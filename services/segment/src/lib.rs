@@ -472,7 +472,8 @@ impl TriggeredStage for SegmentHandler {
                 let _ = progress_sender.send((model, done, total));
             })
         };
-        let outputs = tokio::task::spawn_blocking(work).await;
+        let cancellation = iris_core::cancel::current();
+        let outputs = tokio::task::spawn_blocking(move || iris_core::cancel::run_cancellable(cancellation, work)).await;
         // Every progress event is out before the stage's next state.
         let _ = forwarder.await;
         let outputs = match outputs {

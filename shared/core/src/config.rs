@@ -26,10 +26,13 @@ pub struct IrisConfig {
     pub log_format: LogFormat,
     /// `IRIS_VISIBILITY_TIMEOUT_SECS` (default 30); heartbeats every third of it.
     pub visibility_timeout: Duration,
-    /// `IRIS_MAX_ATTEMPTS` (default 4): deliveries before a message is dead-lettered.
+    /// `IRIS_MAX_ATTEMPTS` (default 8): deliveries before a message is dead-lettered.
     pub max_attempts: u32,
-    /// `IRIS_RETRY_BACKOFF_MS` (default 500): first retry delay, doubling up to 30 s.
+    /// `IRIS_RETRY_BACKOFF_MS` (default 5000): first retry delay, doubling (with jitter) up to
+    /// `retry_backoff_max`. With the defaults a transient error is retried for about 8–10 minutes.
     pub retry_backoff_base: Duration,
+    /// `IRIS_RETRY_BACKOFF_MAX_SECS` (default 300): the longest wait between two attempts.
+    pub retry_backoff_max: Duration,
     /// `IRIS_CONCURRENCY` (default 1): messages each service works on at once.
     pub concurrency: usize,
     /// `IRIS_WS_BIND` (default `127.0.0.1:8765`): the local WebSocket gateway of `iris run`.
@@ -40,6 +43,9 @@ pub struct IrisConfig {
     /// `IRIS_TOKEN_PUBLIC_KEY` (WebSocket Lambda authorizer): the Ed25519 public key that verifies
     /// tokens, as `iris token public-key` prints it. Unset: every connection is refused.
     pub token_public_key: Option<String>,
+    /// `IRIS_RECORD_SALT` (default empty): the secret salt of the upload key digests job records
+    /// keep instead of keys. Set it in production (the CDK app passes a generated secret).
+    pub record_salt: String,
     /// `IRIS_MAX_UPLOAD_BYTES` (default 2 GiB).
     pub max_upload_bytes: u64,
     /// `IRIS_MAX_VOXELS` (default 512×512×2000).
@@ -193,14 +199,16 @@ impl IrisConfig {
             queue_prefix: lookup("IRIS_QUEUE_PREFIX").unwrap_or_else(|| "iris-".into()),
             log_format,
             visibility_timeout: Duration::from_secs(visibility_seconds),
-            max_attempts: parse(&lookup, "IRIS_MAX_ATTEMPTS", 4u32)?.max(1),
-            retry_backoff_base: Duration::from_millis(parse(&lookup, "IRIS_RETRY_BACKOFF_MS", 500)?),
+            max_attempts: parse(&lookup, "IRIS_MAX_ATTEMPTS", 8u32)?.max(1),
+            retry_backoff_base: Duration::from_millis(parse(&lookup, "IRIS_RETRY_BACKOFF_MS", 5000)?),
+            retry_backoff_max: Duration::from_secs(parse(&lookup, "IRIS_RETRY_BACKOFF_MAX_SECS", 300u64)?),
             concurrency: parse(&lookup, "IRIS_CONCURRENCY", 1usize)?.max(1),
             websocket_bind: parse(&lookup, "IRIS_WS_BIND", SocketAddr::from(([127, 0, 0, 1], 8765)))?,
             websocket_callback_url: lookup("IRIS_WS_CALLBACK_URL")
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty()),
             token_public_key: lookup("IRIS_TOKEN_PUBLIC_KEY").map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()),
+            record_salt: lookup("IRIS_RECORD_SALT").unwrap_or_default(),
             max_upload_bytes: parse(&lookup, "IRIS_MAX_UPLOAD_BYTES", 2u64 << 30)?,
             max_voxels: parse(&lookup, "IRIS_MAX_VOXELS", 512u64 * 512 * 2000)?,
             processing_limit: Duration::from_secs(parse(&lookup, "IRIS_PROCESSING_LIMIT_SECS", 1800u64)?.max(1)),
@@ -226,7 +234,7 @@ impl IrisConfig {
             }),
             max_attempts: self.max_attempts,
             retry_backoff_base: self.retry_backoff_base,
-            retry_backoff_max: Duration::from_secs(30),
+            retry_backoff_max: self.retry_backoff_max.max(self.retry_backoff_base),
             processing_limit: self.processing_limit,
         }
     }
@@ -253,7 +261,14 @@ mod tests {
     fn defaults_and_overrides() {
         let config = IrisConfig::from_lookup(|_| None).unwrap();
         assert_eq!(config.data_dir, PathBuf::from(".iris"));
-        assert_eq!(config.max_attempts, 4);
+        assert_eq!(config.max_attempts, 8);
+        // A transient error is retried for minutes, not seconds: the longest wait is 5 minutes
+        // and the waits before the last attempt add up to at least half of 615 s (full jitter
+        // halves at most).
+        let settings = config.worker_settings();
+        assert_eq!(settings.retry_backoff_max, Duration::from_secs(300));
+        let nominal: Duration = (1..config.max_attempts).map(|n| settings.nominal_backoff_for(n)).sum();
+        assert_eq!(nominal, Duration::from_secs(5 + 10 + 20 + 40 + 80 + 160 + 300));
         assert_eq!(config.segment.default_model, "total");
         assert_eq!(config.segment.device, DeviceChoice::Auto);
         assert_eq!(config.segment.model_cache_dir, PathBuf::from(".iris/model-cache"));

@@ -42,6 +42,18 @@ pub async fn object_store_contract(store: &dyn ObjectStore) {
     let same = store.put(&first, b"second body!".to_vec(), &BTreeMap::new()).await.expect("put same");
     assert_eq!(same.etag, replaced.etag, "same content, same ETag");
 
+    // Conditional, bounded reads.
+    assert_eq!(store.get_matching(&first, &same.etag, 12).await.expect("matching"), b"second body!");
+    assert!(
+        matches!(store.get_matching(&first, &info.etag, 1 << 20).await, Err(PortError::PreconditionFailed(_))),
+        "the first body's ETag no longer matches: the replacement is not read"
+    );
+    assert!(
+        matches!(store.get_matching(&first, &same.etag, 11).await, Err(PortError::TooLarge { limit: 11 })),
+        "12 bytes are more than 11"
+    );
+    assert!(matches!(store.get_matching(&key("contract/absent"), &same.etag, 100).await, Err(PortError::NotFound(_))));
+
     for name in ["contract/a/b/deep.txt", "contract/a_/x", "contract/a%/y", "contract/b/z", "other/q"] {
         store.put(&key(name), name.as_bytes().to_vec(), &BTreeMap::new()).await.expect("put");
     }
@@ -193,6 +205,14 @@ pub async fn job_store_contract(store: Arc<dyn JobStore>) {
         matches!(store.transition(&record.job_id, &late_failure).await.expect("t"), TransitionOutcome::Ignored(_)),
         "COMPLETED is terminal"
     );
+    assert!(
+        matches!(store.reopen(&{
+            let mut pretend_failed = store.get(&record.job_id).await.expect("get").expect("job");
+            pretend_failed.status = JobStatus::Failed;
+            pretend_failed.reopened(Timestamp::now()).expect("reopened")
+        }).await.expect("reopen"), TransitionOutcome::Ignored(ref j) if j.status == JobStatus::Completed),
+        "a COMPLETED job is never re-opened"
+    );
     let unknown = JobId::derive("x", "y", "z");
     assert_eq!(store.transition(&unknown, &completed).await.expect("t"), TransitionOutcome::NotFound);
     assert_eq!(store.get(&unknown).await.expect("get"), None);
@@ -210,6 +230,73 @@ pub async fn job_store_contract(store: Arc<dyn JobStore>) {
         .collect();
     assert_eq!(listed, vec![record.job_id.clone(), older.job_id.clone()], "a user's jobs, newest first, no one else's");
     assert_eq!(store.list_by_user(&UserId::parse("alice").expect("user"), 1).await.expect("list").len(), 1);
+
+    job_store_reopen_contract(store).await;
+}
+
+/// A FAILED job is re-opened once per run: concurrent re-opens of the same run, one wins; the
+/// next run then moves forward from RECEIVED as a new job would, and can fail and be re-opened again.
+async fn job_store_reopen_contract(store: Arc<dyn JobStore>) {
+    let record = job("dave", "e.nii.gz", 1_700_000_000_000);
+    store.create_if_absent(&record).await.expect("create");
+    let fresh = record.reopened(Timestamp::now());
+    assert!(fresh.is_none(), "only a FAILED record can be re-opened");
+    let error = crate::job::JobError { stage: Some(Stage::Ingest), code: ErrorCode::StorageError, message: "z".into() };
+    let failed_at = Timestamp::from_epoch_millis(1_700_000_002_000);
+    let TransitionOutcome::Applied(failed) =
+        store.transition(&record.job_id, &Transition::failed(error.clone(), failed_at, 4)).await.expect("fail")
+    else {
+        panic!("failing a received job applies")
+    };
+    let next = failed.reopened(Timestamp::from_epoch_millis(1_700_000_003_000)).expect("reopened");
+    let mut racers = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let store = Arc::clone(&store);
+        let next = next.clone();
+        racers.spawn(async move { store.reopen(&next).await });
+    }
+    let mut winners = 0;
+    while let Some(result) = racers.join_next().await {
+        match result.expect("join").expect("reopen") {
+            TransitionOutcome::Applied(job) => {
+                winners += 1;
+                assert_eq!(job, next);
+            }
+            TransitionOutcome::Ignored(job) => assert_eq!(job.run, 2, "the loser sees the new run"),
+            TransitionOutcome::NotFound => panic!("the job exists"),
+        }
+    }
+    assert_eq!(winners, 1, "exactly one concurrent re-open applies");
+    let stored = store.get(&record.job_id).await.expect("get").expect("job");
+    assert_eq!((stored.status, stored.run), (JobStatus::Received, 2));
+    assert_eq!(stored.previous_runs[0].error, Some(error.clone()), "the failed run's error is kept");
+    assert!(
+        matches!(store.reopen(&next).await.expect("reopen"), TransitionOutcome::Ignored(_)),
+        "a repeat of the re-open is a no-op"
+    );
+    let TransitionOutcome::Applied(ingesting) = store
+        .transition(&record.job_id, &Transition::to(JobStatus::Ingesting, Timestamp::now(), 1))
+        .await
+        .expect("transition")
+    else {
+        panic!("the new run moves forward from RECEIVED")
+    };
+    assert_eq!(ingesting.run, 2);
+    let TransitionOutcome::Applied(failed_again) =
+        store.transition(&record.job_id, &Transition::failed(error, Timestamp::now(), 1)).await.expect("fail")
+    else {
+        panic!("the second run can fail")
+    };
+    assert!(
+        matches!(store.reopen(&next).await.expect("reopen"), TransitionOutcome::Ignored(_)),
+        "run 2's re-open is stale"
+    );
+    let third = failed_again.reopened(Timestamp::now()).expect("reopened");
+    let reopened = store.reopen(&third).await.expect("reopen");
+    assert!(matches!(reopened, TransitionOutcome::Applied(ref j) if j.run == 3 && j.previous_runs.len() == 2));
+    let mut unknown = third.clone();
+    unknown.job_id = JobId::derive("x", "y", "w");
+    assert_eq!(store.reopen(&unknown).await.expect("reopen"), TransitionOutcome::NotFound);
 }
 
 /// Publishing routes the event to the rule's target queue, as the envelope JSON.
@@ -255,7 +342,7 @@ pub async fn connection_store_contract(store: &dyn ConnectionStore) {
     store.unsubscribe("conn-a", &other_job).await.expect("unsubscribe");
     assert_eq!(store.subscription_count("conn-a").await.expect("count"), 1);
     assert_eq!(subscribers[0].user_id.as_str(), "alice");
-    assert_eq!(subscribers[0].delivered_rank, 0);
+    assert_eq!(subscribers[0].delivered_position, 0);
 
     assert!(store.advance_delivery("conn-a", &job_id, 3).await.expect("advance"));
     assert!(!store.advance_delivery("conn-a", &job_id, 3).await.expect("advance"), "the same status is sent once");
@@ -270,6 +357,13 @@ pub async fn connection_store_contract(store: &dyn ConnectionStore) {
     store.release_delivery("conn-a", &job_id, 5, 4).await.expect("release");
     assert!(!store.advance_delivery("conn-a", &job_id, 6).await.expect("advance"), "a stale release changes nothing");
     store.release_delivery("conn-gone", &job_id, 5, 4).await.expect("releasing an unknown subscription is harmless");
+    // Positions go past one byte: a job's second run starts at 17 and its states follow.
+    assert!(store.advance_delivery("conn-a", &job_id, 17).await.expect("advance"), "run 2's RECEIVED");
+    assert!(!store.advance_delivery("conn-a", &job_id, 8).await.expect("advance"), "run 1's FAILED, late");
+    assert!(store.advance_delivery("conn-a", &job_id, 1_000_007).await.expect("advance"));
+    let positions: Vec<u32> =
+        store.subscribers(&job_id).await.expect("subscribers").iter().map(|s| s.delivered_position).collect();
+    assert!(positions.contains(&1_000_007), "{positions:?}");
 
     store.unsubscribe("conn-b", &job_id).await.expect("unsubscribe");
     assert_eq!(store.subscribers(&job_id).await.expect("subscribers").len(), 1);

@@ -43,6 +43,7 @@ error_codes! {
     UnevenSliceSpacing => "uneven_slice_spacing",
     GantryTilt => "gantry_tilt",
     UnsupportedTransferSyntax => "unsupported_transfer_syntax",
+    BurnedInAnnotation => "burned_in_annotation",
     // Segment: the volume, the job's options and the model.
     NotCtLike => "not_ct_like",
     InvalidOption => "invalid_option",

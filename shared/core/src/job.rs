@@ -41,7 +41,10 @@ pub struct JobRecord {
     pub job_id: JobId,
     pub user_id: UserId,
     pub bucket: String,
-    pub source_key: String,
+    /// A salted SHA-256 of the upload's key ([`source_key_digest`]), never the key itself: a key is
+    /// a file name, and file names name patients. Whoever holds the key and the deployment's salt
+    /// can find its job; the record alone tells nothing.
+    pub source_key_digest: String,
     pub source_etag: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_version_id: Option<String>,
@@ -63,6 +66,32 @@ pub struct JobRecord {
     /// What the stages found, merged as they finish (JobCompleted's `summary`).
     #[serde(default, skip_serializing_if = "StatsSummary::is_empty")]
     pub summary: StatsSummary,
+    /// Which run of the upload this record describes: 1 at first; a new upload of the same bytes
+    /// after the job FAILED starts the next run ([`JobRecord::reopened`]).
+    #[serde(default = "first_run")]
+    pub run: u32,
+    /// When the current run began, if it is not the first (the first began at `created_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_started_at: Option<Timestamp>,
+    /// The runs before this one, each failed, oldest first: their stages and errors are kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_runs: Vec<PastRun>,
+}
+
+/// A run of a job that failed and was followed by another (a re-upload of the same bytes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PastRun {
+    pub run: u32,
+    pub failed_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobError>,
+    #[serde(default)]
+    pub stages: BTreeMap<Stage, StageRecord>,
+}
+
+fn first_run() -> u32 {
+    1
 }
 
 /// Figures the stages report about a job, for integrations (JobCompleted's `summary`). Technical
@@ -265,19 +294,43 @@ impl fmt::Display for Stage {
     }
 }
 
+/// The digest of an upload's key kept in its job record: hex SHA-256 over a domain tag, the
+/// deployment's salt (`IRIS_RECORD_SALT`) and the key, each length-prefixed.
+pub fn source_key_digest(salt: &str, key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in ["iris-source-key-v1", salt, key] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
 impl JobRecord {
-    /// A new job at RECEIVED for an upload; its id is derived from the upload.
+    /// A new job at RECEIVED for an upload; its id is derived from the upload. The key's digest
+    /// is unsalted: [`JobRecord::received_with_salt`] is what ingest uses.
     pub fn received(
         upload: &UploadSource,
         user_id: UserId,
         options: BTreeMap<String, String>,
         at: Timestamp,
     ) -> JobRecord {
+        JobRecord::received_with_salt(upload, user_id, options, at, "")
+    }
+
+    /// [`JobRecord::received`] with the deployment's salt in the key's digest.
+    pub fn received_with_salt(
+        upload: &UploadSource,
+        user_id: UserId,
+        options: BTreeMap<String, String>,
+        at: Timestamp,
+        salt: &str,
+    ) -> JobRecord {
         JobRecord {
             job_id: upload.job_id(),
             user_id,
             bucket: upload.bucket.clone(),
-            source_key: upload.key.clone(),
+            source_key_digest: source_key_digest(salt, &upload.key),
             source_etag: upload.etag.clone(),
             source_version_id: upload.version_id.clone(),
             status: JobStatus::Received,
@@ -289,7 +342,50 @@ impl JobRecord {
             artifacts: BTreeMap::new(),
             error: None,
             summary: StatsSummary::default(),
+            run: 1,
+            run_started_at: None,
+            previous_runs: Vec::new(),
         }
+    }
+
+    /// Whether an object-created event of the job's upload, written at `uploaded_at`, starts a
+    /// new run: only a FAILED job is re-opened, and only by an upload made after it failed (a
+    /// repeated delivery of the event that started the failed run is older than the failure).
+    /// Without an event time nothing is re-opened.
+    pub fn is_reopened_by(&self, uploaded_at: Option<Timestamp>) -> bool {
+        self.status == JobStatus::Failed && uploaded_at.is_some_and(|at| at > self.updated_at)
+    }
+
+    /// The next run of a FAILED job: back to RECEIVED with the run number one up, the failed
+    /// run's stages and error kept in `previous_runs`, artifacts, stages and summary cleared, and
+    /// the expiry counted again from `at`. `None` unless the job is FAILED.
+    pub fn reopened(&self, at: Timestamp) -> Option<JobRecord> {
+        if self.status != JobStatus::Failed {
+            return None;
+        }
+        let mut next = self.clone();
+        next.previous_runs.push(PastRun {
+            run: self.run,
+            failed_at: self.updated_at,
+            error: self.error.clone(),
+            stages: self.stages.clone(),
+        });
+        next.run = self.run + 1;
+        next.run_started_at = Some(at);
+        next.status = JobStatus::Received;
+        next.updated_at = at;
+        next.expires_at = at.epoch_seconds() + JOB_TIME_TO_LIVE_DAYS * 24 * 3600;
+        next.stages.clear();
+        next.artifacts.clear();
+        next.error = None;
+        next.summary = StatsSummary::default();
+        Some(next)
+    }
+
+    /// Where the job's current state stands in the order subscribers see states in: runs first,
+    /// then the status ladder (see [`delivery_position`]).
+    pub fn delivery_position(&self) -> u32 {
+        delivery_position(self.run, self.status)
     }
 
     /// The record after `transition`, or `None` when the transition would not move the job forward.
@@ -332,6 +428,12 @@ impl JobRecord {
             })
             .collect()
     }
+}
+
+/// The order in which a job's states reach subscribers: every status of run `n` comes after
+/// every status of run `n - 1`, and within a run the ladder's order holds.
+pub fn delivery_position(run: u32, status: JobStatus) -> u32 {
+    run.saturating_sub(1).saturating_mul(16).saturating_add(u32::from(status.rank()))
 }
 
 impl Transition {
@@ -450,6 +552,64 @@ mod tests {
         let failed = ingested.advanced(&Transition::failed(error.clone(), end, 1)).unwrap();
         assert_eq!(failed.error, Some(error));
         assert!(failed.advanced(&Transition::to(JobStatus::Completed, end, 1)).is_none());
+    }
+
+    #[test]
+    fn a_failed_job_is_reopened_only_by_a_later_upload_and_keeps_its_history() {
+        let failed_at = Timestamp::from_epoch_millis(1_700_000_005_000);
+        let ingesting = record().advanced(&Transition::to(
+            JobStatus::Ingesting,
+            Timestamp::from_epoch_millis(1_700_000_001_000),
+            1,
+        ));
+        let error = JobError { stage: Some(Stage::Ingest), code: ErrorCode::StorageError, message: "m".into() };
+        let failed = ingesting.unwrap().advanced(&Transition::failed(error.clone(), failed_at, 4)).unwrap();
+        assert!(!failed.is_reopened_by(None), "no event time: no new run");
+        assert!(
+            !failed.is_reopened_by(Some(Timestamp::from_epoch_millis(1_700_000_000_500))),
+            "the first upload's event"
+        );
+        assert!(!failed.is_reopened_by(Some(failed_at)));
+        let uploaded_again = Timestamp::from_epoch_millis(1_700_000_009_000);
+        assert!(failed.is_reopened_by(Some(uploaded_again)));
+        assert!(!record().is_reopened_by(Some(uploaded_again)), "only a FAILED job is re-opened");
+
+        let reopened = failed.reopened(uploaded_again).unwrap();
+        assert_eq!((reopened.status, reopened.run), (JobStatus::Received, 2));
+        assert_eq!(reopened.job_id, failed.job_id);
+        assert_eq!(reopened.created_at, failed.created_at);
+        assert!(reopened.error.is_none() && reopened.stages.is_empty() && reopened.artifacts.is_empty());
+        assert_eq!(reopened.previous_runs.len(), 1);
+        let past = &reopened.previous_runs[0];
+        assert_eq!((past.run, past.failed_at, past.error.as_ref()), (1, failed_at, Some(&error)));
+        assert_eq!(past.stages[&Stage::Ingest].attempts, 4);
+        assert!(reopened.delivery_position() > failed.delivery_position(), "run 2 comes after run 1's failure");
+        assert!(reopened.reopened(uploaded_again).is_none());
+        let completed = reopened.advanced(&Transition::to(JobStatus::Completed, uploaded_again, 1)).unwrap();
+        assert!(completed.reopened(uploaded_again).is_none(), "a COMPLETED job stays completed");
+        let text = serde_json::to_string(&reopened).unwrap();
+        assert_eq!(serde_json::from_str::<JobRecord>(&text).unwrap(), reopened);
+    }
+
+    #[test]
+    fn a_record_written_before_runs_existed_is_run_one() {
+        let mut value = serde_json::to_value(record()).unwrap();
+        value.as_object_mut().unwrap().remove("run");
+        let job: JobRecord = serde_json::from_value(value).unwrap();
+        assert_eq!((job.run, job.previous_runs.len()), (1, 0));
+    }
+
+    #[test]
+    fn the_record_keeps_a_salted_digest_of_the_key_not_the_key() {
+        let job = record();
+        let text = serde_json::to_string(&job).unwrap();
+        assert!(!text.contains("a.nii.gz") && !text.contains("uploads/u/"), "{text}");
+        assert_eq!(job.source_key_digest, source_key_digest("", "uploads/u/a.nii.gz"));
+        assert_eq!(job.source_key_digest.len(), 64);
+        assert_ne!(source_key_digest("salt", "uploads/u/a.nii.gz"), job.source_key_digest, "the salt changes it");
+        assert_ne!(source_key_digest("", "uploads/u/b.nii.gz"), job.source_key_digest);
+        // Length prefixes: moving a character between salt and key changes the digest.
+        assert_ne!(source_key_digest("ab", "c"), source_key_digest("a", "bc"));
     }
 
     #[test]

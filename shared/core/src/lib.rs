@@ -5,6 +5,7 @@
 
 pub mod artifacts;
 pub mod backends;
+pub mod cancel;
 pub mod config;
 #[cfg(feature = "testing")]
 pub mod contract;

@@ -39,6 +39,12 @@ pub trait ObjectStore: Send + Sync {
     /// `PortError::NotFound` when absent.
     async fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, PortError>;
     async fn head(&self, key: &ObjectKey) -> Result<Option<ObjectInfo>, PortError>;
+    /// The object's bytes, read only if it still has `etag` (S3's `If-Match`), so a reader that
+    /// checked an object with `head` gets those bytes or an error, never a replacement's:
+    /// `PortError::PreconditionFailed` when the object was replaced, `PortError::NotFound` when it
+    /// is gone, and `PortError::TooLarge` as soon as more than `max_bytes` have come (the rest is
+    /// not read).
+    async fn get_matching(&self, key: &ObjectKey, etag: &str, max_bytes: u64) -> Result<Vec<u8>, PortError>;
     /// Objects whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, PortError>;
     /// Removes the object; removing one that does not exist is not an error (as S3's DeleteObject).
@@ -103,6 +109,10 @@ pub trait JobStore: Send + Sync {
     /// Creates the job unless one with its id exists. True if this call created it.
     async fn create_if_absent(&self, job: &JobRecord) -> Result<bool, PortError>;
     async fn transition(&self, job_id: &JobId, transition: &Transition) -> Result<TransitionOutcome, PortError>;
+    /// Starts the next run of a FAILED job: replaces the record with `next` (from
+    /// [`JobRecord::reopened`]) only if the job is still FAILED in run `next.run - 1`, so of two
+    /// re-uploads racing one wins and the other finds the job already re-opened (`Ignored`).
+    async fn reopen(&self, next: &JobRecord) -> Result<TransitionOutcome, PortError>;
     async fn get(&self, job_id: &JobId) -> Result<Option<JobRecord>, PortError>;
     /// The user's jobs, newest first.
     async fn list_by_user(&self, user_id: &UserId, limit: usize) -> Result<Vec<JobRecord>, PortError>;
@@ -126,8 +136,9 @@ pub struct Subscription {
     pub connection_id: String,
     pub user_id: UserId,
     pub job_id: JobId,
-    /// Rank of the last status sent on this subscription (0 if none yet).
-    pub delivered_rank: u8,
+    /// Delivery position (`JobEventDetail::delivery_position`: run, then status rank) of the last
+    /// state sent on this subscription (0 if none yet).
+    pub delivered_position: u32,
 }
 
 /// WebSocket connections and their job subscriptions.
@@ -142,17 +153,17 @@ pub trait ConnectionStore: Send + Sync {
     async fn subscribers(&self, job_id: &JobId) -> Result<Vec<Subscription>, PortError>;
     /// How many jobs the connection is subscribed to (0 for an unknown connection).
     async fn subscription_count(&self, connection_id: &str) -> Result<usize, PortError>;
-    /// Records that the status of `rank` is being sent on this subscription. True only if it is
-    /// newer than anything sent before, so each subscriber sees states in order, each once.
-    async fn advance_delivery(&self, connection_id: &str, job_id: &JobId, rank: u8) -> Result<bool, PortError>;
-    /// Undoes an `advance_delivery` to `rank` whose post failed and will be retried: sets the
-    /// subscription back to `previous_rank` if it is still at `rank`.
+    /// Records that the state at delivery `position` is being sent on this subscription. True only
+    /// if it is newer than anything sent before, so each subscriber sees states in order, each once.
+    async fn advance_delivery(&self, connection_id: &str, job_id: &JobId, position: u32) -> Result<bool, PortError>;
+    /// Undoes an `advance_delivery` to `position` whose post failed and will be retried: sets the
+    /// subscription back to `previous_position` if it is still at `position`.
     async fn release_delivery(
         &self,
         connection_id: &str,
         job_id: &JobId,
-        rank: u8,
-        previous_rank: u8,
+        position: u32,
+        previous_position: u32,
     ) -> Result<(), PortError>;
 }
 
@@ -175,6 +186,12 @@ pub enum PortError {
     StaleReceipt,
     #[error("invalid request to {backend}: {message}")]
     Invalid { backend: &'static str, message: String },
+    /// A conditional read found the object changed (S3: HTTP 412).
+    #[error("the object at {0} changed since it was checked")]
+    PreconditionFailed(String),
+    /// A bounded read found more bytes than it may take.
+    #[error("the object is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
     /// A backend that may work on a later try: I/O, a locked database, throttling, a timeout.
     #[error("{backend} unavailable: {message}")]
     Unavailable { backend: &'static str, message: String },
@@ -191,7 +208,8 @@ impl PortError {
         match self {
             PortError::NotFound(_) => "the object does not exist".into(),
             PortError::Gone(_) => "the connection is gone".into(),
-            PortError::StaleReceipt => self.to_string(),
+            PortError::StaleReceipt | PortError::TooLarge { .. } => self.to_string(),
+            PortError::PreconditionFailed(_) => "the object changed since it was checked".into(),
             PortError::Invalid { backend, .. } => format!("invalid request to {backend}"),
             PortError::Unavailable { backend, .. } => format!("{backend} unavailable"),
         }

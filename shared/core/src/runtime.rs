@@ -77,19 +77,32 @@ impl Default for WorkerSettings {
             visibility_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
             receive_wait: Duration::from_secs(1),
-            max_attempts: 4,
-            retry_backoff_base: Duration::from_millis(500),
-            retry_backoff_max: Duration::from_secs(30),
+            max_attempts: 8,
+            retry_backoff_base: Duration::from_secs(5),
+            retry_backoff_max: Duration::from_secs(300),
             processing_limit: Duration::from_secs(30 * 60),
         }
     }
 }
 
 impl WorkerSettings {
-    pub fn backoff_for(&self, receive_count: u32) -> Duration {
+    /// The wait before the retry after delivery `receive_count`, without jitter: the base,
+    /// doubling with each delivery, capped at `retry_backoff_max`.
+    pub fn nominal_backoff_for(&self, receive_count: u32) -> Duration {
         let exponent = receive_count.saturating_sub(1).min(16);
         self.retry_backoff_base.saturating_mul(1 << exponent).min(self.retry_backoff_max)
     }
+
+    /// The wait actually used: "equal jitter" (half the nominal wait plus a uniformly random part
+    /// of the other half), so workers that failed together do not retry together.
+    pub fn backoff_for(&self, receive_count: u32) -> Duration {
+        jittered(self.nominal_backoff_for(receive_count), rand::random::<f64>())
+    }
+}
+
+/// `nominal` scaled into `[nominal / 2, nominal]` by `unit` in `[0, 1)`.
+fn jittered(nominal: Duration, unit: f64) -> Duration {
+    nominal.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
 }
 
 impl JobLedger {
@@ -203,12 +216,14 @@ async fn handle_message(
         give_up(handler, queue, ledger, &message, &reason).await;
         return;
     }
+    let cancellation = crate::cancel::CancellationToken::new();
     let work = {
         let handler = Arc::clone(handler);
         let message = message.clone();
-        tokio::spawn(async move { handler.process_one(&message).await })
+        let cancellation = cancellation.clone();
+        tokio::spawn(crate::cancel::scope(cancellation, async move { handler.process_one(&message).await }))
     };
-    let outcome = match with_heartbeat(work, queue, &message, settings).await {
+    let outcome = match with_heartbeat(work, &cancellation, queue, &message, settings).await {
         Ok(Some(outcome)) => outcome,
         Ok(None) => {
             error!(stage = handler.name(), message_id = %message.message_id, limit_s = settings.processing_limit.as_secs(), "processing limit reached");
@@ -243,9 +258,11 @@ async fn handle_message(
 }
 
 /// Awaits the work while extending the message's visibility every heartbeat interval; `None` when
-/// the processing limit passed first (the work is aborted).
+/// the processing limit passed first: the message's token is cancelled (its blocking work stops at
+/// its next check, see [`crate::cancel`]) and the task is aborted.
 async fn with_heartbeat(
     mut work: tokio::task::JoinHandle<Outcome>,
+    cancellation: &crate::cancel::CancellationToken,
     queue: &Arc<dyn WorkQueue>,
     message: &ReceivedMessage,
     settings: &WorkerSettings,
@@ -258,6 +275,7 @@ async fn with_heartbeat(
         tokio::select! {
             result = &mut work => return result.map(Some),
             _ = &mut deadline => {
+                cancellation.cancel();
                 work.abort();
                 return Ok(None);
             }
@@ -383,7 +401,15 @@ mod tests {
             retry_backoff_max: Duration::from_millis(700),
             ..WorkerSettings::default()
         };
-        let waits: Vec<u128> = (1..=5).map(|n| settings.backoff_for(n).as_millis()).collect();
+        let waits: Vec<u128> = (1..=5).map(|n| settings.nominal_backoff_for(n).as_millis()).collect();
         assert_eq!(waits, vec![100, 200, 400, 700, 700]);
+        for n in 1..=5 {
+            let nominal = settings.nominal_backoff_for(n);
+            let waits: Vec<Duration> = (0..64).map(|_| settings.backoff_for(n)).collect();
+            assert!(waits.iter().all(|w| *w >= nominal / 2 && *w <= nominal), "delivery {n}: {waits:?}");
+            assert!(waits.iter().any(|w| *w != waits[0]), "delivery {n}: the waits are jittered: {waits:?}");
+        }
+        assert_eq!(jittered(Duration::from_secs(10), 0.0), Duration::from_secs(5));
+        assert_eq!(jittered(Duration::from_secs(10), 0.5), Duration::from_millis(7500));
     }
 }

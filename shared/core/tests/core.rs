@@ -28,6 +28,9 @@ mod runtime {
         Panic,
         Reject,
         SlowThenDone(Duration),
+        /// Blocking work (as a decoder's) that runs until its message's token is cancelled, then
+        /// raises the flag.
+        BlockingUntilCancelled(Arc<std::sync::atomic::AtomicBool>),
     }
 
     struct StandInStage {
@@ -50,6 +53,21 @@ mod runtime {
                 Behaviour::Reject => Outcome::Reject { reason: "malformed".into() },
                 Behaviour::SlowThenDone(pause) => {
                     tokio::time::sleep(*pause).await;
+                    Outcome::Done
+                }
+                Behaviour::BlockingUntilCancelled(stopped) => {
+                    let (token, stopped) = (iris_core::cancel::current(), Arc::clone(stopped));
+                    let work = tokio::task::spawn_blocking(move || {
+                        iris_core::cancel::run_cancellable(token, || {
+                            let started = std::time::Instant::now();
+                            // Bounded so that a broken runtime fails the test instead of hanging it.
+                            while iris_core::cancel::check().is_ok() && started.elapsed() < Duration::from_secs(30) {
+                                std::hint::black_box((0..10_000u64).sum::<u64>());
+                            }
+                            stopped.store(iris_core::cancel::is_cancelled(), Ordering::SeqCst);
+                        })
+                    });
+                    let _ = work.await;
                     Outcome::Done
                 }
             }
@@ -281,6 +299,46 @@ mod runtime {
             0,
             "the message was settled"
         );
+    }
+
+    /// The processing limit cancels the message's token: blocking work that checks it stops,
+    /// instead of burning CPU after the job failed `timed_out` (aborting the task cannot stop it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocking_work_past_the_processing_limit_is_cancelled_not_left_running() {
+        let (_dir, backends) = open();
+        let job_id = job(&backends).await;
+        backends.queues[&QueueRole::Segment].send("endless").await.unwrap();
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handler = Arc::new(StandInStage {
+            job_id: job_id.clone(),
+            behaviour: Behaviour::BlockingUntilCancelled(Arc::clone(&stopped)),
+            calls: AtomicU32::new(0),
+        });
+        let shutdown = CancellationToken::new();
+        let ports = backends.ports();
+        let limited = WorkerSettings { processing_limit: Duration::from_millis(500), ..settings() };
+        let worker = tokio::spawn(run_worker(
+            handler.clone(),
+            ports.queue(QueueRole::Segment),
+            ports.ledger(),
+            limited,
+            shutdown.clone(),
+        ));
+        let started = std::time::Instant::now();
+        while !stopped.load(Ordering::SeqCst) {
+            assert!(started.elapsed() < Duration::from_secs(20), "the blocking work was never cancelled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let record = loop {
+            let record = backends.jobs.get(&job_id).await.unwrap().unwrap();
+            if record.status.is_terminal() || started.elapsed() > Duration::from_secs(20) {
+                break record;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(record.error.map(|e| e.code), Some(ErrorCode::TimedOut));
+        shutdown.cancel();
+        worker.await.unwrap();
     }
 
     /// Runs a future to completion from a synchronous predicate (the polling loop above).

@@ -55,6 +55,10 @@ pub(super) fn assemble<'a, R: ArchiveReader>(
     mut notes: Vec<String>,
 ) -> Result<DicomSeriesReader<'a, R>, DicomError> {
     let (mut files, series_in_upload) = choose_series(summaries, not_dicom, without_pixels, &mut notes)?;
+    // Pixels that may show a name would reach the volume, the labels and the meshes.
+    if files.iter().any(|file| file.burned_in_annotation) {
+        return Err(DicomError::BurnedInAnnotation);
+    }
     let mut planes = collect_planes(&mut files)?;
     let (rows, columns) = image_size(&files, planes.len(), limits)?;
     let plane = common_plane(&planes)?;

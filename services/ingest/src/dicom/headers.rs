@@ -32,6 +32,8 @@ pub(super) struct FileSummary {
     pub(super) transfer_syntax: String,
     /// LossyImageCompression is "01" (the pixels were lossy-compressed at some point).
     pub(super) lossy_compressed_before: bool,
+    /// BurnedInAnnotation is "YES": the pixels may show identifying text.
+    pub(super) burned_in_annotation: bool,
     pub(super) kvp: Option<f64>,
     pub(super) slice_thickness: Option<f64>,
 }
@@ -55,6 +57,7 @@ pub(super) fn summarize(source: usize, bytes: &[u8], limits: &DicomLimits) -> Op
         planes: planes_of(&object),
         transfer_syntax: object.meta().transfer_syntax().trim_end_matches('\0').to_owned(),
         lossy_compressed_before: text(&object, tags::LOSSY_IMAGE_COMPRESSION).as_deref() == Some("01"),
+        burned_in_annotation: text(&object, tags::BURNED_IN_ANNOTATION).is_some_and(|v| v.eq_ignore_ascii_case("YES")),
         kvp: float(&object, tags::KVP),
         slice_thickness: float(&object, tags::SLICE_THICKNESS),
     }))

@@ -99,6 +99,11 @@ pub enum DicomError {
     UnsupportedTransferSyntax(String, String),
     #[error("the DICOM data is damaged: {0}")]
     Corrupt(String),
+    #[error(
+        "the images carry burned-in annotations (BurnedInAnnotation is YES): their pixels may show patient \
+         identifiers, which would reach every output; upload a series without them"
+    )]
+    BurnedInAnnotation,
 }
 
 impl DicomError {
@@ -114,6 +119,7 @@ impl DicomError {
             DicomError::GantryTilt(_) => ErrorCode::GantryTilt,
             DicomError::SingleSlice => ErrorCode::NotAVolume,
             DicomError::UnsupportedTransferSyntax(..) => ErrorCode::UnsupportedTransferSyntax,
+            DicomError::BurnedInAnnotation => ErrorCode::BurnedInAnnotation,
         }
     }
 }

@@ -90,6 +90,9 @@ pub enum InferenceError {
     OutputSize { tiles: usize, expected: usize, got: usize },
     #[error("the sliding window stopped: {0}")]
     Internal(String),
+    /// The stage passed its processing limit ([`iris_core::cancel`]): stopped between batches.
+    #[error("{0}")]
+    Cancelled(#[from] iris_core::cancel::Cancelled),
 }
 
 /// Labels of one model on the canonical grid (local ids) and what the run cost.

@@ -51,6 +51,10 @@ pub(super) fn run(
         });
         let mut scratch = MirrorScratch::default();
         for (batch, input) in tile_receiver {
+            if let Err(cancelled) = iris_core::cancel::check() {
+                failure = Some(cancelled.into());
+                break;
+            }
             let mut prediction = recycle_receiver
                 .try_recv()
                 .unwrap_or_else(|_| iris_volume::memory::large_vec_with_capacity(plan.batch_size * per_tile));

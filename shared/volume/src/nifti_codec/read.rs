@@ -5,6 +5,7 @@
 use std::io::Read;
 
 use flate2::read::MultiGzDecoder;
+use iris_core::cancel::CancellableRead;
 use nifti::{IntoNdArray, NiftiHeader};
 
 use super::geometry::{geometry_of, header_affine};
@@ -17,8 +18,13 @@ use crate::volume::{Affine, Volume, VolumeError};
 pub(super) const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 fn source_reader(bytes: &[u8]) -> Box<dyn Read + Send + '_> {
-    // Multi-member gzip (pigz, and this codec's own parallel writer) is read to the end.
-    if bytes.starts_with(&GZIP_MAGIC) { Box::new(MultiGzDecoder::new(bytes)) } else { Box::new(bytes) }
+    // Multi-member gzip (pigz, and this codec's own parallel writer) is read to the end. The
+    // reader stops at its next read once the stage's work is cancelled (iris_core::cancel).
+    if bytes.starts_with(&GZIP_MAGIC) {
+        Box::new(CancellableRead::new(MultiGzDecoder::new(bytes)))
+    } else {
+        Box::new(CancellableRead::new(bytes))
+    }
 }
 
 /// Decompressed bytes a `.nii.gz` may hold past its voxel data (extensions some writers append).
