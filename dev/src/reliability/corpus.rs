@@ -141,7 +141,8 @@ pub fn bad_inputs() -> Vec<Study> {
         ErrorCode::NoDicomImages,
     );
     let slice = write_slice(&series()[0], 1).expect("write slice");
-    add("truncated.dcm", slice[..slice.len() / 2].to_vec(), ErrorCode::CorruptFile);
+    // Cut inside the pixel data (the last element), whatever the header's length.
+    add("truncated.dcm", slice[..slice.len() - 64].to_vec(), ErrorCode::CorruptFile);
     add("only-notes.zip", zip(&[], &[("notes.txt", b"hello".to_vec())]), ErrorCode::NoDicomImages);
     add("escaping-entries-only.zip", zip(&[], &[("../../etc/evil.dcm", slice.clone())]), ErrorCode::NoDicomImages);
     add("no-pixel-data.zip", zip(&small_axial_series(|_, s| s.with_pixels = false), &[]), ErrorCode::NoPixelData);
