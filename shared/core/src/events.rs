@@ -137,9 +137,15 @@ impl JobEventDetail {
     pub fn states_of_run(job: &JobRecord) -> Vec<JobEventDetail> {
         let reached: Vec<JobStatus> = match job.status {
             JobStatus::Failed => {
-                let last_finished = job.error.as_ref().and_then(|e| e.stage).and_then(Stage::previous);
+                let failing = job.error.as_ref().and_then(|e| e.stage);
+                let last_finished = failing.and_then(Stage::previous);
                 let limit = last_finished.map_or(JobStatus::Received.rank(), |s| s.finished_status().rank());
-                JobStatus::ALL.into_iter().filter(|s| s.rank() <= limit).collect()
+                let mut reached: Vec<JobStatus> = JobStatus::ALL.into_iter().filter(|s| s.rank() <= limit).collect();
+                // The failing stage's start, if it started.
+                if let Some(stage) = failing.filter(|s| job.stages.get(s).is_some_and(|r| r.started_at.is_some())) {
+                    reached.push(stage.started_status());
+                }
+                reached
             }
             current => JobStatus::ALL.into_iter().filter(|s| s.rank() <= current.rank()).collect(),
         };
@@ -286,9 +292,26 @@ mod tests {
             failing.advanced(&Transition::failed(error, Timestamp::from_epoch_millis(1_700_000_099_000), 1)).unwrap();
         let states = JobEventDetail::states_of_run(&failing);
         let statuses: Vec<JobStatus> = states.iter().map(|s| s.status).collect();
-        assert_eq!(statuses, [JobStatus::Received, JobStatus::Ingesting, JobStatus::Ingested, JobStatus::Failed]);
-        assert_eq!(&states[..3], &published[..3], "the states before the failing stage, as published");
-        assert_eq!(states[3], JobEventDetail::from_job(&failing));
+        assert_eq!(
+            statuses,
+            [JobStatus::Received, JobStatus::Ingesting, JobStatus::Ingested, JobStatus::Segmenting, JobStatus::Failed]
+        );
+        assert_eq!(&states[..4], &published[..4], "the states up to the failing stage's start, as published");
+        assert_eq!(states[4], JobEventDetail::from_job(&failing));
+        // A stage that failed before it started (retries exhausted at RECEIVED) has no start.
+        let mut never_started = JobRecord::received(
+            &upload(),
+            UserId::parse("u").unwrap(),
+            BTreeMap::new(),
+            Timestamp::from_epoch_millis(1_700_000_000_000),
+        );
+        let error =
+            JobError { stage: Some(Stage::Ingest), code: crate::ErrorCode::RetriesExhausted, message: "m".into() };
+        never_started = never_started
+            .advanced(&Transition::failed(error, Timestamp::from_epoch_millis(1_700_000_001_000), 4))
+            .unwrap();
+        let statuses: Vec<JobStatus> = JobEventDetail::states_of_run(&never_started).iter().map(|s| s.status).collect();
+        assert_eq!(statuses, [JobStatus::Received, JobStatus::Failed]);
 
         let second = failing.reopened(Timestamp::from_epoch_millis(1_700_000_200_000)).unwrap();
         let states = JobEventDetail::states_of_run(&second);

@@ -408,7 +408,10 @@ impl JobRecord {
                     record.triggered_at.get_or_insert(triggered);
                 }
             } else {
-                record.started_at.get_or_insert(transition.at);
+                // A failure does not make a stage that never started look started.
+                if transition.to != JobStatus::Failed {
+                    record.started_at.get_or_insert(transition.at);
+                }
                 record.ended_at = Some(transition.at);
             }
         }
